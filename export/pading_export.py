@@ -1,0 +1,100 @@
+"""PADing: build from config + checkpoint, and describe the exported graph (metadata_props)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, config
+from .classes import classes_for
+from .models.pading import PADing, PADingSpec
+from .onnx_export import EXPORTER_VERSION, ExportShape
+from .standin import load_standin
+
+
+@dataclass
+class BuiltModel:
+    model: torch.nn.Module
+    spec: PADingSpec
+    settings: config.TestSettings
+    task: str
+    config_path: Path
+    weights: str  # "standin" or the checkpoint path
+    sha256: str
+    notes: list[str]
+
+
+def build_pading(task: str, config_path: str | Path | None = None, weights: str | Path | None = None) -> BuiltModel:
+    """PADing in eval mode with a checkpoint, or deterministic stand-in weights when `weights` is None."""
+    if task not in config.PADING_TASKS:
+        from ..runtime.errors import ZsdError
+
+        raise ZsdError(f"unknown PADing task {task!r}.", f"choose --task from {config.PADING_TASKS}.")
+    path = Path(config_path) if config_path else config.released_config("pading", task)
+    cfg = config.load_config(path)
+    spec = config.pading_spec(cfg)
+    model = PADing(spec).eval()
+    notes = [f"config: ignored {t} (training-only, never executed)" for t in getattr(cfg, "ignored_python_tags", [])]
+    if weights is None:
+        load_standin(model)
+        return BuiltModel(model, spec, config.test_settings(cfg), task, path, "standin", "", notes)
+    report = checkpoint.load_into(model, weights, checkpoint.PADING_TRAINING_ONLY)
+    notes += report.notes
+    notes.append(f"checkpoint: {report.used} tensors used, {len(report.dropped)} training-only dropped")
+    return BuiltModel(model, spec, config.test_settings(cfg), task, path, str(weights), report.sha256, notes)
+
+
+def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: str) -> dict[str, object]:
+    classes, class_note = classes_for(built.task, built.spec.num_classes)
+    s = built.settings
+    meta: dict[str, object] = {
+        "model": "pading",
+        "task": built.task,
+        "exporter_version": EXPORTER_VERSION,
+        "torch_version": torch.__version__,
+        "opset": str(opset),
+        "msda_lowering": msda,
+        "weights": "standin" if built.weights == "standin" else Path(built.weights).name,
+        "checkpoint_sha256": built.sha256,
+        "standin_weights": "true" if built.weights == "standin" else "false",
+        "config": built.config_path.name,
+        "input_name": "images",
+        "input_format": "RGB",
+        "input_range": "0..255 float32, not normalised (normalisation is in the graph); pad with pixel_mean",
+        "output_names": ["class_logits", "mask_logits"],
+        "mask_stride": "4",
+        "dynamic": "true" if shape.dynamic else "false",
+        "static_batch": str(shape.batch) if not shape.dynamic else "",
+        "static_height": str(shape.height) if not shape.dynamic else "",
+        "static_width": str(shape.width) if not shape.dynamic else "",
+        "num_classes": str(built.spec.num_classes),
+        "num_queries": str(built.spec.num_queries),
+        "class_names": list(classes.names),
+        "class_colors": [list(c) for c in classes.colors],
+        "class_list_source": classes.source,
+        "thing_ids": list(classes.thing_ids),
+        "stuff_ids": [i for i in range(len(classes.names)) if i not in set(classes.thing_ids)],
+        "seen_ids": list(classes.seen),
+        "unseen_ids": list(classes.unseen),
+        "pixel_mean": list(built.spec.pixel_mean),
+        "pixel_std": list(built.spec.pixel_std),
+        "resize": "ResizeShortestEdge",
+        "min_size_test": str(s.min_size_test),
+        "max_size_test": str(s.max_size_test),
+        "size_divisibility": str(s.size_divisibility),
+        "semantic_on": _b(s.semantic_on),
+        "instance_on": _b(s.instance_on),
+        "panoptic_on": _b(s.panoptic_on),
+        "object_mask_threshold": str(s.object_mask_threshold),
+        "overlap_threshold": str(s.overlap_threshold),
+        "detections_per_image": str(s.detections_per_image),
+        "sem_seg_postprocess_before_inference": _b(s.sem_seg_postprocess_before_inference),
+    }
+    if class_note:
+        meta["class_names_note"] = class_note
+    return meta
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
