@@ -1,0 +1,552 @@
+"""Post-processing of Mask2Former-style outputs (PADing, ZegFormer), reproducing upstream inference in NumPy.
+
+Inputs are one image's `class_logits` [Q, K+1] (last column = void / "no object") and `mask_logits`
+[Q, h, w]. Everything here is float32 like upstream, vectorised over pixels; the only Python loops run over
+queries (at most Q=100), where upstream's sequential logic (panoptic segment numbering) needs an order.
+
+Upstream reference (re-implemented, not copied): PADing `PADing_model.py` (`forward` post-processing,
+`semantic_inference`, `panoptic_inference`, `instance_inference`), which is Mask2Former's logic with the class
+logits taken from `new_fc`, plus detectron2's `sem_seg_postprocess` and `BitMasks.get_bounding_boxes`.
+
+This module must not import torch: it runs on deployment targets that only have NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Mapping
+
+import numpy as np
+
+from .errors import ZsdError
+
+__all__ = [
+    "PostprocessConfig",
+    "bilinear_matrix",
+    "resize_bilinear",
+    "masks_to_output",
+    "semantic_inference",
+    "panoptic_inference",
+    "instance_inference",
+    "postprocess",
+]
+
+TASKS = ("semantic", "panoptic", "instance")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resizing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Interpolation matrix R [out_size, in_size] (float64) of 1-D linear resizing with torch's
+    `F.interpolate(mode="bilinear", align_corners=False, antialias=False)` semantics, so `R @ v` resizes `v`.
+
+    The source coordinates and weights are computed as ATen's CPU kernel does (scale = in/out in float32,
+    half-pixel centres, negative source coordinates clamped to 0, right neighbour clamped at the edge), so
+    the weights are bit-identical to torch's (checked for hundreds of size pairs); the matrix is float64 so
+    products of matrices (see `masks_to_output`) add no rounding of their own.
+    """
+    if in_size <= 0 or out_size <= 0:
+        raise ValueError(f"bilinear_matrix: sizes must be positive, got in={in_size}, out={out_size}")
+    scale = np.float32(in_size) / np.float32(out_size)
+    dst = np.arange(out_size, dtype=np.float64)
+    # ATen's `scale * (dst + 0.5) - 0.5` compiles to a fused multiply-add: one float32 rounding, not two.
+    # The float64 expression is exact here (24-bit scale times a small half-integer), so casting it once
+    # reproduces the FMA; plain float32 arithmetic differs in the last bit for some sizes.
+    src = (np.float64(scale) * (dst + 0.5) - 0.5).astype(np.float32)
+    src = np.maximum(src, np.float32(0.0))  # ATen clamps negative source coordinates to 0 (align_corners=False)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)  # at the last pixel both taps hit the edge
+    w1 = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0))
+    w0 = np.float32(1.0) - w1
+    r = np.zeros((out_size, in_size), dtype=np.float64)
+    rows = np.arange(out_size)
+    np.add.at(r, (rows, i0), w0.astype(np.float64))
+    np.add.at(r, (rows, i1), w1.astype(np.float64))  # add, not assign: i0 == i1 at the edge
+    return r
+
+
+_BLOCK = 128  # output rows/columns per banded matmul: big enough for BLAS, small enough to skip most zeros
+
+
+def _apply_axis(x: np.ndarray, r: np.ndarray, axis: int) -> np.ndarray:
+    """Return `r` applied along `axis` (-2: `r @ x`, -1: `x @ r.T`) of float32 x, as a banded matmul.
+
+    Interpolation matrices have a few consecutive non-zeros per row, so each block of output rows only
+    reads a narrow band of input rows; multiplying block by band instead of the dense matrix cuts the work
+    by the ratio of input size to band width (about 10x at 800x1333) with the same non-zero terms.
+    """
+    n_out, n_in = r.shape
+    nz = r != 0
+    has = nz.any(axis=1)
+    first = np.where(has, nz.argmax(axis=1), 0)
+    last = np.where(has, n_in - 1 - nz[:, ::-1].argmax(axis=1), 0)
+    r32 = r.astype(np.float32)
+    if axis == -2:
+        out = np.empty(x.shape[:-2] + (n_out, x.shape[-1]), dtype=np.float32)
+    else:
+        out = np.empty(x.shape[:-1] + (n_out,), dtype=np.float32)
+        r32 = np.ascontiguousarray(r32.T)  # [n_in, n_out]
+    for o0 in range(0, n_out, _BLOCK):
+        o1 = min(o0 + _BLOCK, n_out)
+        lo, hi = int(first[o0:o1].min()), int(last[o0:o1].max()) + 1
+        if axis == -2:
+            np.matmul(r32[o0:o1, lo:hi], x[..., lo:hi, :], out=out[..., o0:o1, :])
+        else:
+            np.matmul(x[..., lo:hi], r32[lo:hi, o0:o1], out=out[..., o0:o1])
+    return out
+
+
+def _apply_separable(x: np.ndarray, ry: np.ndarray, rx: np.ndarray) -> np.ndarray:
+    """Return `ry @ x @ rx.T` over the last two axes of x, in float32."""
+    x = np.asarray(x, dtype=np.float32)
+    h, w = x.shape[-2:]
+    oh, ow = ry.shape[0], rx.shape[0]
+    # Resize first along the axis that gives the smaller intermediate: it is the one read and written most.
+    if oh * w <= h * ow:
+        return _apply_axis(_apply_axis(x, ry, -2), rx, -1)
+    return _apply_axis(_apply_axis(x, rx, -1), ry, -2)
+
+
+def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize the last two axes of `x` to `size` = (out_h, out_w), float32.
+
+    Same result as torch `F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=False)`
+    up to float32 rounding: identical weights, applied as two small interpolation matrices.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2:
+        raise ValueError(f"resize_bilinear needs at least 2 dims, got shape {x.shape}")
+    out_h, out_w = int(size[0]), int(size[1])
+    h, w = x.shape[-2:]
+    if (h, w) == (out_h, out_w):
+        return x.copy()  # torch copies the input unchanged in this case (weights 1, 0)
+    return _apply_separable(x, bilinear_matrix(h, out_h), bilinear_matrix(w, out_w))
+
+
+def _crop_resize_matrices(
+    in_hw: tuple[int, int], padded_hw: tuple[int, int], image_hw: tuple[int, int], output_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices of upstream's chain "upsample in_hw -> padded_hw, crop to image_hw, resize to output_hw".
+
+    Every step is linear and separable, so the chain is one matrix per axis: the crop keeps the first
+    image_h/image_w rows of the upsampling matrix, the resize multiplies them on the left. The product is
+    formed in float64, so the only float32 rounding left is the final application (upstream rounds after
+    each step; the difference is a few ulp).
+    """
+    (h, w), (ph, pw), (ih, iw), (oh, ow) = in_hw, padded_hw, image_hw, output_hw
+    if not (0 < ih <= ph and 0 < iw <= pw):
+        raise ValueError(f"image size {image_hw} must be positive and fit inside the padded size {padded_hw}")
+    ry = bilinear_matrix(h, ph)[:ih]
+    rx = bilinear_matrix(w, pw)[:iw]
+    if (ih, iw) != (oh, ow):  # torch's interpolate to the same size is an exact copy, so skip it then
+        ry = bilinear_matrix(ih, oh) @ ry
+        rx = bilinear_matrix(iw, ow) @ rx
+    return ry, rx
+
+
+def masks_to_output(
+    mask_logits: np.ndarray,
+    padded_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+) -> np.ndarray:
+    """Mask logits [Q, h, w] (stride 4 of the padded input) -> [Q, OH, OW] float32 at the output size.
+
+    Upstream path for panoptic/instance configs: bilinear upsampling to the padded input size, crop to the
+    resized image (image_hw, before padding), bilinear resize to the requested output size (detectron2
+    `sem_seg_postprocess`). Done as one composed matrix per axis, so the padded-size tensor never exists.
+    """
+    mask_logits = np.asarray(mask_logits, dtype=np.float32)
+    if mask_logits.ndim != 3:
+        raise ValueError(f"mask_logits must be [Q, h, w], got shape {mask_logits.shape}")
+    ry, rx = _crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, output_hw)
+    return _apply_separable(mask_logits, ry, rx)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Element-wise helpers (float32 like upstream)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32 (max-subtracted, as torch does)."""
+    x = np.asarray(logits, dtype=np.float32)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function in float32; exp overflow for very negative logits correctly gives 0."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32, copy=False)
+
+
+def _check_inputs(class_logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    class_logits = np.asarray(class_logits, dtype=np.float32)
+    mask_logits = np.asarray(mask_logits, dtype=np.float32)
+    if class_logits.ndim != 2 or class_logits.shape[1] < 2:
+        raise ValueError(f"class_logits must be [Q, K+1] with K >= 1, got shape {class_logits.shape}")
+    if mask_logits.ndim != 3 or mask_logits.shape[0] != class_logits.shape[0]:
+        raise ValueError(
+            f"mask_logits must be [Q, H, W] with the same Q as class_logits {class_logits.shape}, "
+            f"got shape {mask_logits.shape}"
+        )
+    return class_logits, mask_logits
+
+
+def _thing_lookup(thing_ids: Iterable[int] | np.ndarray, num_classes: int) -> np.ndarray:
+    """Bool [K] table: is contiguous class id c a "thing"? Accepts a bool mask [K] or an iterable of ids."""
+    arr = np.asarray(thing_ids if isinstance(thing_ids, np.ndarray) else list(thing_ids))
+    if arr.dtype == np.bool_:
+        if arr.shape != (num_classes,):
+            raise ValueError(f"thing mask must have shape ({num_classes},), got {arr.shape}")
+        return arr.copy()
+    table = np.zeros(num_classes, dtype=bool)
+    if arr.size:
+        ids = arr.astype(np.int64).ravel()
+        if ids.min() < 0 or ids.max() >= num_classes:
+            raise ValueError(f"thing ids must lie in [0, {num_classes}), got min {ids.min()}, max {ids.max()}")
+        table[ids] = True
+    return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The three inferences (inputs already at the resolution the result is wanted at)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def semantic_inference(class_logits: np.ndarray, mask_logits: np.ndarray) -> np.ndarray:
+    """sem_seg [K, H, W] float32 = sum_q softmax(class_logits)[q, :K] * sigmoid(mask_logits[q])."""
+    class_logits, mask_logits = _check_inputs(class_logits, mask_logits)
+    cls = _softmax(class_logits)[:, :-1]  # drop the void column
+    q, h, w = mask_logits.shape
+    probs = _sigmoid(mask_logits).reshape(q, h * w)
+    return (cls.T @ probs).reshape(-1, h, w)  # einsum "qc,qhw->chw" as one GEMM
+
+
+def panoptic_inference(
+    class_logits: np.ndarray,
+    mask_logits: np.ndarray,
+    *,
+    thing_ids: Iterable[int] | np.ndarray,
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Panoptic id map int32 [H, W] (0 = void, segments 1..N) and segments_info, as upstream.
+
+    Queries are kept when their best class is not void and its probability > object_mask_threshold. Each
+    pixel goes to the kept query with the largest score * sigmoid(mask) (first query on ties). A kept query
+    becomes a segment when it wins some pixels, its own mask (sigmoid >= 0.5) is non-empty, the two overlap,
+    and won/own area >= overlap_threshold; its segment is the won pixels inside its own mask. Stuff queries
+    of a class already seen join that class's segment (merged, no new id and no new segments_info entry).
+    `thing_ids`: contiguous class ids that are things (an iterable of ids, or a bool mask [K]).
+    """
+    class_logits, mask_logits = _check_inputs(class_logits, mask_logits)
+    num_classes = class_logits.shape[1] - 1
+    is_thing = _thing_lookup(thing_ids, num_classes)
+    h, w = mask_logits.shape[-2:]
+
+    probs = _softmax(class_logits)
+    labels = probs.argmax(axis=-1)
+    scores = probs.max(axis=-1)
+    keep = (labels != num_classes) & (scores > np.float32(object_mask_threshold))
+
+    panoptic_seg = np.zeros((h, w), dtype=np.int32)
+    segments_info: list[dict[str, Any]] = []
+    if not keep.any():  # upstream returns early: all-void map, no segments
+        return panoptic_seg, segments_info
+
+    cur_scores = scores[keep]
+    cur_classes = labels[keep]
+    cur_masks = _sigmoid(mask_logits[keep])  # [N, H, W]
+    n = cur_masks.shape[0]
+
+    winner = (cur_scores[:, None, None] * cur_masks).argmax(axis=0)  # [H, W]; np and torch both take the first max
+    own = cur_masks >= np.float32(0.5)  # [N, H, W]
+    winner_own = np.take_along_axis(own, winner[None], axis=0)[0]  # winner's own mask at each pixel
+
+    flat_winner = winner.ravel()
+    mask_area = np.bincount(flat_winner, minlength=n)
+    original_area = own.reshape(n, -1).sum(axis=1)
+    intersection = np.bincount(flat_winner, weights=winner_own.ravel(), minlength=n)
+
+    # Segment numbering is sequential in query order (stuff merging depends on it): loop over kept queries.
+    segment_of_query = np.zeros(n, dtype=np.int32)
+    stuff_segment: dict[int, int] = {}
+    current_id = 0
+    for k in range(n):
+        area, orig, inter = int(mask_area[k]), int(original_area[k]), int(intersection[k])
+        if not (area > 0 and orig > 0 and inter > 0):
+            continue
+        if area / orig < overlap_threshold:  # Python float division, like upstream
+            continue
+        cls = int(cur_classes[k])
+        thing = bool(is_thing[cls])
+        if not thing and cls in stuff_segment:
+            segment_of_query[k] = stuff_segment[cls]
+            continue
+        current_id += 1
+        if not thing:
+            stuff_segment[cls] = current_id
+        segment_of_query[k] = current_id
+        segments_info.append({"id": current_id, "isthing": thing, "category_id": cls})
+
+    # A pixel carries its winner's segment only inside the winner's own mask (upstream: (ids == k) & mask_k).
+    panoptic_seg = np.where(winner_own, segment_of_query[winner], 0).astype(np.int32)
+    return panoptic_seg, segments_info
+
+
+def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """[N, 4] float32 x0, y0, x1, y1 (exclusive max) of bool masks [N, H, W]; zeros for empty masks.
+
+    detectron2 `BitMasks.get_bounding_boxes` semantics: x0 = first column with a pixel, x1 = last + 1.
+    """
+    n, h, w = masks.shape
+    boxes = np.zeros((n, 4), dtype=np.float32)
+    if n == 0:
+        return boxes
+    cols = masks.any(axis=1)  # [N, W]
+    rows = masks.any(axis=2)  # [N, H]
+    nonempty = cols.any(axis=1)
+    x0 = cols.argmax(axis=1)
+    x1 = w - cols[:, ::-1].argmax(axis=1)
+    y0 = rows.argmax(axis=1)
+    y1 = h - rows[:, ::-1].argmax(axis=1)
+    boxes[nonempty] = np.stack([x0, y0, x1, y1], axis=1)[nonempty].astype(np.float32)
+    return boxes
+
+
+def instance_inference(
+    class_logits: np.ndarray,
+    mask_logits: np.ndarray,
+    *,
+    num_classes: int,
+    topk: int = 100,
+    thing_ids: Iterable[int] | np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Instances as upstream PADing: top-k (query, class) pairs over the flattened [Q, K] class probabilities.
+
+    Returns pred_masks bool [N, H, W] (mask logit > 0), scores float32 [N] (class probability times the mean
+    sigmoid inside the binary mask), pred_classes int64 [N], pred_boxes float32 [N, 4] (from the masks).
+    When `thing_ids` is given (panoptic configs), pairs whose class is not a thing are dropped after the
+    top-k, so N <= topk. Upstream's top-k is unsorted; here pairs come in descending class probability
+    (ties: lower flat index first), the order torch's sorted top-k would give.
+    """
+    class_logits, mask_logits = _check_inputs(class_logits, mask_logits)
+    if class_logits.shape[1] != num_classes + 1:
+        raise ValueError(
+            f"class_logits has {class_logits.shape[1]} columns, expected num_classes+1 = {num_classes + 1}"
+        )
+    q, h, w = mask_logits.shape
+
+    cls_prob = _softmax(class_logits)[:, :-1].ravel()  # [Q*K], index = query * K + class
+    k = min(int(topk), cls_prob.size)  # torch.topk would raise beyond Q*K; Q*K >= 100 for every real config
+    order = np.argsort(-cls_prob, kind="stable")[:k]
+    cls_scores = cls_prob[order]
+    labels = (order % num_classes).astype(np.int64)
+    queries = order // num_classes
+
+    if thing_ids is not None:
+        is_thing = _thing_lookup(thing_ids, num_classes)
+        sel = is_thing[labels]
+        cls_scores, labels, queries = cls_scores[sel], labels[sel], queries[sel]
+
+    # A query can appear with several classes; compute its mask, box and mask score once.
+    uniq, inverse = np.unique(queries, return_inverse=True)
+    masks_u = mask_logits[uniq] > 0  # [U, H, W]
+    mask_score_u = np.zeros(uniq.size, dtype=np.float32)
+    for j, qi in enumerate(uniq):  # per query: keeps memory at one [H, W] sigmoid instead of [U, H, W]
+        pos = mask_logits[qi][masks_u[j]]
+        s = _sigmoid(pos).sum(dtype=np.float64)
+        mask_score_u[j] = np.float32(s) / (np.float32(pos.size) + np.float32(1e-6))
+    boxes_u = _boxes_from_masks(masks_u)
+
+    return {
+        "pred_masks": masks_u[inverse].reshape(-1, h, w),
+        "scores": (cls_scores * mask_score_u[inverse]).astype(np.float32),
+        "pred_classes": labels,
+        "pred_boxes": boxes_u[inverse].reshape(-1, 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration and dispatcher
+# --------------------------------------------------------------------------------------------------------------
+
+
+_REEXPORT = "re-export the model with `export-model` from this zsdeploy version."
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    v = str(value).strip().lower()
+    if v not in ("true", "false"):
+        raise ZsdError(f"Model metadata '{key}' must be 'true' or 'false', got {value!r}.", _REEXPORT)
+    return v == "true"
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """What post-processing needs from the model config (stored in the ONNX metadata_props).
+
+    `sem_seg_postprocess_before_inference` is stored as the effective upstream flag: upstream ORs the config
+    value with panoptic_on and instance_on, and so does this class (after construction it always holds).
+    Field defaults are upstream's values (thresholds 0.8, 100 detections) for hand-built configs;
+    `from_metadata` requires every key.
+    """
+
+    # metadata_props keys read by from_metadata (all required)
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "num_classes",
+        "thing_ids",
+        "object_mask_threshold",
+        "overlap_threshold",
+        "detections_per_image",
+        "semantic_on",
+        "instance_on",
+        "panoptic_on",
+        "sem_seg_postprocess_before_inference",
+    )
+
+    num_classes: int
+    thing_ids: tuple[int, ...]
+    object_mask_threshold: float = 0.8
+    overlap_threshold: float = 0.8
+    detections_per_image: int = 100
+    semantic_on: bool = True
+    instance_on: bool = False
+    panoptic_on: bool = False
+    sem_seg_postprocess_before_inference: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thing_ids", tuple(int(t) for t in self.thing_ids))
+        # upstream: SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or PANOPTIC_ON or INSTANCE_ON
+        object.__setattr__(
+            self,
+            "sem_seg_postprocess_before_inference",
+            bool(self.sem_seg_postprocess_before_inference or self.panoptic_on or self.instance_on),
+        )
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        bad = [t for t in self.thing_ids if not 0 <= t < self.num_classes]
+        if bad:
+            raise ValueError(f"thing_ids outside [0, {self.num_classes}): {bad}")
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> "PostprocessConfig":
+        """Read the config from ONNX metadata_props (all values strings; thing_ids a JSON list)."""
+        missing = [k for k in cls.KEYS if k not in meta]
+        if missing:
+            raise ZsdError(f"Model metadata lacks the post-processing keys {missing}.", _REEXPORT)
+        try:
+            thing_ids = json.loads(meta["thing_ids"])
+            if not isinstance(thing_ids, list) or not all(isinstance(t, int) for t in thing_ids):
+                raise ValueError("not a JSON list of integers")
+            return cls(
+                num_classes=int(meta["num_classes"]),
+                thing_ids=tuple(thing_ids),
+                object_mask_threshold=float(meta["object_mask_threshold"]),
+                overlap_threshold=float(meta["overlap_threshold"]),
+                detections_per_image=int(meta["detections_per_image"]),
+                semantic_on=_parse_bool("semantic_on", meta["semantic_on"]),
+                instance_on=_parse_bool("instance_on", meta["instance_on"]),
+                panoptic_on=_parse_bool("panoptic_on", meta["panoptic_on"]),
+                sem_seg_postprocess_before_inference=_parse_bool(
+                    "sem_seg_postprocess_before_inference", meta["sem_seg_postprocess_before_inference"]
+                ),
+            )
+        except ZsdError:
+            raise
+        except ValueError as exc:  # bad number or JSON (json.JSONDecodeError is a ValueError)
+            raise ZsdError(f"Model metadata has an unreadable post-processing value: {exc}.", _REEXPORT) from exc
+
+
+def postprocess(
+    class_logits: np.ndarray,
+    mask_logits: np.ndarray,
+    *,
+    task: str,
+    padded_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    output_hw: tuple[int, int],
+    meta: PostprocessConfig,
+) -> dict[str, Any]:
+    """Run one task's post-processing on raw network outputs of one image, in upstream's order.
+
+    mask_logits [Q, h, w] are at stride 4 of the padded input (padded_hw); image_hw is the resized image
+    inside the padding; output_hw the size the result is wanted at. Returns {"sem_seg": float32 [K,OH,OW]},
+    {"panoptic_seg": int32 [OH,OW], "segments_info": [...]} or {"instances": {...}} for task semantic,
+    panoptic or instance.
+
+    Configs with panoptic or instance on resize the mask logits to the output size first and infer there.
+    Semantic-only configs (PADing semantic, ZegFormer) take the sigmoid at the padded input size, then the
+    class einsum, crop and resize: those last three are linear, so they are applied in the cheaper order
+    (the result is the same up to float32 rounding) and only the image part of the padded canvas is computed.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    enabled = {"semantic": meta.semantic_on, "panoptic": meta.panoptic_on, "instance": meta.instance_on}
+    if not enabled[task]:
+        on = [t for t in TASKS if enabled[t]]
+        raise ZsdError(
+            f"This model was exported for {on} post-processing; '{task}' is not enabled for it.",
+            f"ask for one of {on}, or export the model with a config that has {task.upper()}_ON.",
+        )
+    class_logits, mask_logits = _check_inputs(class_logits, mask_logits)
+    # Non-finite logits (e.g. an fp16 engine overflowing) would silently become NaN scores or wrong masks.
+    if not (np.isfinite(class_logits).all() and np.isfinite(mask_logits).all()):
+        raise ZsdError(
+            "The network produced non-finite (NaN or inf) class or mask logits.",
+            "run the model in fp32 (or rebuild the TensorRT engine without fp16 for the heads) and check the input.",
+        )
+    if class_logits.shape[1] != meta.num_classes + 1:
+        raise ZsdError(
+            f"The model outputs {class_logits.shape[1] - 1} classes but its metadata says {meta.num_classes}.",
+            "the metadata and the graph do not belong together; " + _REEXPORT,
+        )
+
+    if meta.sem_seg_postprocess_before_inference:
+        masks = masks_to_output(mask_logits, padded_hw, image_hw, output_hw)
+        if task == "semantic":
+            return {"sem_seg": semantic_inference(class_logits, masks)}
+        if task == "panoptic":
+            seg, info = panoptic_inference(
+                class_logits,
+                masks,
+                thing_ids=meta.thing_ids,
+                object_mask_threshold=meta.object_mask_threshold,
+                overlap_threshold=meta.overlap_threshold,
+            )
+            return {"panoptic_seg": seg, "segments_info": info}
+        return {
+            "instances": instance_inference(
+                class_logits,
+                masks,
+                num_classes=meta.num_classes,
+                topk=meta.detections_per_image,
+                # upstream keeps only thing classes when panoptic is on for the config
+                thing_ids=meta.thing_ids if meta.panoptic_on else None,
+            )
+        }
+
+    # Semantic-only path. Upstream: sigmoid(upsample_to_padded(m)), einsum, crop, resize. Crop commutes with
+    # the element-wise sigmoid, so only the image part is upsampled; the resize commutes with the einsum.
+    if task != "semantic":  # unreachable: before_inference is forced on for panoptic/instance configs
+        raise AssertionError("panoptic/instance post-processing requires sem_seg_postprocess_before_inference")
+    ih, iw = image_hw
+    ry, rx = _crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, image_hw)
+    probs = _sigmoid(_apply_separable(mask_logits, ry, rx))  # [Q, ih, iw]
+    cls = _softmax(class_logits)[:, :-1]
+    q, k = cls.shape
+    if (ih, iw) == tuple(output_hw):
+        sem = (cls.T @ probs.reshape(q, -1)).reshape(k, ih, iw)
+    elif q <= k:  # resize the fewer maps
+        probs = resize_bilinear(probs, output_hw)
+        sem = (cls.T @ probs.reshape(q, -1)).reshape(k, *output_hw)
+    else:
+        sem = resize_bilinear((cls.T @ probs.reshape(q, -1)).reshape(k, ih, iw), output_hw)
+    return {"sem_seg": sem.astype(np.float32, copy=False)}
