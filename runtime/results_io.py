@@ -1,0 +1,99 @@
+"""Writing a Segmentation to disk: label/id PNG, JSON with names/scores/boxes, overlay, raw npz."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .imageio import _atomic_write, save_png, write_json_atomic
+from .metadata import ModelInfo
+from .pipeline import Segmentation
+
+
+def _bbox_xywh(mask: np.ndarray) -> list[int]:
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    if len(ys) == 0:
+        return [0, 0, 0, 0]
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def describe(seg: Segmentation, info: ModelInfo) -> tuple[np.ndarray, dict[str, Any]]:
+    """The label/id map to save and the JSON document for one image."""
+    names = info.class_names
+    doc: dict[str, Any] = {"task": seg.task, "height": seg.output_hw[0], "width": seg.output_hw[1],
+                           "model": info.model, "standin_weights": info.standin_weights}
+    r = seg.results
+    if seg.task == "semantic":
+        sem = r["sem_seg"]
+        labels = sem.argmax(0).astype(np.int32)
+        ids, counts = np.unique(labels, return_counts=True)
+        doc["classes"] = [{"category_id": int(c), "name": names[c], "pixels": int(n),
+                           "unseen": int(c) in info.unseen_ids} for c, n in zip(ids, counts)]
+        return labels, doc
+    if seg.task == "panoptic":
+        pan = r["panoptic_seg"]
+        segments = []
+        for s in r["segments_info"]:
+            m = pan == s["id"]
+            segments.append({**{k: (bool(v) if k == "isthing" else int(v)) for k, v in s.items()},
+                             "name": names[s["category_id"]], "area": int(m.sum()), "bbox": _bbox_xywh(m),
+                             "unseen": int(s["category_id"]) in info.unseen_ids})
+        doc["segments_info"] = segments
+        return pan.astype(np.int32), doc
+    inst = r["instances"]
+    order = np.argsort(-inst["scores"], kind="stable")
+    id_map = np.zeros(seg.output_hw, np.int32)
+    # Paint lowest score first so the best instance owns overlapping pixels; id = rank + 1.
+    for rank, i in reversed(list(enumerate(order))):
+        id_map[inst["pred_masks"][i]] = rank + 1
+    doc["instances"] = [{"id": k + 1, "category_id": int(inst["pred_classes"][i]),
+                         "name": names[int(inst["pred_classes"][i])], "score": float(inst["scores"][i]),
+                         "bbox_xyxy": [float(v) for v in inst["pred_boxes"][i]],
+                         "area": int(inst["pred_masks"][i].sum()),
+                         "unseen": int(inst["pred_classes"][i]) in info.unseen_ids} for k, i in enumerate(order)]
+    return id_map, doc
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def write_outputs(seg: Segmentation, info: ModelInfo, out_dir: Path, stem: str, *, rgb: np.ndarray | None = None,
+                  vis: bool = False, save_raw: bool = False, vis_score_threshold: float = 0.5,
+                  extra: dict[str, Any] | None = None) -> list[Path]:
+    """Write `<stem>_<task>.png`, `<stem>.json`, and optionally `<stem>_vis.png` / `<stem>_raw.npz`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_map, doc = describe(seg, info)
+    if extra:
+        doc.update(extra)
+    written = []
+    png = out_dir / f"{stem}_{seg.task}.png"
+    doc["label_png"] = png.name
+    doc["label_png_encoding"] = save_png(png, label_map)
+    written.append(png)
+    if vis and rgb is not None:
+        from .visualize import overlay
+
+        kwargs: dict[str, Any] = {}
+        if seg.task == "semantic":
+            kwargs["semantic"] = label_map
+        elif seg.task == "panoptic":
+            kwargs["panoptic"], kwargs["segments"] = label_map, seg.results["segments_info"]
+        else:
+            kwargs["instances"] = seg.results["instances"]
+            kwargs["score_threshold"] = vis_score_threshold
+        vis_path = out_dir / f"{stem}_vis.png"
+        save_png(vis_path, overlay(rgb, class_names=info.class_names, **kwargs))
+        written.append(vis_path)
+    if save_raw:
+        raw = out_dir / f"{stem}_raw.npz"
+        save_npz_atomic(raw, class_logits=seg.class_logits, mask_logits=seg.mask_logits,
+                        image_hw=np.array(seg.image_hw), padded_hw=np.array(seg.padded_hw),
+                        output_hw=np.array(seg.output_hw))
+        written.append(raw)
+    js = out_dir / f"{stem}.json"
+    write_json_atomic(js, doc)
+    written.append(js)
+    return written
