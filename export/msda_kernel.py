@@ -215,7 +215,7 @@ def ms_deform_attn_forward(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     *,
-    num_threads: int = 0,
+    num_threads: int | None = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention with the compiled kernel.
 
@@ -226,8 +226,8 @@ def ms_deform_attn_forward(
         sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y); same dtype as value. Values outside [0, 1]
             are allowed (zero padding).
         attention_weights: [N, Lq, M, L, P]; same dtype as value.
-        num_threads: CPU only. 0 runs on torch's intra-op thread pool; > 0 uses the kernel library's own
-            std::thread runner with that many threads.
+        num_threads: CPU only: worker threads of the kernel library's std::thread runner. None (default) uses
+            ``torch.get_num_threads()``; 0 uses the hardware concurrency.
 
     Returns:
         [N, Lq, M * D] in value's dtype and device. Forward only: raises if autograd would need a gradient.
@@ -258,6 +258,10 @@ def ms_deform_attn_forward(
         )
     ext = load_extension(value.device)
     dev = value.device
+    if num_threads is None:
+        num_threads = torch.get_num_threads()
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 or None, got {num_threads}")
     return ext.forward(
         value.contiguous(),
         spatial_shapes.to(device=dev, dtype=torch.int32).contiguous(),
