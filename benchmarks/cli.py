@@ -1,0 +1,263 @@
+"""`zsd-bench`: accuracy against PyTorch per object size, latency/throughput, and a regression gate.
+
+    zsd-bench accuracy --model M.onnx --reference pytorch --dataset synthetic:8 --output out/acc
+    zsd-bench latency  --model M.onnx --backends torch,onnxruntime --sizes 512x512 --batch 1,2 --output out/lat
+    zsd-bench check    --baseline benchmarks/baselines/ci_cpu.json --current out/lat/report.json out/acc/report.json
+
+Exit status: 0 pass, 1 accuracy limit broken / regression, 2 usage or input error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zsdeploy.runtime.errors import ZsdError
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _progress(**kw):
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, mininterval=1.0, **kw)
+
+
+def _write(out: Path, name: str, text: str) -> Path:
+    from zsdeploy.runtime.imageio import write_json_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / name
+    if name.endswith(".json"):
+        return write_json_atomic(p, json.loads(text))
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(p)
+    return p
+
+
+def _reference(args: argparse.Namespace, task: str):
+    if args.reference != "pytorch":
+        raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
+    try:
+        from zsdeploy.export.torch_backend import TorchBackend
+    except ImportError as e:
+        raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
+    return TorchBackend.pading(task, args.config, args.weights, threads=args.threads)
+
+
+def _load(path: str, threads: int | None):
+    from zsdeploy.runtime.backends import load_backend
+
+    return load_backend(path, threads=threads)
+
+
+# ------------------------------------------------------------------------------------------------ accuracy
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    from .accuracy import apply_tolerances, load_tolerances, markdown, run_accuracy, summary_lines
+    from .datasets import open_dataset
+
+    tol = load_tolerances(args.tolerances)
+    backend = _load(args.model, args.threads)
+    if backend.info.model != "pading":
+        raise ZsdError(f"{args.model} is a {backend.info.model} model; the PyTorch reference is PADing only.",
+                       "pass a PADing export.")
+    reference = _reference(args, backend.info.task)
+    size_range = tuple(float(v) for v in args.object_sizes.split(","))
+    ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
+                      n_objects=args.objects)
+    _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
+    report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
+                          progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"))
+    report["model"]["path"] = str(args.model)
+    apply_tolerances(report, tol)
+    out = Path(args.output)
+    _write(out, "report.json", json.dumps(report, default=_json_default))
+    _write(out, "report.md", markdown(report))
+    for n in report["notes"]:
+        _say(f"note: {n}")
+    for line in summary_lines(report):
+        _say(line)
+    _say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    return 0 if report["passed"] else 1
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+# ------------------------------------------------------------------------------------------------ latency
+def cmd_latency(args: argparse.Namespace) -> int:
+    from .latency import NamedBackend, markdown, markdown_table, parse_ints, parse_sizes, plot, run_latency
+
+    sizes = parse_sizes(args.sizes)
+    batches = parse_ints(args.batch, "--batch")
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    unknown = set(names) - {"torch", "onnxruntime", "tensorrt"}
+    if unknown:
+        raise ZsdError(f"unknown --backends {sorted(unknown)}.", "choose from torch, onnxruntime, tensorrt.")
+    backends: list[NamedBackend] = []
+    unavailable: list[dict[str, str]] = []
+    task = None
+    model = None
+    if "onnxruntime" in names:
+        if not args.model or not args.model.endswith(".onnx"):
+            raise ZsdError("--backends onnxruntime needs --model M.onnx.", "pass the ONNX file export-model wrote.")
+        model = _load(args.model, args.threads)
+        backends.append(NamedBackend("onnxruntime", model))
+    if "tensorrt" in names:
+        plan = args.engine or (args.model if args.model and not args.model.endswith(".onnx") else None)
+        if not plan:
+            unavailable.append({"backend": "tensorrt", "reason": "no engine given (--engine M.plan)"})
+        else:
+            try:
+                trt = _load(plan, None)
+                backends.append(NamedBackend("tensorrt", trt))
+                model = model or trt
+            except (ZsdError, ImportError, OSError) as e:
+                unavailable.append({"backend": "tensorrt", "reason": str(e)})
+    if "torch" in names:
+        info = model.info if model else None
+        if info is not None and info.model != "pading":
+            raise ZsdError("the torch baseline is PADing only.", "pass a PADing export.")
+        task = info.task if info else args.task
+        backends.insert(0, NamedBackend("torch", _reference(args, task)))
+    if not backends:
+        raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
+                       "pass --backends torch,onnxruntime with --model M.onnx.")
+    for u in unavailable:
+        _say(f"skipping {u['backend']}: {u['reason']}")
+    _say(f"zsd-bench latency: {', '.join(b.name for b in backends)} at {args.sizes}, batch {args.batch}, "
+         f"warm-up {args.warmup}, {args.repeat} timed runs")
+    report = run_latency(backends, sizes, batches, warmup=args.warmup, repeat=args.repeat, task=args.task,
+                         progress=lambda **kw: _progress(**kw))
+    report["model"] = args.model
+    report["unavailable"] = unavailable
+    if not report["results"]:
+        raise ZsdError("no (backend, size, batch) combination could run: " +
+                       "; ".join(f"{s['backend']} {s['size']} b{s['batch']}: {s['reason']}" for s in report["skipped"]),
+                       "a static model runs only at its own --sizes/--batch; export with --dynamic for others.")
+    out = Path(args.output)
+    png = plot(report, out / "latency.png")
+    report["plot"] = str(png) if png else None
+    _write(out, "report.json", json.dumps(report, default=_json_default))
+    _write(out, "report.md", markdown(report, png.name if png else None))
+    _say(markdown_table(report))
+    for s in report["skipped"]:
+        _say(f"skipped {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}")
+    for k, v in report["gate"]["speedup"].items():
+        _say(f"speed-up {k}: {v:.2f}x")
+    _say(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {png}" if png else ""))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ check
+def cmd_check(args: argparse.Namespace) -> int:
+    from .accuracy import load_tolerances
+    from .gate import compare, load_gate, table, verdict
+
+    tol = load_tolerances(args.tolerances)
+    rows = compare(load_gate(args.baseline), load_gate(args.current), tol)
+    _say(table(rows))
+    ok, text = verdict(rows)
+    _say(f"verdict: {text}")
+    if args.output:
+        _write(Path(args.output).parent, Path(args.output).name, json.dumps({"rows": rows, "passed": ok,
+                                                                              "verdict": text}))
+    return 0 if ok else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .gate import load_gate
+
+    gate = load_gate(args.inputs)
+    doc = {"kind": "baseline", "sources": args.inputs, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "gate": gate}
+    _write(Path(args.output).parent, Path(args.output).name, json.dumps(doc))
+    _say(f"wrote {args.output} ({len(gate['speedup'])} speed-ups, {len(gate['accuracy'])} accuracy values)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zsd-bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp):
+        sp.add_argument("--weights", help="checkpoint for the PyTorch reference (default: the stand-in weights)")
+        sp.add_argument("--config", help="upstream YAML config for the PyTorch reference")
+        sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+        sp.add_argument("--output", required=True, help="output directory")
+
+    a = sub.add_parser("accuracy", help="backend vs PyTorch reference (and ground truth), per object size bucket")
+    a.add_argument("--model", required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
+    a.add_argument("--reference", default="pytorch", help="reference implementation (pytorch)")
+    a.add_argument("--dataset", default="synthetic:8",
+                   help="synthetic[:N] | folder:DIR | coco-panoptic:JSON,PNG_DIR,IMG_DIR (default synthetic:8)")
+    a.add_argument("--tolerances", help="tolerance YAML (default benchmarks/tolerances/default.yaml)")
+    a.add_argument("--scene-size", default="256x320", help="synthetic scene size HxW (default 256x320)")
+    a.add_argument("--object-sizes", default="6,60", help="synthetic object sqrt(area) range lo,hi px (default 6,60)")
+    a.add_argument("--objects", type=int, default=30, help="objects per synthetic scene (default 30)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--short-edge", type=int, default=None,
+                   help="resize short edge (default: the model metadata's; a static model that cannot hold it gets "
+                        "the largest that fits, recorded in the report)")
+    a.add_argument("--instance-score", type=float, default=0.5,
+                   help="reference instances with at least this score are the ground truth of instance AP vs reference")
+    common(a)
+    a.set_defaults(func=cmd_accuracy)
+
+    lat = sub.add_parser("latency", help="latency/throughput, torch baseline and backends interleaved")
+    lat.add_argument("--model", help=".onnx for onnxruntime (or .plan for tensorrt)")
+    lat.add_argument("--engine", help=".plan for tensorrt when --model is the .onnx")
+    lat.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
+    lat.add_argument("--sizes", default="512x512", help="network input sizes HxW, comma-separated")
+    lat.add_argument("--batch", default="1", help="batch sizes, comma-separated")
+    lat.add_argument("--warmup", type=int, default=2)
+    lat.add_argument("--repeat", type=int, default=10)
+    lat.add_argument("--task", default=None, help="post-processing task (default: the model's)")
+    common(lat)
+    lat.set_defaults(func=cmd_latency)
+
+    c = sub.add_parser("check", help="regression gate on within-run ratios vs a committed baseline")
+    c.add_argument("--baseline", nargs="+", required=True, help="baseline JSON(s) (reports or a merged baseline)")
+    c.add_argument("--current", nargs="+", required=True, help="current report.json file(s)")
+    c.add_argument("--tolerances", help="tolerance YAML (its `check` section)")
+    c.add_argument("--output", help="also write the verdict as JSON here")
+    c.set_defaults(func=cmd_check)
+
+    m = sub.add_parser("merge", help="merge the gate sections of reports into one baseline JSON")
+    m.add_argument("inputs", nargs="+")
+    m.add_argument("--output", required=True)
+    m.set_defaults(func=cmd_merge)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        rc = args.func(args)
+    except ZsdError as e:
+        print(f"zsd-bench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("zsd-bench: interrupted", file=sys.stderr)
+        return 130
+    if args.cmd in ("accuracy", "latency"):
+        _say(f"done in {time.perf_counter() - t0:.1f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

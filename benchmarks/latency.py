@@ -1,0 +1,260 @@
+"""Latency / throughput of the PyTorch baseline and the exported backends, measured side by side in one run.
+
+For each (size, batch): warm-up, then `repeat` timed iterations; in every iteration each backend runs once, in a
+rotating order (interleaved, so machine noise hits all backends alike); inputs rotate over distinct generated scenes.
+Each iteration records end-to-end time (pre-processing + inference + post-processing of the task) and, inside it,
+inference-only time (the backend call). A size is the network input size HxW: images are generated at that size
+and the resize step keeps them (short edge = min(H, W), max = max(H, W)); the model's own policy would resize to
+its min_size_test first. A static ONNX model only runs at its own size and batch; a dynamic one at all.
+
+Host memory: peak resident set size (VmHWM from /proc/self/status, reset per measurement by writing 5 to
+/proc/self/clear_refs — Linux >= 4.0), measured for each backend in one extra untimed iteration after the timed ones
+(the process baseline — Python, torch, loaded models — is included). Where /proc is unavailable: getrusage
+ru_maxrss (process-lifetime peak, not resettable). No device memory on CPU backends.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from zsdeploy.runtime.backends.base import Backend
+from zsdeploy.runtime.errors import ZsdError
+
+from .accuracy import BenchSegmenter, ResizePolicy
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def _proc_status(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> tuple[int, str]:
+    v = _proc_status("VmHWM")
+    if v is not None:
+        return v, "VmHWM (/proc/self/status, reset via clear_refs)"
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(ru) * (1 if platform.system() == "Darwin" else 1024), "getrusage ru_maxrss (process-lifetime peak)"
+
+
+# ------------------------------------------------------------------------------------------------ config
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in text.split(","):
+        try:
+            h, w = (int(v) for v in part.strip().lower().split("x"))
+        except ValueError:
+            raise ZsdError(f"--sizes entry {part!r} is not HxW.", "write e.g. --sizes 512x512,800x1216.") from None
+        if h < 32 or w < 32:
+            raise ZsdError(f"size {h}x{w} is too small.", "use sizes of at least 32x32 (multiples of 32).")
+        out.append((h, w))
+    return out
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ZsdError(f"{what} {text!r} is not a list of integers.", f"write e.g. {what} 1,2.") from None
+    if any(v < 1 for v in vals):
+        raise ZsdError(f"{what} values must be >= 1, got {text}.", f"write e.g. {what} 1,2.")
+    return vals
+
+
+@dataclass
+class NamedBackend:
+    name: str
+    backend: Backend
+
+
+def supports(b: Backend, hw: tuple[int, int], batch: int) -> str | None:
+    """None when `b` can run (hw, batch); else the reason it is skipped."""
+    info = b.info
+    if info.static_hw is not None and tuple(info.static_hw) != tuple(hw):
+        return f"static model exported at {info.static_hw[0]}x{info.static_hw[1]}"
+    if info.static_batch is not None and info.static_batch != batch:
+        return f"static model exported for batch {info.static_batch}"
+    return None
+
+
+def _stats(ms: list[float], batch: int) -> dict[str, float]:
+    a = np.asarray(ms, np.float64)
+    med = float(np.median(a))
+    return {"median_ms": med, "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean()), "min_ms": float(a.min()), "images_per_s": 1000.0 * batch / med, "n": int(a.size)}
+
+
+def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batches: list[int], *, warmup: int,
+                repeat: int, task: str | None = None, n_inputs: int = 4, seed: int = 0,
+                progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+    from .synthetic import generate_scene
+
+    if repeat < 1 or warmup < 0:
+        raise ZsdError("--repeat must be >= 1 and --warmup >= 0.", "e.g. --warmup 2 --repeat 10.")
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    mem_method = peak_rss_bytes()[1]
+    plan = []
+    for hw in sizes:
+        for batch in batches:
+            runnable = []
+            for nb in backends:
+                why = supports(nb.backend, hw, batch)
+                if why:
+                    skipped.append({"backend": nb.name, "size": f"{hw[0]}x{hw[1]}", "batch": batch, "reason": why})
+                else:
+                    runnable.append(nb)
+            if runnable:
+                plan.append((hw, batch, runnable))
+    total = sum((warmup + repeat) * len(r) for _, _, r in plan)
+    bar = progress(total=total, desc="latency", unit="run") if progress and total else None
+    for hw, batch, runnable in plan:
+        h, w = hw
+        k = max(n_inputs, 2 * batch)
+        images = [generate_scene(seed * 1000 + i, h, w, n_objects=12, size_range=(6, max(7, min(h, w) // 4))).image
+                  for i in range(k)]
+        policy = ResizePolicy(min(h, w), max(h, w), "sizes are network input sizes (no resize)")
+        segs = {nb.name: BenchSegmenter(nb.backend, task, policy) for nb in runnable}
+        times = {nb.name: {"e2e": [], "infer": [], "pre": [], "post": []} for nb in runnable}
+        padded = None
+        for it in range(warmup + repeat):
+            imgs = [images[(it * batch + j) % k] for j in range(batch)]
+            order = runnable[it % len(runnable):] + runnable[:it % len(runnable)]
+            for nb in order:
+                seg = segs[nb.name]
+                t0 = time.perf_counter()
+                b = seg.preprocess(imgs)
+                t1 = time.perf_counter()
+                cls, masks = seg.infer(b)
+                t2 = time.perf_counter()
+                for i in range(batch):
+                    seg.postprocess(cls, masks, b, i)
+                t3 = time.perf_counter()
+                padded = b.padded_hw
+                if it >= warmup:
+                    tt = times[nb.name]
+                    tt["e2e"].append((t3 - t0) * 1e3)
+                    tt["infer"].append((t2 - t1) * 1e3)
+                    tt["pre"].append((t1 - t0) * 1e3)
+                    tt["post"].append((t3 - t2) * 1e3)
+                if bar is not None:
+                    bar.update(1)
+        for nb in runnable:  # memory: one more untimed iteration per backend, peak reset before it
+            reset_ok = reset_peak_rss()
+            seg = segs[nb.name]
+            b = seg.preprocess(images[:batch])
+            cls, masks = seg.infer(b)
+            for i in range(batch):
+                seg.postprocess(cls, masks, b, i)
+            peak, _ = peak_rss_bytes()
+            tt = times[nb.name]
+            results.append({
+                "backend": nb.name, "size": f"{h}x{w}", "batch": batch, "padded_hw": list(padded or hw),
+                "task": seg.task, "e2e": _stats(tt["e2e"], batch), "infer": _stats(tt["infer"], batch),
+                "pre_median_ms": float(np.median(tt["pre"])), "post_median_ms": float(np.median(tt["post"])),
+                "peak_rss_mib": peak / 2**20, "peak_rss_per_iteration": reset_ok,
+            })
+    if bar is not None:
+        bar.close()
+    speedup: dict[str, float] = {}
+    base = {(r["size"], r["batch"]): r for r in results if r["backend"] == "torch"}
+    for r in results:
+        t = base.get((r["size"], r["batch"]))
+        if r["backend"] == "torch" or t is None:
+            continue
+        for mode in ("e2e", "infer"):
+            speedup[f"{r['backend']}/{r['size']}/b{r['batch']}/{mode}"] = t[mode]["median_ms"] / r[mode]["median_ms"]
+    return {
+        "kind": "latency",
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": {"warmup": warmup, "repeat": repeat, "distinct_inputs": n_inputs, "interleaved": True,
+                     "memory": mem_method, "resize": "none: sizes are network input sizes"},
+        "results": results,
+        "skipped": skipped,
+        "gate": {"speedup": speedup},
+    }
+
+
+# ------------------------------------------------------------------------------------------------ output
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = ["| backend | size | batch | e2e median ms | e2e p90 | e2e p99 | infer median ms | infer p90 | "
+             "infer p99 | images/s (e2e) | speed-up vs torch (e2e / infer) | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    sp = report["gate"]["speedup"]
+    for r in report["results"]:
+        key = f"{r['backend']}/{r['size']}/b{r['batch']}"
+        s = (f"{sp[key + '/e2e']:.2f}x / {sp[key + '/infer']:.2f}x" if key + "/e2e" in sp else
+             ("baseline" if r["backend"] == "torch" else "-"))
+        e, i = r["e2e"], r["infer"]
+        lines.append(f"| {r['backend']} | {r['size']} | {r['batch']} | {e['median_ms']:.1f} | {e['p90_ms']:.1f} | "
+                     f"{e['p99_ms']:.1f} | {i['median_ms']:.1f} | {i['p90_ms']:.1f} | {i['p99_ms']:.1f} | "
+                     f"{e['images_per_s']:.2f} | {s} | {r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any], plot: str | None) -> str:
+    st = report["settings"]
+    out = ["# zsd-bench latency", "",
+           f"- machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs",
+           f"- warm-up {st['warmup']}, {st['repeat']} timed iterations, {st['distinct_inputs']} rotating inputs, "
+           f"backends interleaved; e2e = pre + infer + post; memory: {st['memory']}", "", markdown_table(report)]
+    if report["skipped"]:
+        out += ["", "Skipped:", ""] + [f"- {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}"
+                                       for s in report["skipped"]]
+    if plot:
+        out += ["", f"![latency]({plot})"]
+    return "\n".join(out) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    if not report["results"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = list(dict.fromkeys(f"{r['size']} b{r['batch']}" for r in report["results"]))
+    names = list(dict.fromkeys(r["backend"] for r in report["results"]))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6, 2.2 * len(configs) + 3), 4), squeeze=False)
+    width = 0.8 / len(names)
+    for ax, mode in zip(axes[0], ("e2e", "infer")):
+        for j, n in enumerate(names):
+            xs, ys, err = [], [], []
+            for ci, c in enumerate(configs):
+                r = next((r for r in report["results"] if r["backend"] == n and f"{r['size']} b{r['batch']}" == c), None)
+                if r:
+                    xs.append(ci + (j - (len(names) - 1) / 2) * width)
+                    ys.append(r[mode]["median_ms"])
+                    err.append(r[mode]["p90_ms"] - r[mode]["median_ms"])
+            ax.bar(xs, ys, width, yerr=[[0] * len(err), err], label=n, capsize=3)
+        ax.set_xticks(range(len(configs)), configs)
+        ax.set_ylabel("ms per batch (median, bar to p90)")
+        ax.set_title("end-to-end" if mode == "e2e" else "inference only")
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
