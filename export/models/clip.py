@@ -12,6 +12,7 @@ with a prefix such as `sem_seg_head.predictor.clip_model.` (a ZegFormer gzss che
 """
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -240,7 +241,9 @@ def read_clip_file(path: str | Path) -> dict[str, torch.Tensor]:
                        "pass OpenAI's ViT-B-16.pt (from the openai/CLIP download list) with --clip.")
     if _is_torchscript_archive(path):
         try:
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still reads archives
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as e:  # noqa: BLE001 (torch raises assorted RuntimeErrors for broken archives)
             raise ZsdError(f"CLIP file {path} is a TorchScript archive that could not be read "
                            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}).",
