@@ -42,7 +42,7 @@ def _write(out: Path, name: str, text: str) -> Path:
 
 
 def _reference(args: argparse.Namespace, task: str):
-    if args.reference != "pytorch":
+    if getattr(args, "reference", "pytorch") != "pytorch":
         raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
     try:
         from zsdeploy.export.torch_backend import TorchBackend
@@ -131,7 +131,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         info = model.info if model else None
         if info is not None and info.model != "pading":
             raise ZsdError("the torch baseline is PADing only.", "pass a PADing export.")
-        task = info.task if info else args.task
+        task = info.task if info else (args.task or "panoptic")
         backends.insert(0, NamedBackend("torch", _reference(args, task)))
     if not backends:
         raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
