@@ -1,0 +1,123 @@
+"""zsd-bench gates: a really degraded backend is caught by the accuracy gate (small bucket first); `check` on ratios."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from zsdeploy.benchmarks.accuracy import apply_tolerances, load_tolerances, run_accuracy
+from zsdeploy.benchmarks.cli import main
+from zsdeploy.benchmarks.datasets import open_dataset
+from zsdeploy.runtime.backends.base import Backend
+from zsdeploy.runtime.postprocess import resize_bilinear
+
+
+class HalfResolution(Backend):
+    """A real degradation: the wrapped model runs on a 2x2-average-pooled input (as an export at half resolution
+    would), and its mask logits are bilinearly upsampled back to the stride-4 grid of the full input."""
+
+    name = "half-res"
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def input_shape(self, name):
+        return self.inner.input_shape(name)
+
+    def infer(self, feeds):
+        x = feeds["images"]
+        b, c, h, w = x.shape
+        small = np.ascontiguousarray(x.reshape(b, c, h // 2, 2, w // 2, 2).mean((3, 5)), dtype=np.float32)
+        out = self.inner.infer({"images": small})
+        m = out["mask_logits"]
+        q = m.shape[1]
+        up = resize_bilinear(m.reshape(b * q, *m.shape[2:]), (h // 4, w // 4)).reshape(b, q, h // 4, w // 4)
+        return {"class_logits": out["class_logits"], "mask_logits": up.astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def torch_ref():
+    from zsdeploy.export.torch_backend import TorchBackend
+
+    return TorchBackend.pading("panoptic")
+
+
+@pytest.fixture(scope="module")
+def tiny_scenes():
+    # two 96x128 scenes with many small objects (sqrt(area) 4..40 px): small and medium buckets populated
+    return open_dataset("synthetic:2", scene_size="96x128", size_range=(4, 40), n_objects=25)
+
+
+def test_degraded_backend_is_caught_small_bucket_first(torch_ref, tiny_scenes):
+    report = run_accuracy(HalfResolution(torch_ref), torch_ref, tiny_scenes, short_edge=96)
+    apply_tolerances(report, load_tolerances(None))
+    assert report["passed"] is False
+    assert report["flagged_buckets"][0] == "small"
+    assert report["violations"][0]["bucket"] == "small"
+    vr = report["vs_reference"]
+    # the damage is largest on small objects (the point of the per-bucket report)
+    assert vr["small"]["mask_logits.rel_l2"] > vr["medium"]["mask_logits.rel_l2"]
+    assert vr["small"]["mask_logits.sign_agreement"] < vr["medium"]["mask_logits.sign_agreement"]
+    assert report["resize"]["short_edge"] == 96 and report["dataset"]["ground_truth"] is True
+
+
+def test_equivalent_backend_passes(torch_ref, tiny_scenes):
+    # Control: the same weights through a different MSDeformAttn computation (the pure grid_sample lowering that the
+    # ONNX export inlines) agree within fp32 rounding, so every defined limit holds in every bucket.
+    from zsdeploy.export.torch_backend import TorchBackend
+
+    alt = TorchBackend(torch_ref.model, dict(torch_ref.info.raw), msda="gridsample")
+    alt.name = "torch-gridsample"
+    report = run_accuracy(alt, torch_ref, tiny_scenes, short_edge=96)
+    apply_tolerances(report, load_tolerances(None))
+    assert report["passed"], report["violations"]
+    assert report["vs_reference"]["small"]["semantic.pixel_agreement"] >= 0.999
+    # stand-in weights: the reference has no panoptic segments -> PQ is N/A, never a silent 100
+    if report["vs_reference"]["all"]["panoptic.segments"] == 0:
+        assert report["vs_reference"]["all"]["panoptic.pq"] is None
+
+
+def _report(path, speedup, small_agree, small_rel):
+    path.write_text(json.dumps({"gate": {
+        "speedup": {"onnxruntime/128x160/b1/e2e": speedup, "onnxruntime/128x160/b1/infer": speedup * 1.02},
+        "accuracy": {"small/semantic.pixel_agreement": small_agree, "small/mask_logits.rel_l2": small_rel,
+                     "all/semantic.pixel_agreement": 1.0}}}))
+    return str(path)
+
+
+def test_check_passes_within_tolerance(tmp_path, capsys):
+    base = _report(tmp_path / "base.json", 4.0, 1.0, 2e-6)
+    cur = _report(tmp_path / "cur.json", 3.2, 0.9995, 5e-6)  # 0.8 of the speed-up, tiny accuracy change
+    assert main(["check", "--baseline", base, "--current", cur]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASS" in out and "onnxruntime/128x160/b1/e2e" in out
+
+
+@pytest.mark.parametrize("change", ["slower", "less_accurate", "larger_error", "missing"])
+def test_check_catches_regressions(tmp_path, capsys, change):
+    base = _report(tmp_path / "base.json", 4.0, 1.0, 2e-6)
+    speedup, agree, rel = 4.0, 1.0, 2e-6
+    if change == "slower":
+        speedup = 2.5  # < 0.75 x 4.0
+    elif change == "less_accurate":
+        agree = 0.99  # dropped 1 % of pixels > 0.001
+    elif change == "larger_error":
+        rel = 1e-3  # > 10 x baseline and the 1e-5 floor
+    cur = _report(tmp_path / "cur.json", speedup, agree, rel)
+    if change == "missing":
+        doc = json.loads((tmp_path / "cur.json").read_text())
+        del doc["gate"]["speedup"]["onnxruntime/128x160/b1/e2e"]
+        (tmp_path / "cur.json").write_text(json.dumps(doc))
+    assert main(["check", "--baseline", base, "--current", cur]) == 1
+    out = capsys.readouterr().out
+    assert "verdict: FAIL" in out and ("REGRESSION" in out or "MISSING" in out)
+
+
+def test_check_bad_input_is_a_user_error(tmp_path, capsys):
+    bad = tmp_path / "x.json"
+    bad.write_text("{}")
+    assert main(["check", "--baseline", str(bad), "--current", str(bad)]) == 2
+    assert "no 'gate' section" in capsys.readouterr().err
