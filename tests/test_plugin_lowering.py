@@ -152,13 +152,7 @@ def test_tiny_model_matches_gridsample(tiny, msda, dynamic):
     assert rel_l2(got, torch_out) < REL_L2
 
 
-@pytest.mark.parametrize("opset", [
-    pytest.param(17, marks=pytest.mark.xfail(
-        strict=True, reason="export/models/msdeformattn.py builds level_start_index with spatial_shapes.prod(1); the "
-                            "dynamo exporter down-converts that ReduceProd to opset 17 with an opset-18 attribute "
-                            "(noop_with_empty_axes), which onnx.checker rejects. Fix there: "
-                            "spatial_shapes[:, 0] * spatial_shapes[:, 1]")),
-    21])
+@pytest.mark.parametrize("opset", [17, 21])
 def test_other_opsets(tiny, opset):
     shape = ExportShape(64, 96, 1, False)
     graph = check_and_simplify(trace_to_onnx(tiny, shape, opset=opset, msda="plugin", output_names=("out",)))
@@ -213,15 +207,9 @@ def test_int64_shape_inputs_are_rejected():
 
 
 @pytest.fixture(scope="module")
-def pading():
-    from zsdeploy.export.pading_export import build_pading
-
-    return build_pading("panoptic")
-
-
-@pytest.fixture(scope="module")
-def pading_graphs(pading, tmp_path_factory):
-    """{(msda, dynamic): ModelProto}; the static plugin graph goes through the export-model CLI."""
+def pading_graphs(pading_panoptic, onnx_exports, tmp_path_factory):
+    """{(msda, dynamic): ModelProto}; the static plugin graph goes through the export-model CLI; the gridsample
+    references are the session's exports (static 1x3x128x160 and dynamic, see conftest.py)."""
     from zsdeploy.export.cli import main as export_main
 
     graphs: dict[tuple[str, bool], onnx.ModelProto] = {}
@@ -229,11 +217,13 @@ def pading_graphs(pading, tmp_path_factory):
     assert export_main(["--model", "pading", "--task", "panoptic", "--msda", "plugin", "--height", "128",
                         "--width", "160", "--output", str(out)]) == 0
     graphs[("plugin", False)] = onnx.load(str(out))
+    graphs[("gridsample", False)] = onnx.load(str(onnx_exports["static_b1"]))
+    graphs[("gridsample", True)] = onnx.load(str(onnx_exports["dynamic"]))
     for dynamic in (False, True):
         shape = ExportShape(128, 160, 1, dynamic)
         for msda in ("gridsample", *LOWERINGS):
             if (msda, dynamic) not in graphs:
-                graphs[(msda, dynamic)] = _export(pading.model, shape, msda, ("class_logits", "mask_logits"))
+                graphs[(msda, dynamic)] = _export(pading_panoptic.model, shape, msda, ("class_logits", "mask_logits"))
     return graphs
 
 

@@ -99,7 +99,8 @@ def ms_deform_attn(
         return ms_deform_attn_gridsample(value, level_shapes, sampling_locations, attention_weights)
     spatial_shapes = torch.tensor(level_shapes, dtype=torch.int64, device=value.device) if mode == "op" \
         else shapes_tensor(level_shapes, value.device)
-    level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    # H*W written as a product of columns: ReduceProd does not down-convert to opset 17 correctly.
+    level_start_index = torch.cat((spatial_shapes.new_zeros(1), (spatial_shapes[:, 0] * spatial_shapes[:, 1]).cumsum(0)[:-1]))
     return ms_deform_attn_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
 
