@@ -1,0 +1,167 @@
+"""ZegFormer bundle export: segmenter (text embeddings as an input, any vocabulary size) and CLIP text encoder,
+ONNX Runtime vs PyTorch, self-describing metadata, default-vocabulary embeddings, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import rel_l2
+from test_clip import tiny_clip
+from test_tokenizer import BPE
+from zsdeploy.runtime.errors import ZsdError
+
+H, W = 64, 96
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """One export (static 1x3x64x96, stand-in R101 + a small CLIP with the real vocabulary) shared by the tests."""
+    from zsdeploy.export.zegformer_export import export_zegformer
+
+    d = tmp_path_factory.mktemp("zegformer")
+    clip_file = d / "clip_small.pt"
+    torch.save(tiny_clip(seed=2).state_dict(), clip_file)
+    lines: list[str] = []
+    out = export_zegformer(d / "bundle", clip=clip_file, height=H, width=W, clip_bpe=BPE,
+                           embed_defaults=BPE is not None, say=lines.append)
+    return out, clip_file, lines
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    from zsdeploy.export.zegformer_export import build_zegformer
+
+    return build_zegformer(clip=bundle[1])
+
+
+_SESSIONS: dict[str, ort.InferenceSession] = {}
+
+
+def session(path) -> ort.InferenceSession:
+    """One ONNX Runtime session per graph for the whole module (loading the 240 MB segmenter takes seconds)."""
+    key = str(path)
+    if key not in _SESSIONS:
+        _SESSIONS[key] = ort.InferenceSession(key, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key]
+
+
+def test_bundle_files_and_metadata(bundle):
+    from zsdeploy.runtime.metadata import ModelInfo
+
+    out, _, lines = bundle
+    names = {p.name for p in out.iterdir()}
+    expected = {"segmenter.onnx", "text_encoder.onnx", "bundle.json"}
+    if BPE is not None:
+        expected.add("text_embeddings.npy")
+    assert names == expected
+    assert any("STAND-IN" in line for line in lines)
+    manifest = json.loads((out / "bundle.json").read_text())
+    for graph in ("segmenter", "text_encoder"):
+        proto = onnx.load(str(out / f"{graph}.onnx"), load_external_data=False)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        info = ModelInfo.from_metadata(meta, graph)
+        assert (info.model, info.task, info.num_classes, info.static_hw) == ("zegformer", "semantic", 156, (H, W))
+        assert info.class_names[:3] == ("person", "bicycle", "car") and info.unseen_ids == ()
+        assert meta["graph"] == graph and meta["standin_weights"] == "true" and meta["standin_clip"] == "false"
+        assert json.loads(meta["seen_ids"]) == list(range(156))
+        assert meta["prompt_ensemble_type"] == "imagenet_select" and len(json.loads(meta["prompt_templates"])) == 8
+        assert meta["clip_weights"] == "clip_small.pt" and len(meta["clip_sha256"]) == 64
+        assert json.loads(meta["bundle_files"])["segmenter"] == "segmenter.onnx"
+        assert meta["clip_classification"] == "false" and meta["gzero_calibrate"] == "-1.0"
+        assert float(meta["logit_scale"]) == pytest.approx(100.0)
+        assert manifest["class_names"] == list(info.class_names)
+    assert manifest["graph"] == "bundle"
+
+
+def test_segmenter_inputs_outputs(bundle):
+    sess = session(bundle[0] / "segmenter.onnx")
+    ins = {i.name: i.shape for i in sess.get_inputs()}
+    assert ins == {"images": [1, 3, H, W], "text_embeddings": ["num_classes", 512]}
+    assert [o.name for o in sess.get_outputs()] == ["class_logits", "mask_logits"]
+
+
+@pytest.mark.parametrize("num_classes", [5, 1, 171])
+def test_segmenter_onnx_matches_pytorch_for_any_vocabulary(bundle, reference, num_classes):
+    sess = session(bundle[0] / "segmenter.onnx")
+    g = torch.Generator().manual_seed(num_classes)
+    images = torch.rand(1, 3, H, W, generator=g) * 255
+    text = torch.nn.functional.normalize(torch.randn(num_classes, 512, generator=g), dim=-1)
+    cls, masks = sess.run(None, {"images": images.numpy(), "text_embeddings": text.numpy()})
+    with torch.inference_mode():
+        ref_cls, ref_masks = reference.model(images, text)
+    assert cls.shape == (1, 100, num_classes + 1) and masks.shape == (1, 100, H // 4, W // 4)
+    assert rel_l2(cls, ref_cls.numpy()) < 1e-4
+    assert rel_l2(masks, ref_masks.numpy()) < 1e-4
+
+
+def test_segmenter_rejects_wrong_text_width(bundle):
+    sess = session(bundle[0] / "segmenter.onnx")
+    with pytest.raises(Exception, match="text_embeddings"):
+        sess.run(None, {"images": np.zeros((1, 3, H, W), np.float32),
+                        "text_embeddings": np.zeros((3, 300), np.float32)})
+
+
+def test_text_encoder_onnx_matches_pytorch(bundle, reference):
+    from zsdeploy.export.models.clip import CLIPTextEncoder
+
+    sess = session(bundle[0] / "text_encoder.onnx")
+    ids = np.zeros((4, 77), np.int64)
+    for i, body in enumerate(([320, 1929], [320, 2368, 530, 518, 3562], [22697], [9706] * 30)):
+        ids[i, :len(body) + 2] = [49406, *body, 49407]
+    with torch.inference_mode():
+        ref = CLIPTextEncoder(reference.clip)(torch.from_numpy(ids)).numpy()
+    for cols in (77, 34):  # full context, and with padding columns dropped
+        got = sess.run(None, {"token_ids": ids[:, :cols]})[0]
+        assert got.shape == (4, 512)
+        assert rel_l2(got, ref) < 1e-4
+
+
+@pytest.mark.skipif(BPE is None, reason="CLIP's BPE vocabulary not found")
+def test_default_and_new_vocabulary_end_to_end(bundle):
+    """The stored default embeddings equal the ONNX text encoder's prompt ensemble; a new 5-name vocabulary
+    runs through tokenizer -> text_encoder.onnx -> segmenter.onnx."""
+    from zsdeploy.export.models.clip_prompts import class_text_embeddings
+    from zsdeploy.export.tokenizer import ClipTokenizer
+
+    out = bundle[0]
+    meta = json.loads((out / "bundle.json").read_text())
+    tok = ClipTokenizer(BPE)
+    text_sess = session(out / "text_encoder.onnx")
+
+    def encode(ids):
+        return text_sess.run(None, {"token_ids": ids})[0]
+
+    default = np.load(out / "text_embeddings.npy")
+    assert default.shape == (156, 512) and default.dtype == np.float32
+    again = class_text_embeddings(meta["class_names"][:7], meta["prompt_templates"], tok.tokenize, encode)
+    assert rel_l2(again, default[:7]) < 1e-4
+
+    names = ["corgi", "fire truck", "traffic cone, pylon", "St. Peter's Basilica", "café table"]
+    emb = class_text_embeddings(names, meta["prompt_templates"], tok.tokenize, encode)
+    seg = session(out / "segmenter.onnx")
+    image = (np.random.default_rng(0).random((1, 3, H, W)) * 255).astype(np.float32)
+    cls, masks = seg.run(None, {"images": image, "text_embeddings": emb})
+    assert cls.shape == (1, 100, 6) and np.isfinite(cls).all() and np.isfinite(masks).all()
+    with pytest.raises(ZsdError, match="duplicate"):
+        class_text_embeddings(["cat", "Cat"], "single", tok.tokenize, encode)
+    with pytest.raises(ZsdError, match="at most 77"):
+        class_text_embeddings(["very " * 80 + "long"], "single", tok.tokenize, encode)
+
+
+def test_bad_export_arguments(tmp_path):
+    from zsdeploy.export.zegformer_export import export_zegformer
+
+    with pytest.raises(ZsdError, match="DIRECTORY"):
+        export_zegformer(tmp_path / "x.onnx")
+    with pytest.raises(ZsdError, match="multiples of 32"):
+        export_zegformer(tmp_path / "b", height=100, width=96)
+    not_clip = tmp_path / "not_clip.pt"
+    torch.save({"foo": torch.zeros(2)}, not_clip)
+    with pytest.raises(ZsdError, match="not an OpenAI CLIP ViT model"):
+        export_zegformer(tmp_path / "b", clip=not_clip, height=64, width=64)
+    assert not (tmp_path / "b").exists()
