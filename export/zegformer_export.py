@@ -4,7 +4,10 @@ A bundle is a directory of self-describing ONNX graphs:
 - `segmenter.onnx`: images [B,3,H,W] (RGB 0..255, padded with the pixel mean) + text_embeddings [C,512]
   -> class_logits [B,Q,C+1] (void last), mask_logits [B,Q,H/4,W/4]. C is dynamic: the vocabulary is chosen
   at run time.
-- `text_encoder.onnx`: token_ids [N,77] int64 (CLIP BPE, see export.tokenizer) -> L2-normalised [N,512].
+- `text_encoder.onnx`: token_ids [N,L<=77] int64 (CLIP BPE, see export.tokenizer) -> L2-normalised [N,512].
+- `crop_classifier.onnx` (configs with CLIP_CLASSIFICATION, "gzss"): images, image_sizes [B,2], the segmenter's
+  mask_logits and text_embeddings_clip [C,512] -> clip_logits [B,Q,C] (see models/zegformer_clip.py); the fusion
+  with class_logits is post-processing (`models.zegformer_clip.semantic_inference` is its PyTorch reference).
 - `bundle.json`: what the bundle holds and how to use it (graphs, default vocabulary, prompt templates, fusion
   settings) -- the same facts as the graphs' metadata.
 - `text_embeddings.npy` (+ `text_embeddings_clip.npy` for gzss configs): the default vocabulary embedded with the
@@ -434,6 +437,18 @@ def zegformer_metadata(built: BuiltZegFormer, shape: ExportShape, *, graph: str,
             "token_ids": "[N, L] int64 CLIP BPE ids (49406, ids..., 49407, zeros), L <= 77: the tower is causal, so "
                          "columns after the last end-of-text token may be dropped without changing the result",
         })
+    elif graph == "crop_classifier":
+        meta.update({
+            "input_name": "images",
+            "input_names": ["images", "image_sizes", "mask_logits", "text_embeddings_clip"],
+            "output_names": ["clip_logits"],
+            "image_sizes": "[B, 2] int64: valid (height, width) of each padded image (CLIP input is zero outside)",
+            "text_embeddings_clip": "[C, text_dim] float32, L2-normalised CLIP text embeddings with the 'clip' "
+                                    "(32-template) prompt ensemble; C is dynamic",
+            "clip_logits": "[B, Q, C] = exp(CLIP logit_scale) * normalised crop embedding @ text_embeddings_clip^T; "
+                           "fusion with class_logits (void appended, softmax, seen-mean, exponents, gzero "
+                           "calibration) is post-processing",
+        })
     if files:
         meta["bundle_files"] = files
     return meta
@@ -464,7 +479,8 @@ def trace_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, opse
 
 
 _DIM_NAMES = {"images": {0: "batch", 2: "height", 3: "width"}, "text_embeddings": {0: "num_classes"},
-              "token_ids": {0: "num_texts", 1: "num_tokens"}}
+              "token_ids": {0: "num_texts", 1: "num_tokens"}, "image_sizes": {0: "batch"},
+              "mask_logits": {0: "batch", 2: "height/4", 3: "width/4"}, "text_embeddings_clip": {0: "num_classes"}}
 
 
 def _name_dims(proto: onnx.ModelProto) -> None:
@@ -513,6 +529,48 @@ def export_text_encoder(built: BuiltZegFormer, *, opset: int = DEFAULT_OPSET,
     return check_and_simplify(proto, simplify=simplify)
 
 
+def export_crop_classifier(built: BuiltZegFormer, shape: ExportShape, *, opset: int = DEFAULT_OPSET,
+                           simplify: bool = True) -> onnx.ModelProto:
+    """The gzss CLIP crop classifier graph (see models/zegformer_clip.py) for the segmenter's input shape.
+
+    RoIAlign's adaptive sampling grid is bounded by ceil(longest padded side / 224): from the static size, or
+    from INPUT.MAX_SIZE_TEST (rounded up to the size divisibility) for a dynamic graph.
+    """
+    from .models.zegformer_clip import CLIPCropClassifier
+
+    if built.clip is None:
+        raise ZsdError("no CLIP model was built.", "build with need_clip=True and a --clip file.")
+    shape.validate()
+    s = built.settings
+    res = built.clip_spec.image_resolution
+    if shape.dynamic:
+        div = max(s.size_divisibility, 32)
+        longest = -(-s.max_size_test // div) * div
+    else:
+        longest = max(shape.height, shape.width)
+    module = CLIPCropClassifier(built.clip, s.clip_pixel_mean, s.clip_pixel_std,
+                                max_grid=max(1, -(-longest // res))).eval()
+    batch = max(2, shape.batch) if shape.dynamic else shape.batch
+    hw = (shape.height, shape.width) if not shape.dynamic else (256, 320)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(batch, 3, *hw, generator=g) * 255
+    sizes = torch.tensor([list(hw)] * batch, dtype=torch.int64)
+    masks = torch.randn(batch, built.spec.num_queries, hw[0] // 4, hw[1] // 4, generator=g)
+    text = torch.nn.functional.normalize(torch.randn(3, built.clip_spec.embed_dim, generator=g), dim=-1)
+    classes = torch.export.Dim("num_classes", min=1, max=65536)
+    if shape.dynamic:
+        b = torch.export.Dim("batch", min=1, max=256)
+        h = torch.export.Dim("h32", min=1, max=256)
+        w = torch.export.Dim("w32", min=1, max=256)
+        dyn = ({0: b, 2: 32 * h, 3: 32 * w}, {0: b}, {0: b, 2: 8 * h, 3: 8 * w}, {0: classes})
+    else:
+        dyn = (None, None, None, {0: classes})
+    proto = trace_graph(module, (images, sizes, masks, text), opset=opset,
+                        input_names=("images", "image_sizes", "mask_logits", "text_embeddings_clip"),
+                        output_names=("clip_logits",), dynamic_shapes=dyn)
+    return check_and_simplify(proto, simplify=simplify)
+
+
 def default_text_embeddings(built: BuiltZegFormer, bpe_path: str | os.PathLike | None,
                             templates: str) -> np.ndarray:
     """The default vocabulary embedded with PyTorch CLIP (prompt ensemble `templates`), float32 [C, 512]."""
@@ -548,9 +606,11 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
         raise ZsdError(f"--output {out} exists and is not a directory.", "choose a new directory name.")
     shape = ExportShape(height, width, batch, dynamic)
     shape.validate()
-    progress = Progress(4 + int(embed_defaults), say)
+    cfg_path = Path(config) if config else released_zegformer_config()
+    gzss = zegformer_settings(load_zegformer_config(cfg_path)).clip_classification
+    progress = Progress(4 + int(embed_defaults) + int(gzss), say)
     with progress.step("building ZegFormer and CLIP"):
-        built = build_zegformer(config, weights, clip)
+        built = build_zegformer(cfg_path, weights, clip)
     for note in built.notes:
         say(f"  note: {note}")
     if built.weights == "standin":
@@ -577,12 +637,20 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
         seg = export_segmenter(built, shape, opset=opset, simplify=simplify)
     with progress.step("tracing the CLIP text encoder (dynamic number of texts)"):
         txt = export_text_encoder(built, opset=opset, simplify=simplify)
+    crop = None
+    if built.settings.clip_classification:
+        files["crop_classifier"] = "crop_classifier.onnx"
+        with progress.step("tracing the CLIP crop classifier (masked box crops -> ViT image tower)"):
+            crop = export_crop_classifier(built, shape, opset=opset, simplify=simplify)
     with progress.step(f"writing {out}/"):
         out.mkdir(parents=True, exist_ok=True)
         set_metadata(seg, zegformer_metadata(built, shape, graph="segmenter", opset=opset, files=files))
         set_metadata(txt, zegformer_metadata(built, shape, graph="text_encoder", opset=opset, files=files))
         save_atomic(seg, out / files["segmenter"])
         save_atomic(txt, out / files["text_encoder"])
+        if crop is not None:
+            set_metadata(crop, zegformer_metadata(built, shape, graph="crop_classifier", opset=opset, files=files))
+            save_atomic(crop, out / files["crop_classifier"])
         for name, arr in embeddings.items():
             np.save(out / files[name], arr)
         manifest = zegformer_metadata(built, shape, graph="bundle", opset=opset, files=files)

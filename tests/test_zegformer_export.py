@@ -10,24 +10,26 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import rel_l2
+from conftest import REPO, rel_l2
 from test_clip import tiny_clip
 from test_tokenizer import BPE
 from zsdeploy.runtime.errors import ZsdError
 
 H, W = 64, 96
+GZSS = REPO / "configs" / "zegformer" / "cocostuff_r101_gzss.yaml"
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """One export (static 1x3x64x96, stand-in R101 + a small CLIP with the real vocabulary) shared by the tests."""
+    """One export of the gzss config (static 1x3x64x96, stand-in R101 + a small CLIP with the real vocabulary),
+    shared by the tests."""
     from zsdeploy.export.zegformer_export import export_zegformer
 
     d = tmp_path_factory.mktemp("zegformer")
     clip_file = d / "clip_small.pt"
     torch.save(tiny_clip(seed=2).state_dict(), clip_file)
     lines: list[str] = []
-    out = export_zegformer(d / "bundle", clip=clip_file, height=H, width=W, clip_bpe=BPE,
+    out = export_zegformer(d / "bundle", config=GZSS, clip=clip_file, height=H, width=W, clip_bpe=BPE,
                            embed_defaults=BPE is not None, say=lines.append)
     return out, clip_file, lines
 
@@ -36,7 +38,7 @@ def bundle(tmp_path_factory):
 def reference(bundle):
     from zsdeploy.export.zegformer_export import build_zegformer
 
-    return build_zegformer(clip=bundle[1])
+    return build_zegformer(GZSS, clip=bundle[1])
 
 
 _SESSIONS: dict[str, ort.InferenceSession] = {}
@@ -55,24 +57,27 @@ def test_bundle_files_and_metadata(bundle):
 
     out, _, lines = bundle
     names = {p.name for p in out.iterdir()}
-    expected = {"segmenter.onnx", "text_encoder.onnx", "bundle.json"}
+    expected = {"segmenter.onnx", "text_encoder.onnx", "crop_classifier.onnx", "bundle.json"}
     if BPE is not None:
-        expected.add("text_embeddings.npy")
+        expected |= {"text_embeddings.npy", "text_embeddings_clip.npy"}
     assert names == expected
     assert any("STAND-IN" in line for line in lines)
     manifest = json.loads((out / "bundle.json").read_text())
-    for graph in ("segmenter", "text_encoder"):
+    for graph in ("segmenter", "text_encoder", "crop_classifier"):
         proto = onnx.load(str(out / f"{graph}.onnx"), load_external_data=False)
         meta = {p.key: p.value for p in proto.metadata_props}
         info = ModelInfo.from_metadata(meta, graph)
-        assert (info.model, info.task, info.num_classes, info.static_hw) == ("zegformer", "semantic", 156, (H, W))
-        assert info.class_names[:3] == ("person", "bicycle", "car") and info.unseen_ids == ()
+        assert (info.model, info.task, info.num_classes, info.static_hw) == ("zegformer", "semantic", 171, (H, W))
+        assert info.class_names[:3] == ("person", "bicycle", "car") and info.unseen_ids == tuple(range(156, 171))
         assert meta["graph"] == graph and meta["standin_weights"] == "true" and meta["standin_clip"] == "false"
         assert json.loads(meta["seen_ids"]) == list(range(156))
-        assert meta["prompt_ensemble_type"] == "imagenet_select" and len(json.loads(meta["prompt_templates"])) == 8
+        assert meta["prompt_ensemble_type"] == "single"
+        assert json.loads(meta["prompt_templates"]) == ["A photo of a {} in the scene"]
+        assert len(json.loads(meta["clip_prompt_templates"])) == 32
         assert meta["clip_weights"] == "clip_small.pt" and len(meta["clip_sha256"]) == 64
         assert json.loads(meta["bundle_files"])["segmenter"] == "segmenter.onnx"
-        assert meta["clip_classification"] == "false" and meta["gzero_calibrate"] == "-1.0"
+        assert meta["clip_classification"] == "true" and meta["gzero_calibrate"] == "0.1"
+        assert meta["ensembling"] == "true" and meta["clip_cls_style"] == "cropmask"
         assert float(meta["logit_scale"]) == pytest.approx(100.0)
         assert manifest["class_names"] == list(info.class_names)
     assert manifest["graph"] == "bundle"
@@ -137,20 +142,49 @@ def test_default_and_new_vocabulary_end_to_end(bundle):
         return text_sess.run(None, {"token_ids": ids})[0]
 
     default = np.load(out / "text_embeddings.npy")
-    assert default.shape == (156, 512) and default.dtype == np.float32
+    assert default.shape == (171, 512) and default.dtype == np.float32
     again = class_text_embeddings(meta["class_names"][:7], meta["prompt_templates"], tok.tokenize, encode)
     assert rel_l2(again, default[:7]) < 1e-4
+    default_clip = np.load(out / "text_embeddings_clip.npy")
+    again = class_text_embeddings(meta["class_names"][-3:], meta["clip_prompt_templates"], tok.tokenize, encode)
+    assert default_clip.shape == (171, 512) and rel_l2(again, default_clip[-3:]) < 1e-4
 
     names = ["corgi", "fire truck", "traffic cone, pylon", "St. Peter's Basilica", "café table"]
     emb = class_text_embeddings(names, meta["prompt_templates"], tok.tokenize, encode)
+    emb_clip = class_text_embeddings(names, meta["clip_prompt_templates"], tok.tokenize, encode)
     seg = session(out / "segmenter.onnx")
     image = (np.random.default_rng(0).random((1, 3, H, W)) * 255).astype(np.float32)
     cls, masks = seg.run(None, {"images": image, "text_embeddings": emb})
     assert cls.shape == (1, 100, 6) and np.isfinite(cls).all() and np.isfinite(masks).all()
+    clip_logits = session(out / "crop_classifier.onnx").run(None, {
+        "images": image, "image_sizes": np.array([[H, W]], np.int64), "mask_logits": masks,
+        "text_embeddings_clip": emb_clip})[0]
+    assert clip_logits.shape == (1, 100, 5) and np.isfinite(clip_logits).all()
     with pytest.raises(ZsdError, match="duplicate"):
         class_text_embeddings(["cat", "Cat"], "single", tok.tokenize, encode)
     with pytest.raises(ZsdError, match="at most 77"):
         class_text_embeddings(["very " * 80 + "long"], "single", tok.tokenize, encode)
+
+
+def test_crop_classifier_onnx_matches_pytorch(bundle, reference):
+    from zsdeploy.export.models.zegformer_clip import CLIPCropClassifier
+
+    sess = session(bundle[0] / "crop_classifier.onnx")
+    assert {i.name: i.shape for i in sess.get_inputs()} == {
+        "images": [1, 3, H, W], "image_sizes": [1, 2], "mask_logits": [1, 100, H // 4, W // 4],
+        "text_embeddings_clip": ["num_classes", 512]}
+    g = torch.Generator().manual_seed(11)
+    images = torch.rand(1, 3, H, W, generator=g) * 255
+    sizes = torch.tensor([[H - 10, W - 30]])
+    text = torch.nn.functional.normalize(torch.randn(4, 512, generator=g), dim=-1)
+    with torch.inference_mode():
+        _, masks = reference.model(images, text)
+        ref = CLIPCropClassifier(reference.clip, reference.settings.clip_pixel_mean,
+                                 reference.settings.clip_pixel_std)(images, sizes, masks, text).numpy()
+    got = sess.run(None, {"images": images.numpy(), "image_sizes": sizes.numpy(), "mask_logits": masks.numpy(),
+                          "text_embeddings_clip": text.numpy()})[0]
+    assert got.shape == (1, 100, 4)
+    assert rel_l2(got, ref) < 1e-4
 
 
 def test_bad_export_arguments(tmp_path):
