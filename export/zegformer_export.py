@@ -50,6 +50,11 @@ RELEASED_CONFIGS = {
     "cocostuff_r101_gzss": "COCO-Stuff 171 classes + CLIP crop classifier (..._coco-stuff_gzss_eval.yaml)",
     "cocostuff_r50": "COCO-Stuff 156 seen classes, R50",
     "cocostuff_r50_gzss": "COCO-Stuff 171 classes + CLIP crop classifier, R50",
+    "voc_r101": "PASCAL VOC 15 seen classes, R101",
+    "voc_r101_gzss": "PASCAL VOC 20 classes + CLIP crop classifier (ensembling), R101",
+    "voc_r50_gzss": "PASCAL VOC 20 classes, CLIP crop classifier alone (no ensembling), R50",
+    "ade847_r50": "ADE20K-full 572 seen classes, R50",
+    "ade847_r50_gzss": "ADE20K-full 847 classes + CLIP crop classifier, R50",
 }
 DEFAULT_CONFIG = "cocostuff_r101"
 

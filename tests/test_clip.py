@@ -175,7 +175,7 @@ def test_pickle_that_executes_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
-        pickle.dump({"visual.conv1.weight": Evil()}, f)
+        pickle.dump({"visual.conv1.weight": Evil()}, f, protocol=2)
     assert "weights_only" in _error(path)
 
 

@@ -13,7 +13,7 @@ import yaml
 from conftest import FIXTURES, REPO, rel_l2
 from zsdeploy.runtime.errors import ZsdError
 
-UPSTREAM_CFG = FIXTURES / "zegformer_upstream_configs" / "coco-stuff"
+UPSTREAM_CFG = FIXTURES / "zegformer_upstream_configs"
 
 
 def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
@@ -132,10 +132,15 @@ def test_checkpoint_without_clip_needs_clip_file(tmp_path, built):
 
 
 @pytest.mark.parametrize("ours,upstream", [
-    ("cocostuff_r101", "zegformer_R101_bs32_60k_vit16_coco-stuff.yaml"),
-    ("cocostuff_r101_gzss", "zegformer_R101_bs32_60k_vit16_coco-stuff_gzss_eval.yaml"),
-    ("cocostuff_r50", "zegformer_R50_bs32_60k_vit16_coco-stuff.yaml"),
-    ("cocostuff_r50_gzss", "zegformer_R50_bs32_60k_vit16_coco-stuff_gzss_eval.yaml"),
+    ("cocostuff_r101", "coco-stuff/zegformer_R101_bs32_60k_vit16_coco-stuff.yaml"),
+    ("cocostuff_r101_gzss", "coco-stuff/zegformer_R101_bs32_60k_vit16_coco-stuff_gzss_eval.yaml"),
+    ("cocostuff_r50", "coco-stuff/zegformer_R50_bs32_60k_vit16_coco-stuff.yaml"),
+    ("cocostuff_r50_gzss", "coco-stuff/zegformer_R50_bs32_60k_vit16_coco-stuff_gzss_eval.yaml"),
+    ("voc_r101", "pascal_voc/zegformer_R101_bs32_10k_vit16_voc.yaml"),
+    ("voc_r101_gzss", "pascal_voc/zegformer_R101_bs32_10k_vit16_voc_gzss_eval.yaml"),
+    ("voc_r50_gzss", "pascal_voc/zegformer_R50_bs32_10k_vit16_voc_gzss_eval.yaml"),
+    ("ade847_r50", "ade20k-full-847-freq/zegformer_R50_bs32_60k_vit16_ade20k-full-847-freq.yaml"),
+    ("ade847_r50_gzss", "ade20k-full-847-freq/zegformer_R50_bs32_60k_vit16_ade20k-full-847-freq_gzss_eval.yaml"),
 ])
 def test_released_config_equals_upstream_chain(ours, upstream):
     from zsdeploy.export.zegformer_export import (
@@ -175,6 +180,19 @@ def test_released_configs_settings():
         "single", 640, 2560, "ViT-B/16")
     s50 = zegformer_settings(load_zegformer_config(REPO / "configs" / "zegformer" / "cocostuff_r50_gzss.yaml"))
     assert s50.prompt_ensemble_type == "imagenet_select"
+    # where the other released variants differ
+    voc = zegformer_settings(load_zegformer_config(released_zegformer_config("voc_r50_gzss")))
+    assert (voc.num_classes, voc.ensembling, voc.gzero_calibrate, voc.min_size_test, voc.max_size_test) == (
+        20, False, -1.0, 512, 2048)
+    voc101 = zegformer_settings(load_zegformer_config(released_zegformer_config("voc_r101_gzss")))
+    assert (voc101.ensembling, voc101.gzero_calibrate, voc101.prompt_ensemble_type) == (True, 0.1, "single")
+    ade = zegformer_settings(load_zegformer_config(released_zegformer_config("ade847_r50_gzss")))
+    assert (ade.num_classes, ade.ensembling, ade.gzero_calibrate, ade.prompt_ensemble_type) == (
+        847, True, 0.0, "imagenet_select")
+    ade_classes, _ = zegformer_classes(572)
+    assert len(ade_classes.names) == 572 and "building, edifice" in ade_classes.names
+    voc_seen, _ = zegformer_classes(15)
+    assert voc_seen.names[-1] == "person" and "sheep" not in voc_seen.names
     base = zegformer_settings(load_zegformer_config(released_zegformer_config()))
     seen, _ = zegformer_classes(base.num_classes)
     assert base.num_classes == 156 and len(seen.names) == 156 and seen.unseen == () and seen.seen == tuple(range(156))
@@ -192,7 +210,7 @@ def test_unsupported_config_is_named(tmp_path):
     from zsdeploy.export.zegformer_export import load_zegformer_config, zegformer_spec
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"_BASE_: {UPSTREAM_CFG / 'zegformer_R101_bs32_60k_vit16_coco-stuff.yaml'}\n"
+    cfg.write_text(f"_BASE_: {UPSTREAM_CFG / 'coco-stuff' / 'zegformer_R101_bs32_60k_vit16_coco-stuff.yaml'}\n"
                    "MODEL:\n  MASK_FORMER:\n    ENC_LAYERS: 6\n  SEM_SEG_HEAD:\n    PIXEL_DECODER_NAME: Foo\n")
     with pytest.raises(ZsdError) as e:
         zegformer_spec(load_zegformer_config(cfg))
