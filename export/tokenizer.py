@@ -21,7 +21,8 @@ import importlib.util
 import os
 import re
 import unicodedata
-from functools import lru_cache
+from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ _LIGATURES = {
 _WIDTH = {0x3000: " "}
 _WIDTH.update({i: unicodedata.normalize("NFKC", chr(i)) for i in range(0xFF01, 0xFFF0)
                if unicodedata.normalize("NFKC", chr(i)) != chr(i)})
-_CONTROL = {i: None for i in (*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
+_CONTROL = {i: None for i in (*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F, *range(0x206A, 0x2070), 0xFEFF,
                                *range(0xFFF9, 0xFFFD))}
 _ENTITY = re.compile(r"&#?[0-9A-Za-z]{1,24};")
 _ANSI = re.compile("\x1b\\[((?:\\d|;)*)([a-zA-Z])")
@@ -159,7 +160,7 @@ def pre_tokenize(text: str) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def bytes_to_unicode() -> dict[int, str]:
     """Byte -> printable character: printable Latin-1 bytes map to themselves, the others to U+0100 onwards.
 
@@ -242,7 +243,7 @@ class ClipTokenizer:
             return cached
         word = list(token[:-1]) + [token[-1] + "</w>"]
         while len(word) > 1:
-            ranked = [(self.bpe_ranks.get(pair, -1), pair) for pair in zip(word, word[1:])]
+            ranked = [(self.bpe_ranks.get(pair, -1), pair) for pair in pairwise(word)]
             ranked = [(r, p) for r, p in ranked if r >= 0]
             if not ranked:
                 break

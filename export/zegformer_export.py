@@ -30,13 +30,27 @@ import yaml
 from ..runtime.errors import ZsdError
 from . import checkpoint
 from .classes import ClassList, load_class_list
-from .config import CONFIG_DIR, UpstreamCfgNode, _NoCodeLoader, _node_from_dotted, cfg_get, list_or
-from .models.clip import CLIP, CLIPImageEncoder, CLIPSpec, CLIPTextEncoder, build_clip
+from .config import (
+    CONFIG_DIR,
+    UpstreamCfgNode,
+    _NoCodeLoader,
+    _node_from_dotted,
+    cfg_get,
+    list_or,
+)
+from .models.clip import CLIP, CLIPSpec, CLIPTextEncoder, build_clip
 from .models.clip_prompts import TEMPLATE_SETS, class_text_embeddings
 from .models.zegformer import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ZegFormer, ZegFormerSpec
 from .onnx_export import (
-    DEFAULT_OPSET, EXPORTER_VERSION, SUPPORTED_OPSETS, ExportShape, _convert_opset, _quiet_exporter,
-    check_and_simplify, save_atomic, set_metadata,
+    DEFAULT_OPSET,
+    EXPORTER_VERSION,
+    SUPPORTED_OPSETS,
+    ExportShape,
+    _convert_opset,
+    _quiet_exporter,
+    check_and_simplify,
+    save_atomic,
+    set_metadata,
 )
 from .standin import STANDIN_WARNING, load_standin
 
@@ -134,6 +148,15 @@ def released_zegformer_config(name: str = DEFAULT_CONFIG) -> Path:
         raise ZsdError(f"no released ZegFormer config {name!r} in {CONFIG_DIR / 'zegformer'}.",
                        f"choose one of {sorted(RELEASED_CONFIGS)} or pass --config FILE.")
     return path
+
+
+def resolve_zegformer_config(config: str | os.PathLike | None) -> Path:
+    """None -> the default released config; a released name (e.g. "cocostuff_r101_gzss") -> its file; else a path."""
+    if config is None:
+        return released_zegformer_config()
+    if isinstance(config, str) and config in RELEASED_CONFIGS and not Path(config).exists():
+        return released_zegformer_config(config)
+    return Path(config)
 
 
 def load_zegformer_config(path: str | os.PathLike):
@@ -306,13 +329,13 @@ def build_zegformer(config: str | os.PathLike | None = None, weights: str | os.P
                     clip: str | os.PathLike | None = None, *, need_clip: bool = True) -> BuiltZegFormer:
     """ZegFormer (eval mode) + its CLIP ViT, from an upstream config, a detectron2 checkpoint and OpenAI's CLIP file.
 
-    - config None: configs/zegformer/cocostuff_r101.yaml.
+    - config: an upstream YAML path, a released name (RELEASED_CONFIGS), or None for cocostuff_r101.
     - weights None: deterministic stand-in weights (the rule of the golden fixtures); then clip None gives a
       stand-in CLIP ViT-B/16 too.
     - with weights, CLIP comes from `clip` (OpenAI's ViT-B-16.pt or a state dict), or from the checkpoint itself
       when it holds `sem_seg_head.predictor.clip_model.*` (gzss checkpoints); need_clip=False skips CLIP.
     """
-    path = Path(config) if config else released_zegformer_config()
+    path = resolve_zegformer_config(config)
     if need_clip and clip is None and weights is not None:
         _require_clip_in_checkpoint(weights)
     cfg = load_zegformer_config(path)
@@ -611,7 +634,7 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
         raise ZsdError(f"--output {out} exists and is not a directory.", "choose a new directory name.")
     shape = ExportShape(height, width, batch, dynamic)
     shape.validate()
-    cfg_path = Path(config) if config else released_zegformer_config()
+    cfg_path = resolve_zegformer_config(config)
     gzss = zegformer_settings(load_zegformer_config(cfg_path)).clip_classification
     progress = Progress(4 + int(embed_defaults) + int(gzss), say)
     with progress.step("building ZegFormer and CLIP"):

@@ -10,10 +10,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import FIXTURES, rel_l2
 from zsdeploy.export.models.clip import (
-    CLIP, ZEGFORMER_CLIP_PREFIX, CLIPImageEncoder, CLIPSpec, CLIPTextEncoder, build_clip, load_clip_state_dict,
+    CLIP,
+    ZEGFORMER_CLIP_PREFIX,
+    CLIPImageEncoder,
+    CLIPSpec,
+    CLIPTextEncoder,
+    build_clip,
+    load_clip_state_dict,
 )
 from zsdeploy.runtime.errors import ZsdError
 

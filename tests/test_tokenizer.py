@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 from zsdeploy.runtime.errors import ZsdError
 
@@ -149,7 +148,11 @@ def test_missing_and_corrupt_vocabulary(tmp_path, monkeypatch):
 
 
 def test_prompts_and_synonyms():
-    from zsdeploy.export.models.clip_prompts import TEMPLATE_SETS, prompts_for_class, templates_for
+    from zsdeploy.export.models.clip_prompts import (
+        TEMPLATE_SETS,
+        prompts_for_class,
+        templates_for,
+    )
 
     assert {k: len(v) for k, v in TEMPLATE_SETS.items()} == {"single": 1, "imagenet_select": 8, "imagenet": 80,
                                                              "clip": 32}

@@ -9,17 +9,19 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import rel_l2
 from test_clip import tiny_clip
 from zsdeploy.export.models.zegformer_clip import (
-    CLIPCropClassifier, mask_boxes, roi_align_aligned, semantic_inference,
+    CLIPCropClassifier,
+    mask_boxes,
+    roi_align_aligned,
+    semantic_inference,
 )
 
 
 def upstream_boxes(binary: torch.Tensor) -> torch.Tensor:
     """The box code of upstream MaskFormer.forward, written out step by step (cumsum + argmax/argmin)."""
-    n, h, w = binary.shape
+    _, h, w = binary.shape
     cumsum_x = torch.cumsum(binary.sum(dim=1), dim=1).float()
     xmaxs = torch.argmax(cumsum_x, dim=1, keepdim=True)
     cumsum_x[cumsum_x == 0] = np.inf
@@ -176,7 +178,7 @@ def test_semantic_inference_fusion_rules():
     clip = torch.randn(q, c, generator=g) * 3
     masks = torch.randn(q, 4, 6, generator=g)
     seen, unseen = (0, 1, 2), (3, 4)
-    common = dict(padded_hw=(16, 24), image_hw=(15, 20), out_hw=(30, 40))
+    common = {"padded_hw": (16, 24), "image_hw": (15, 20), "out_hw": (30, 40)}
     plain = semantic_inference(cls, masks, **common)
     m = F.interpolate(masks[None], size=(16, 24), mode="bilinear", align_corners=False)[0].sigmoid()
     expected = torch.einsum("qc,qhw->chw", F.softmax(cls, -1)[:, :-1], m)[:, :15, :20]

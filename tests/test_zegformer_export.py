@@ -9,7 +9,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from conftest import FIXTURES, REPO, rel_l2
 from test_clip import tiny_clip
 from test_tokenizer import BPE

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
 from conftest import FIXTURES, REPO, rel_l2
 from zsdeploy.runtime.errors import ZsdError
 
@@ -144,7 +143,10 @@ def test_checkpoint_without_clip_needs_clip_file(tmp_path, built):
 ])
 def test_released_config_equals_upstream_chain(ours, upstream):
     from zsdeploy.export.zegformer_export import (
-        load_zegformer_config, released_zegformer_config, zegformer_settings, zegformer_spec,
+        load_zegformer_config,
+        released_zegformer_config,
+        zegformer_settings,
+        zegformer_spec,
     )
 
     path = released_zegformer_config(ours)
@@ -171,7 +173,10 @@ def _flat(node, prefix=""):
 
 def test_released_configs_settings():
     from zsdeploy.export.zegformer_export import (
-        load_zegformer_config, released_zegformer_config, zegformer_classes, zegformer_settings,
+        load_zegformer_config,
+        released_zegformer_config,
+        zegformer_classes,
+        zegformer_settings,
     )
 
     s = zegformer_settings(load_zegformer_config(REPO / "configs" / "zegformer" / "cocostuff_r101_gzss.yaml"))
@@ -181,6 +186,10 @@ def test_released_configs_settings():
     s50 = zegformer_settings(load_zegformer_config(REPO / "configs" / "zegformer" / "cocostuff_r50_gzss.yaml"))
     assert s50.prompt_ensemble_type == "imagenet_select"
     # where the other released variants differ
+    from zsdeploy.export.zegformer_export import resolve_zegformer_config
+
+    assert resolve_zegformer_config("voc_r50_gzss") == released_zegformer_config("voc_r50_gzss")
+    assert resolve_zegformer_config(None).name == "cocostuff_r101.yaml"
     voc = zegformer_settings(load_zegformer_config(released_zegformer_config("voc_r50_gzss")))
     assert (voc.num_classes, voc.ensembling, voc.gzero_calibrate, voc.min_size_test, voc.max_size_test) == (
         20, False, -1.0, 512, 2048)

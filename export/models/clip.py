@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ...runtime.errors import ZsdError
 from .transformer_decoder import MultiheadAttention

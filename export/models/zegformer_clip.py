@@ -28,7 +28,7 @@ from .clip import CLIP
 
 def mask_boxes(binary: torch.Tensor) -> torch.Tensor:
     """binary [N,H,W] bool -> boxes [N,4] float (x_min, y_min, x_max, y_max), upstream's rule (module docstring)."""
-    n, h, w = binary.shape
+    _, h, w = binary.shape
     counts = binary.to(torch.int32)
     x_lo, x_hi = _extent(counts.sum(dim=1), w)  # column counts
     y_lo, y_hi = _extent(counts.sum(dim=2), h)  # row counts
@@ -82,7 +82,7 @@ def roi_align_aligned(images: torch.Tensor, boxes: torch.Tensor, out: int, max_g
     max_grid: an upper bound of ceil(box side / out); ceil(max(H, W) / out) covers every box inside the image
     (the default when H and W are concrete). Samples beyond a box's own grid are masked out, so the result is exact.
     """
-    n, c, h, w = images.shape
+    h, w = images.shape[-2:]
     if max_grid is None:
         max_grid = math.ceil(max(int(h), int(w)) / out)
     wy = _axis_weights(boxes[:, 1], boxes[:, 3], h, out, max_grid)  # [N, out, H]
