@@ -122,21 +122,25 @@ def _node_from_dotted(values: dict[str, Any]) -> dict:
     return tree
 
 
-def load_config(path: str | os.PathLike) -> CfgNode:
-    """Upstream YAML (with `_BASE_`) merged over detectron2's inference defaults."""
+def load_config(path: str | os.PathLike, defaults: dict[str, Any] | None = None, *,
+                example: str = "configs/pading/panoptic.yaml", kind: str = "detectron2-style") -> CfgNode:
+    """Upstream YAML (with `_BASE_`) merged over inference defaults (PADing's unless `defaults` is given).
+
+    `example` and `kind` only word the error messages for the model family the caller loads.
+    """
     path = Path(path)
     if not path.is_file():
         raise ZsdError(f"config file {path} does not exist.",
-                       "pass an upstream YAML (e.g. configs/pading/panoptic.yaml) with --config.")
+                       f"pass an upstream {kind} YAML (e.g. {example}) with --config.")
     _NoCodeLoader.unsafe_tags = []
     try:
         loaded = UpstreamCfgNode.load_yaml_with_base(str(path))
     except (yaml.YAMLError, OSError) as e:
         raise ZsdError(f"config {path} is not a readable YAML file ({e}).",
-                       "pass an upstream detectron2-style YAML config.") from None
+                       f"pass an upstream {kind} YAML config.") from None
     if not isinstance(loaded, dict):
-        raise ZsdError(f"config {path} does not hold a mapping of keys.", "pass an upstream detectron2-style YAML.")
-    cfg = UpstreamCfgNode(_node_from_dotted(_DEFAULTS))
+        raise ZsdError(f"config {path} does not hold a mapping of keys.", f"pass an upstream {kind} YAML.")
+    cfg = UpstreamCfgNode(_node_from_dotted(_DEFAULTS if defaults is None else defaults))
     cfg.set_new_allowed(True)  # yacs does not pass new_allowed down to child nodes
     cfg.merge_from_other_cfg(UpstreamCfgNode(loaded))
     cfg.ignored_python_tags = list(_NoCodeLoader.unsafe_tags)  # type: ignore[attr-defined]

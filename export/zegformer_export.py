@@ -25,18 +25,15 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import yaml
 
 from ..runtime.errors import ZsdError
 from . import checkpoint
 from .classes import ClassList, load_class_list
 from .config import (
     CONFIG_DIR,
-    UpstreamCfgNode,
-    _NoCodeLoader,
-    _node_from_dotted,
     cfg_get,
     list_or,
+    load_config,
 )
 from .models.clip import CLIP, CLIPSpec, CLIPTextEncoder, build_clip
 from .models.clip_prompts import TEMPLATE_SETS, class_text_embeddings
@@ -161,23 +158,8 @@ def resolve_zegformer_config(config: str | os.PathLike | None) -> Path:
 
 def load_zegformer_config(path: str | os.PathLike):
     """Upstream ZegFormer YAML (with `_BASE_`) over detectron2 + ZegFormer defaults; embedded Python is never run."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZsdError(f"config file {path} does not exist.",
-                       "pass an upstream ZegFormer YAML (e.g. configs/zegformer/cocostuff_r101.yaml) with --config.")
-    _NoCodeLoader.unsafe_tags = []
-    try:
-        loaded = UpstreamCfgNode.load_yaml_with_base(str(path))
-    except (yaml.YAMLError, OSError) as e:
-        raise ZsdError(f"config {path} is not a readable YAML file ({e}).",
-                       "pass an upstream ZegFormer YAML (detectron2 schema).") from None
-    if not isinstance(loaded, dict):
-        raise ZsdError(f"config {path} does not hold a mapping of keys.", "pass an upstream ZegFormer YAML.")
-    cfg = UpstreamCfgNode(_node_from_dotted(_DEFAULTS))
-    cfg.set_new_allowed(True)
-    cfg.merge_from_other_cfg(UpstreamCfgNode(loaded))
-    cfg.ignored_python_tags = list(_NoCodeLoader.unsafe_tags)  # type: ignore[attr-defined]
-    return cfg
+    return load_config(path, _DEFAULTS, example="configs/zegformer/cocostuff_r101.yaml",
+                       kind="ZegFormer (detectron2 schema)")
 
 
 def zegformer_spec(cfg) -> ZegFormerSpec:
