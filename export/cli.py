@@ -19,13 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-model --model pading --task panoptic --weights model_final.pth "
                "--height 800 --width 1216 --output pading_panoptic.onnx",
     )
-    p.add_argument("--model", required=True, choices=["pading"], help="model family")
+    p.add_argument("--model", required=True, choices=["pading", "zegformer"], help="model family")
     p.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"],
-                   help="released PADing model to build (selects configs/pading/<task>.yaml and class list)")
-    p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed)")
+                   help="PADing: released model to build (selects configs/pading/<task>.yaml and class list); "
+                        "ZegFormer is semantic only")
+    p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed); for ZegFormer "
+                                    "also a released name, e.g. cocostuff_r101_gzss (default cocostuff_r101)")
     p.add_argument("--weights", help="detectron2 checkpoint .pth/.pkl; without it, deterministic stand-in weights")
-    p.add_argument("--height", type=int, default=800, help="static input height, multiple of 32 (default 800)")
-    p.add_argument("--width", type=int, default=1216, help="static input width, multiple of 32 (default 1216)")
+    p.add_argument("--height", type=int, help="static input height, multiple of 32 (default 800 PADing, 640 "
+                                              "ZegFormer)")
+    p.add_argument("--width", type=int, help="static input width, multiple of 32 (default 1216 PADing, 640 "
+                                             "ZegFormer)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17..21 (default {DEFAULT_OPSET})")
@@ -33,13 +37,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MSDeformAttn lowering: gridsample (portable, default), plugin (zsdeploy TensorRT plugin), "
                         "nvidia (TensorRT's MultiscaleDeformableAttnPlugin_TRT v2)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    p.add_argument("--output", required=True, help="output .onnx path")
+    z = p.add_argument_group("ZegFormer")
+    z.add_argument("--clip", help="OpenAI's CLIP file (ViT-B-16.pt, TorchScript) or a state dict in its key layout; "
+                                  "needed with --weights unless the checkpoint carries CLIP (gzss checkpoints)")
+    z.add_argument("--clip-bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz, to embed the default vocabulary at "
+                                      "export time (else $ZSD_CLIP_BPE or an installed open_clip/clip package)")
+    z.add_argument("--no-default-embeddings", action="store_true",
+                   help="do not store the default vocabulary's text embeddings in the bundle")
+    p.add_argument("--output", required=True, help="output path: a .onnx file (PADing) or a bundle directory "
+                                                   "(ZegFormer)")
     return p
 
 
 def run(args: argparse.Namespace) -> Path:
+    if args.model == "zegformer":
+        return run_zegformer(args)
+    return run_pading(args)
+
+
+def run_zegformer(args: argparse.Namespace) -> Path:
+    from .zegformer_export import export_zegformer
+
+    if args.msda != "gridsample":
+        raise ZsdError(f"--msda {args.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
+                       "drop --msda for ZegFormer.")
+    if args.task != "panoptic" and args.task != "semantic":  # "panoptic" is the PADing default, not a choice
+        raise ZsdError(f"--task {args.task}: ZegFormer is a semantic segmentation model.", "drop --task.")
+    return export_zegformer(
+        args.output, config=args.config, weights=args.weights, clip=args.clip,
+        height=args.height or 640, width=args.width or 640, batch=args.batch, dynamic=args.dynamic,
+        opset=args.opset, simplify=not args.no_simplify, clip_bpe=args.clip_bpe,
+        embed_defaults=not args.no_default_embeddings, say=say)
+
+
+def run_pading(args: argparse.Namespace) -> Path:
     from .pading_export import build_pading, pading_metadata
 
+    for flag, value in (("--clip", args.clip), ("--clip-bpe", args.clip_bpe)):
+        if value:
+            raise ZsdError(f"{flag} is a ZegFormer option; PADing has no CLIP.", f"drop {flag}.")
+    args.height, args.width = args.height or 800, args.width or 1216
     output = Path(args.output)
     if output.suffix != ".onnx":
         raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")

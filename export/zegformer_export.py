@@ -4,7 +4,7 @@ A bundle is a directory of self-describing ONNX graphs:
 - `segmenter.onnx`: images [B,3,H,W] (RGB 0..255, padded with the pixel mean) + text_embeddings [C,512]
   -> class_logits [B,Q,C+1] (void last), mask_logits [B,Q,H/4,W/4]. C is dynamic: the vocabulary is chosen
   at run time.
-- `text_encoder.onnx`: token_ids [N,L<=77] int64 (CLIP BPE, see export.tokenizer) -> L2-normalised [N,512].
+- `text_encoder.onnx`: token_ids [N,L<=77] int64 (CLIP BPE, see runtime.tokenizer) -> L2-normalised [N,512].
 - `crop_classifier.onnx` (configs with CLIP_CLASSIFICATION, "gzss"): images, image_sizes [B,2], the segmenter's
   mask_logits and text_embeddings_clip [C,512] -> clip_logits [B,Q,C] (see models/zegformer_clip.py); the fusion
   with class_logits is post-processing (`models.zegformer_clip.semantic_inference` is its PyTorch reference).
@@ -36,7 +36,7 @@ from .config import (
     load_config,
 )
 from .models.clip import CLIP, CLIPSpec, CLIPTextEncoder, build_clip
-from .models.clip_prompts import TEMPLATE_SETS, class_text_embeddings
+from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from .models.zegformer import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ZegFormer, ZegFormerSpec
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -584,7 +584,7 @@ def export_crop_classifier(built: BuiltZegFormer, shape: ExportShape, *, opset: 
 def default_text_embeddings(built: BuiltZegFormer, bpe_path: str | os.PathLike | None,
                             templates: str) -> np.ndarray:
     """The default vocabulary embedded with PyTorch CLIP (prompt ensemble `templates`), float32 [C, 512]."""
-    from .tokenizer import ClipTokenizer
+    from ..runtime.tokenizer import ClipTokenizer
 
     tokenizer = ClipTokenizer(bpe_path)
     encoder = CLIPTextEncoder(built.clip).eval()

@@ -20,6 +20,7 @@ class ModelInfo:
     class_colors: tuple[tuple[int, int, int], ...]
     thing_ids: tuple[int, ...]
     unseen_ids: tuple[int, ...]
+    seen_ids: tuple[int, ...]
     pixel_mean: tuple[float, float, float]
     min_size_test: int
     max_size_test: int
@@ -50,6 +51,9 @@ class ModelInfo:
                 class_colors=tuple(tuple(c) for c in json.loads(meta.get("class_colors", "[]"))),
                 thing_ids=tuple(json.loads(meta.get("thing_ids", "[]"))),
                 unseen_ids=tuple(json.loads(meta.get("unseen_ids", "[]"))),
+                seen_ids=tuple(json.loads(meta["seen_ids"])) if "seen_ids" in meta else tuple(
+                    i for i in range(int(meta["num_classes"]))
+                    if i not in set(json.loads(meta.get("unseen_ids", "[]")))),
                 pixel_mean=tuple(json.loads(meta["pixel_mean"])),
                 min_size_test=int(meta["min_size_test"]),
                 max_size_test=int(meta["max_size_test"]),

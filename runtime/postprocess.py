@@ -199,6 +199,17 @@ def _check_inputs(class_logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np
     return class_logits, mask_logits
 
 
+def _class_scores(class_logits: np.ndarray, class_scores: np.ndarray | None) -> np.ndarray:
+    """[Q, K] per-query class probabilities: softmax without the void column, or the given (fused) scores."""
+    if class_scores is None:
+        return _softmax(class_logits)[:, :-1]  # drop the void column
+    class_scores = np.asarray(class_scores, dtype=np.float32)
+    if class_scores.shape != (class_logits.shape[0], class_logits.shape[1] - 1):
+        raise ValueError(f"class_scores must be [Q, K] = {(class_logits.shape[0], class_logits.shape[1] - 1)}, "
+                         f"got {class_scores.shape}")
+    return class_scores
+
+
 def _thing_lookup(thing_ids: Iterable[int] | np.ndarray, num_classes: int) -> np.ndarray:
     """Bool [K] table: is contiguous class id c a "thing"? Accepts a bool mask [K] or an iterable of ids."""
     arr = np.asarray(thing_ids if isinstance(thing_ids, np.ndarray) else list(thing_ids))
@@ -220,10 +231,13 @@ def _thing_lookup(thing_ids: Iterable[int] | np.ndarray, num_classes: int) -> np
 # --------------------------------------------------------------------------------------------------------------
 
 
-def semantic_inference(class_logits: np.ndarray, mask_logits: np.ndarray) -> np.ndarray:
-    """sem_seg [K, H, W] float32 = sum_q softmax(class_logits)[q, :K] * sigmoid(mask_logits[q])."""
+def semantic_inference(class_logits: np.ndarray, mask_logits: np.ndarray,
+                       class_scores: np.ndarray | None = None) -> np.ndarray:
+    """sem_seg [K, H, W] float32 = sum_q softmax(class_logits)[q, :K] * sigmoid(mask_logits[q]).
+
+    class_scores [Q, K] replaces softmax(class_logits)[:, :K] when given (ZegFormer's fused CLIP scores)."""
     class_logits, mask_logits = _check_inputs(class_logits, mask_logits)
-    cls = _softmax(class_logits)[:, :-1]  # drop the void column
+    cls = _class_scores(class_logits, class_scores)
     q, h, w = mask_logits.shape
     probs = _sigmoid(mask_logits).reshape(q, h * w)
     return (cls.T @ probs).reshape(-1, h, w)  # einsum "qc,qhw->chw" as one GEMM
@@ -474,13 +488,15 @@ def postprocess(
     image_hw: tuple[int, int],
     output_hw: tuple[int, int],
     meta: PostprocessConfig,
+    class_scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Run one task's post-processing on raw network outputs of one image, in upstream's order.
 
     mask_logits [Q, h, w] are at stride 4 of the padded input (padded_hw); image_hw is the resized image
     inside the padding; output_hw the size the result is wanted at. Returns {"sem_seg": float32 [K,OH,OW]},
     {"panoptic_seg": int32 [OH,OW], "segments_info": [...]} or {"instances": {...}} for task semantic,
-    panoptic or instance.
+    panoptic or instance. class_scores [Q, K] (semantic only) replaces softmax(class_logits) without void:
+    ZegFormer's CLIP-fused scores (runtime.zegformer.fuse_scores).
 
     Configs with panoptic or instance on resize the mask logits to the output size first and infer there.
     Semantic-only configs (PADing semantic, ZegFormer) take the sigmoid at the padded input size, then the
@@ -489,6 +505,8 @@ def postprocess(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if class_scores is not None and task != "semantic":
+        raise ValueError("class_scores replace the class softmax of semantic inference only")
     enabled = {"semantic": meta.semantic_on, "panoptic": meta.panoptic_on, "instance": meta.instance_on}
     if not enabled[task]:
         on = [t for t in TASKS if enabled[t]]
@@ -512,7 +530,7 @@ def postprocess(
     if meta.sem_seg_postprocess_before_inference:
         masks = masks_to_output(mask_logits, padded_hw, image_hw, output_hw)
         if task == "semantic":
-            return {"sem_seg": semantic_inference(class_logits, masks)}
+            return {"sem_seg": semantic_inference(class_logits, masks, class_scores)}
         if task == "panoptic":
             seg, info = panoptic_inference(
                 class_logits,
@@ -540,7 +558,7 @@ def postprocess(
     ih, iw = image_hw
     ry, rx = _crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, image_hw)
     probs = _sigmoid(_apply_separable(mask_logits, ry, rx))  # [Q, ih, iw]
-    cls = _softmax(class_logits)[:, :-1]
+    cls = _class_scores(class_logits, class_scores)
     q, k = cls.shape
     if (ih, iw) == tuple(output_hw):
         sem = (cls.T @ probs.reshape(q, -1)).reshape(k, ih, iw)

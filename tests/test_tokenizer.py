@@ -29,7 +29,7 @@ needs_bpe = pytest.mark.skipif(BPE is None, reason=f"CLIP's {BPE_NAME} not found
 
 @pytest.fixture(scope="module")
 def tok():
-    from zsdeploy.export.tokenizer import ClipTokenizer
+    from zsdeploy.runtime.tokenizer import ClipTokenizer
 
     return ClipTokenizer(BPE)
 
@@ -129,7 +129,7 @@ def test_reserved_tokens_rejected(tok):
 
 
 def test_missing_and_corrupt_vocabulary(tmp_path, monkeypatch):
-    from zsdeploy.export.tokenizer import ClipTokenizer, find_bpe_vocab
+    from zsdeploy.runtime.tokenizer import ClipTokenizer, find_bpe_vocab
 
     monkeypatch.setenv("ZSD_CLIP_BPE", str(tmp_path / "nope.txt.gz"))
     with pytest.raises(ZsdError, match="ZSD_CLIP_BPE"):
@@ -148,7 +148,7 @@ def test_missing_and_corrupt_vocabulary(tmp_path, monkeypatch):
 
 
 def test_prompts_and_synonyms():
-    from zsdeploy.export.models.clip_prompts import (
+    from zsdeploy.runtime.prompts import (
         TEMPLATE_SETS,
         prompts_for_class,
         templates_for,
@@ -170,7 +170,7 @@ def test_prompts_and_synonyms():
 
 
 def test_vocabulary_validation():
-    from zsdeploy.export.models.clip_prompts import validate_class_names
+    from zsdeploy.runtime.prompts import validate_class_names
 
     assert validate_class_names(["cat", "dog"]) == ["cat", "dog"]
     with pytest.raises(ZsdError, match="empty"):
@@ -185,7 +185,7 @@ def test_vocabulary_validation():
 def test_ensemble_math_and_trimming():
     """Per class: normalise each prompt embedding, average, normalise; trimming padding columns is exact for an
     encoder that (like CLIP's causal tower) reads tokens up to the end-of-text token only."""
-    from zsdeploy.export.models.clip_prompts import class_text_embeddings
+    from zsdeploy.runtime.prompts import class_text_embeddings
 
     def tokenize(prompts):
         out = np.zeros((len(prompts), 77), np.int64)

@@ -138,8 +138,8 @@ def test_text_encoder_onnx_matches_pytorch(bundle, reference):
 def test_default_and_new_vocabulary_end_to_end(bundle):
     """The stored default embeddings equal the ONNX text encoder's prompt ensemble; a new 5-name vocabulary
     runs through tokenizer -> text_encoder.onnx -> segmenter.onnx."""
-    from zsdeploy.export.models.clip_prompts import class_text_embeddings
-    from zsdeploy.export.tokenizer import ClipTokenizer
+    from zsdeploy.runtime.prompts import class_text_embeddings
+    from zsdeploy.runtime.tokenizer import ClipTokenizer
 
     out = bundle[0]
     meta = json.loads((out / "bundle.json").read_text())

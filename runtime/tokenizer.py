@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.errors import ZsdError
+from .errors import ZsdError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_ENV = "ZSD_CLIP_BPE"

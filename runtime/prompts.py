@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ...runtime.errors import ZsdError
+from .errors import ZsdError
 
 SINGLE_TEMPLATES: tuple[str, ...] = ("A photo of a {} in the scene",)
 IMAGENET_SELECT_TEMPLATES: tuple[str, ...] = (
