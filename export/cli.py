@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
                "--height 800 --width 1216 --output pading_panoptic.onnx",
     )
     p.add_argument("--model", required=True, choices=["pading", "zegformer"], help="model family")
-    p.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"],
-                   help="PADing: released model to build (selects configs/pading/<task>.yaml and class list); "
-                        "ZegFormer is semantic only")
+    p.add_argument("--task", choices=["panoptic", "instance", "semantic"],
+                   help="PADing: released model to build (selects configs/pading/<task>.yaml and class list; "
+                        "default panoptic); ZegFormer is semantic only")
     p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed); for ZegFormer "
                                     "also a released name, e.g. cocostuff_r101_gzss (default cocostuff_r101)")
     p.add_argument("--weights", help="detectron2 checkpoint .pth/.pkl; without it, deterministic stand-in weights")
@@ -61,7 +61,7 @@ def run_zegformer(args: argparse.Namespace) -> Path:
     if args.msda != "gridsample":
         raise ZsdError(f"--msda {args.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
                        "drop --msda for ZegFormer.")
-    if args.task != "panoptic" and args.task != "semantic":  # "panoptic" is the PADing default, not a choice
+    if args.task not in (None, "semantic"):
         raise ZsdError(f"--task {args.task}: ZegFormer is a semantic segmentation model.", "drop --task.")
     return export_zegformer(
         args.output, config=args.config, weights=args.weights, clip=args.clip,
@@ -76,6 +76,7 @@ def run_pading(args: argparse.Namespace) -> Path:
     for flag, value in (("--clip", args.clip), ("--clip-bpe", args.clip_bpe)):
         if value:
             raise ZsdError(f"{flag} is a ZegFormer option; PADing has no CLIP.", f"drop {flag}.")
+    args.task = args.task or "panoptic"
     args.height, args.width = args.height or 800, args.width or 1216
     output = Path(args.output)
     if output.suffix != ".onnx":
