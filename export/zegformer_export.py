@@ -419,6 +419,7 @@ def zegformer_metadata(built: BuiltZegFormer, shape: ExportShape, *, graph: str,
         "sem_seg_postprocess_before_inference": _b(s.sem_seg_postprocess_before_inference),
         "object_mask_threshold": str(s.object_mask_threshold),
         "overlap_threshold": str(s.overlap_threshold),
+        "detections_per_image": "100",  # detectron2's TEST.DETECTIONS_PER_IMAGE; semantic-only models do not use it
         "logit_scale": str(float(built.model.sem_seg_head.predictor.logit_scale.exp().item())),
         "prompt_ensemble_type": s.prompt_ensemble_type,
         "prompt_templates": list(TEMPLATE_SETS[s.prompt_ensemble_type]),

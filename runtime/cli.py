@@ -17,11 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "raw network outputs.",
         epilog="Example: trt-infer --model pading_panoptic.onnx --input photos/ --output results/ --vis",
     )
-    p.add_argument("--model", required=True, help=".onnx (export-model) or .plan (build-engine)")
+    p.add_argument("--model", required=True,
+                   help=".onnx (export-model) or .plan (build-engine), or a ZegFormer bundle directory")
     p.add_argument("--input", required=True, help="an image file or a directory of images")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
                    help="post-processing to run (default: the model's task)")
+    p.add_argument("--short-edge", type=int,
+                   help="resize images to this short edge instead of the model's (min_size_test); 0 = no resize")
     p.add_argument("--batch", type=int, default=1, help="images per inference call (default 1)")
     p.add_argument("--vis", action="store_true", help="also write <name>_vis.png overlays")
     p.add_argument("--vis-score-threshold", type=float, default=0.5, help="instances below are not drawn (0.5)")
@@ -29,25 +32,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    z = p.add_argument_group("ZegFormer bundles (open vocabulary)")
+    z.add_argument("--classes", help='the vocabulary, comma-separated, e.g. "corgi,fire truck,traffic cone" '
+                                     "(default: the bundle's). Names the model was trained on count as seen, all "
+                                     "others as unseen")
+    z.add_argument("--classes-file", help="the vocabulary from a file: one class per line ('a, b' = synonyms of "
+                                          "one class; '#' comments) or a JSON list")
+    z.add_argument("--text-embeddings", help="precomputed float32 [C,512] .npy for the vocabulary, instead of "
+                                             "embedding the names (not for gzss bundles)")
+    z.add_argument("--clip-bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz for embedding new names (else "
+                                      "$ZSD_CLIP_BPE or an installed open_clip/clip package)")
+    z.add_argument("--no-cache", action="store_true",
+                   help="do not read or write the vocabulary embedding cache (<bundle>/.vocab_cache)")
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from .backends import load_backend
-    from .imageio import list_images, load_image
+def open_segmenter(args: argparse.Namespace):
+    """A Segmenter for --model: a ZegFormer bundle (with its vocabulary) or a single PADing graph/engine."""
     from .pipeline import Segmenter
+    from .zegformer import bundle_root, open_zegformer
+
+    if bundle_root(args.model) is not None:
+        return open_zegformer(args.model, classes=args.classes, classes_file=args.classes_file,
+                              text_embeddings_file=args.text_embeddings, bpe_path=args.clip_bpe,
+                              plugin_lib=args.plugin_lib, threads=args.threads, use_cache=not args.no_cache,
+                              task=args.task, short_edge=args.short_edge)
+    zeg_only = [f for f, v in (("--classes", args.classes), ("--classes-file", args.classes_file),
+                               ("--text-embeddings", args.text_embeddings)) if v is not None]
+    from .backends import load_backend
+
+    backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads)
+    if backend.info.model == "zegformer":
+        raise ZsdError(f"{args.model} is one graph of a ZegFormer bundle without its bundle.json next to it.",
+                       "pass the bundle directory export-model --model zegformer wrote.")
+    if zeg_only:
+        raise ZsdError(f"{', '.join(zeg_only)}: a {backend.info.model} model has a fixed class list; only ZegFormer "
+                       "bundles take a vocabulary at run time.", f"drop {', '.join(zeg_only)}.")
+    return Segmenter(backend, args.task, args.short_edge)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .imageio import list_images, load_image
     from .results_io import write_outputs
 
     if args.batch < 1:
         raise ZsdError(f"--batch {args.batch} must be >= 1.", "pass --batch 1 or more.")
     paths = list_images(args.input)
     out_dir = Path(args.output)
-    backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads)
-    segmenter = Segmenter(backend, args.task)
-    info = backend.info
+    segmenter = open_segmenter(args)
+    backend, info = segmenter.backend, segmenter.info
     if info.standin_weights:
         print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
               file=sys.stderr)
+    vocab = getattr(segmenter, "vocabulary", None)
+    if vocab is not None:
+        print(f"vocabulary: {len(vocab.names)} classes ({vocab.source}; {len(vocab.seen_ids)} seen, "
+              f"{len(vocab.unseen_ids)} unseen)", file=sys.stderr)
     from tqdm import tqdm
 
     failures: list[str] = []

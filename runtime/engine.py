@@ -214,37 +214,66 @@ def _round_up(x: int, d: int) -> int:
     return -(-x // d) * d if d > 1 else x
 
 
+# Dynamic non-image inputs of ZegFormer bundles (see export/zegformer_export.py) and their default ranges.
+TEXT_INPUTS = ("text_embeddings", "text_embeddings_clip")  # [C, D]: the vocabulary size C is chosen at run time
+MIN_MAX_CLASSES = 1024  # default profile max for C (ADE-847 fits); larger vocabularies need --profile
+TEXT_ENCODER_ROWS = 256  # prompts per text-encoder call (runtime.prompts.class_text_embeddings batch_size)
+
+
+def _image_range(info: ModelInfo, batch: int) -> ShapeRange:
+    """[N,3,H,W] range from the resize policy (see default_profile)."""
+    div = max(info.size_divisibility, 1)
+    short, long_ = info.min_size_test, info.max_size_test
+    # detectron2's ResizeShortestEdge of a 427x640 image (same arithmetic as runtime.preprocess.resized_shape).
+    scale = short / 427
+    oh, ow = float(short), 640 * scale
+    if max(oh, ow) > long_:
+        f = long_ / max(oh, ow)
+        oh, ow = oh * f, ow * f
+    opt_hw = (_round_up(int(oh + 0.5), div), _round_up(int(ow + 0.5), div))
+    max_hw = (_round_up(long_, div),) * 2
+    return ShapeRange((batch, 3, div, div), (batch, 3, *opt_hw), (batch, 3, *max_hw))
+
+
 def default_profile(model: OnnxModel, names: Iterable[str] | None = None) -> Profile:
     """The profile used when no --profile is given.
 
     Static inputs: their shape. The dynamic image input ([N,3,H,W]): batch 1; H and W from the resize policy in
     the metadata: min = size_divisibility (any image the pre-processing produces is accepted), opt = the padded
     size of a 640x427 photo (COCO's most common shape) after ResizeShortestEdge(min_size_test, max_size_test), max
-    = max_size_test rounded up to size_divisibility on both sides. Other dynamic inputs need --profile.
+    = max_size_test rounded up to size_divisibility on both sides. ZegFormer bundle inputs: text embeddings
+    [C, D] with C in 1..max(num_classes, 1024) (opt: the default vocabulary's size); token_ids [N, L] with N in
+    1..256 and L in 2..77 (opt 256 x 16); image_sizes [N, 2] and mask_logits [N, Q, H/4, W/4] follow the image
+    range. Other dynamic inputs need --profile.
     """
     info = model.info
-    div = max(info.size_divisibility, 1)
     profile: Profile = {}
+    image = model.inputs.get("images")
+    batch = image[0] if image is not None and image[0] is not None else 1
     for name in model.inputs if names is None else names:
         dims = model.inputs[name]
         if all(d is not None for d in dims):
             static = tuple(int(d) for d in dims if d is not None)
             profile[name] = ShapeRange(static, static, static)
             continue
-        if len(dims) != 4 or dims[1] not in (3, None):
+        if name in TEXT_INPUTS and len(dims) == 2 and dims[1] is not None:
+            d, c = int(dims[1]), info.num_classes
+            profile[name] = ShapeRange((1, d), (c, d), (max(c, MIN_MAX_CLASSES), d))
+        elif name == "token_ids" and len(dims) == 2:
+            n_ctx = dims[1] or 77
+            profile[name] = ShapeRange((1, min(2, n_ctx)), (TEXT_ENCODER_ROWS, min(16, n_ctx)),
+                                       (TEXT_ENCODER_ROWS, n_ctx))
+        elif name == "image_sizes" and len(dims) == 2:
+            profile[name] = ShapeRange((batch, 2), (batch, 2), (batch, 2))
+        elif name == "mask_logits" and len(dims) == 4 and dims[1] is not None:
+            img = _image_range(info, batch)
+            q = int(dims[1])
+            profile[name] = ShapeRange(*((s[0], q, s[2] // 4, s[3] // 4) for s in (img.min, img.opt, img.max)))
+        elif len(dims) == 4 and dims[1] in (3, None):
+            profile[name] = _image_range(info, dims[0] if dims[0] is not None else 1)
+        else:
             raise ZsdError(f"input {name!r} has dynamic shape {_fmt(dims)} and no default profile.",
                            f"pass --profile {name}:MIN:OPT:MAX.")
-        short, long_ = info.min_size_test, info.max_size_test
-        # detectron2's ResizeShortestEdge of a 427x640 image (same arithmetic as runtime.preprocess.resized_shape).
-        scale = short / 427
-        oh, ow = float(short), 640 * scale
-        if max(oh, ow) > long_:
-            f = long_ / max(oh, ow)
-            oh, ow = oh * f, ow * f
-        opt_hw = (_round_up(int(oh + 0.5), div), _round_up(int(ow + 0.5), div))
-        max_hw = (_round_up(long_, div),) * 2
-        batch = dims[0] if dims[0] is not None else 1
-        profile[name] = ShapeRange((batch, 3, div, div), (batch, 3, *opt_hw), (batch, 3, *max_hw))
     return profile
 
 

@@ -27,13 +27,18 @@ class Segmentation:
     image_hw: tuple[int, int]
     padded_hw: tuple[int, int]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    extra_raw: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. ZegFormer's clip_logits
 
 
 class Segmenter:
     """Runs a loaded backend with the exact upstream pre/post-processing described by its metadata."""
 
-    def __init__(self, backend: Backend, task: str | None = None) -> None:
+    def __init__(self, backend: Backend, task: str | None = None, short_edge: int | None = None) -> None:
+        """short_edge: override the metadata's ResizeShortestEdge size (min_size_test); 0 = no resize."""
         self.backend = backend
+        if short_edge is not None and short_edge < 0:
+            raise ZsdError(f"--short-edge {short_edge} must be >= 0.", "pass 0 (no resize) or a size in pixels.")
+        self.short_edge = short_edge
         self.info = backend.info
         self.post = PostprocessConfig.from_metadata(self.info.raw)
         enabled = self.enabled_tasks()
@@ -48,26 +53,35 @@ class Segmenter:
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         return preprocess(
-            images, short_edge=self.info.min_size_test, max_size=self.info.max_size_test,
+            images, short_edge=self.info.min_size_test if self.short_edge is None else self.short_edge,
+            max_size=self.info.max_size_test,
             size_divisibility=self.info.size_divisibility, pixel_mean=self.info.pixel_mean,
             fixed_hw=self.info.static_hw,
         )
 
     def infer(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Run the network; a static-batch model gets its batch filled with copies of the last image."""
-        x = batch.tensor
-        want = self.info.static_batch
-        n = x.shape[0]
-        if want is not None and n != want:
-            if n > want:
-                raise ZsdError(f"{n} images in one batch but the model takes batch {want}.",
-                               f"pass --batch {want} (or re-export with export-model --dynamic).")
-            x = np.concatenate([x, np.repeat(x[-1:], want - n, axis=0)], axis=0)
+        n = batch.tensor.shape[0]
+        x = self._fill_static_batch(batch.tensor)
         out = self.backend.infer({"images": np.ascontiguousarray(x, dtype=np.float32)})
         return out["class_logits"][:n], out["mask_logits"][:n]
 
+    def _fill_static_batch(self, x: np.ndarray) -> np.ndarray:
+        want = self.info.static_batch
+        n = x.shape[0]
+        if want is None or n == want:
+            return x
+        if n > want:
+            raise ZsdError(f"{n} images in one batch but the model takes batch {want}.",
+                           f"pass --batch {want} (or re-export with export-model --dynamic).")
+        return np.concatenate([x, np.repeat(x[-1:], want - n, axis=0)], axis=0)
+
+    def infer_extra(self, batch: Batch, class_logits: np.ndarray, mask_logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Further networks run on the main outputs (ZegFormer's CLIP crop classifier); per-image arrays [B,...]."""
+        return {}
+
     def postprocess(self, class_logits: np.ndarray, mask_logits: np.ndarray, batch: Batch, i: int,
-                    task: str | None = None) -> dict[str, Any]:
+                    task: str | None = None, extra: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         return postprocess(class_logits[i], mask_logits[i], task=task or self.task, padded_hw=batch.padded_hw,
                            image_hw=batch.image_sizes[i], output_hw=batch.original_sizes[i], meta=self.post)
 
@@ -76,15 +90,17 @@ class Segmenter:
         batch = self.preprocess(images)
         t1 = time.perf_counter()
         cls, masks = self.infer(batch)
+        extra = self.infer_extra(batch, cls, masks)
         t2 = time.perf_counter()
         out = []
         for i in range(len(images)):
             t3 = time.perf_counter()
-            results = self.postprocess(cls, masks, batch, i)
+            results = self.postprocess(cls, masks, batch, i, extra=extra)
             out.append(Segmentation(
                 self.task, batch.original_sizes[i], results, cls[i], masks[i], batch.image_sizes[i],
                 batch.padded_hw,
                 {"preprocess": (t1 - t0) * 1e3 / len(images), "infer": (t2 - t1) * 1e3 / len(images),
                  "postprocess": (time.perf_counter() - t3) * 1e3},
+                {k: v[i] for k, v in extra.items()},
             ))
         return out

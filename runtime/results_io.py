@@ -91,7 +91,7 @@ def write_outputs(seg: Segmentation, info: ModelInfo, out_dir: Path, stem: str, 
         raw = out_dir / f"{stem}_raw.npz"
         save_npz_atomic(raw, class_logits=seg.class_logits, mask_logits=seg.mask_logits,
                         image_hw=np.array(seg.image_hw), padded_hw=np.array(seg.padded_hw),
-                        output_hw=np.array(seg.output_hw))
+                        output_hw=np.array(seg.output_hw), **seg.extra_raw)
         written.append(raw)
     js = out_dir / f"{stem}.json"
     write_json_atomic(js, doc)

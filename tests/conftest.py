@@ -45,3 +45,26 @@ def onnx_exports(tmp_path_factory, pading_panoptic):
         paths[name] = out / f"{name}.onnx"
         save_atomic(proto, paths[name])
     return paths
+
+
+@pytest.fixture(scope="session")
+def zegformer_bundle(tmp_path_factory):
+    """`export-model --model zegformer` run as a person runs it, once per session: the gzss config (static
+    1x3x256x320 = the golden case's size), stand-in R101 and a small CLIP (ViT-B/16 layout, 512-d) with the real
+    BPE vocabulary when it is available. Returns (bundle dir, CLIP file, export stdout lines)."""
+    import subprocess
+    import sys
+
+    import torch
+    from test_clip import tiny_clip
+    from test_tokenizer import BPE
+
+    d = tmp_path_factory.mktemp("zegformer")
+    clip_file = d / "clip_small.pt"
+    torch.save(tiny_clip(seed=2).state_dict(), clip_file)
+    cmd = [sys.executable, "-m", "zsdeploy.export.cli", "--model", "zegformer", "--config", "cocostuff_r101_gzss",
+           "--clip", str(clip_file), "--height", "256", "--width", "320", "--output", str(d / "bundle")]
+    cmd += ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return d / "bundle", clip_file, proc.stdout.splitlines()
