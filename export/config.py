@@ -217,29 +217,42 @@ def pading_spec(cfg: CfgNode) -> PADingSpec:
         unsupported.append(f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH} (supported: 50, 101)")
     if cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM != cfg.MODEL.MASK_FORMER.HIDDEN_DIM:
         unsupported.append("SEM_SEG_HEAD.CONVS_DIM != MASK_FORMER.HIDDEN_DIM (needs the decoder input_proj)")
-    if unsupported:
-        raise ZsdError("the config asks for an architecture zsdeploy's PADing does not implement: "
-                       + "; ".join(unsupported) + ".",
-                       "use a released PADing config (configs/pading/*.yaml) or one that differs only in "
-                       "class count, layer counts, sizes or thresholds.")
+    raise_if_unsupported("PADing", unsupported)
     return PADingSpec(
         num_classes=int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
-        depth=int(cfg.MODEL.RESNETS.DEPTH),
-        stem_out_channels=int(cfg.MODEL.RESNETS.STEM_OUT_CHANNELS),
-        res2_out_channels=int(cfg.MODEL.RESNETS.RES2_OUT_CHANNELS),
-        stride_in_1x1=bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1),
-        conv_dim=int(cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM),
-        mask_dim=int(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM),
         enc_layers=int(cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS),
-        hidden_dim=int(cfg.MODEL.MASK_FORMER.HIDDEN_DIM),
-        num_queries=int(cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES),
-        nheads=int(cfg.MODEL.MASK_FORMER.NHEADS),
-        dim_feedforward=int(cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD),
         # DEC_LAYERS counts the prediction on the learnable queries too.
         dec_layers=int(cfg.MODEL.MASK_FORMER.DEC_LAYERS) - 1,
-        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
+        **mask_former_spec_fields(cfg),
     )
+
+
+def raise_if_unsupported(model: str, unsupported: list[str]) -> None:
+    """One error naming every config value the implementation does not cover."""
+    if unsupported:
+        raise ZsdError(f"the config asks for an architecture zsdeploy's {model} does not implement: "
+                       + "; ".join(unsupported) + ".",
+                       f"use a released {model} config (configs/{model.lower()}/*.yaml) or one that differs only in "
+                       "class count, layer counts, sizes or thresholds.")
+
+
+def mask_former_spec_fields(cfg: Any) -> dict[str, Any]:
+    """The spec fields PADing (Mask2Former) and ZegFormer (MaskFormer) read the same way: ResNet, head widths,
+    query decoder sizes, pixel normalisation."""
+    return {
+        "depth": int(cfg.MODEL.RESNETS.DEPTH),
+        "stem_out_channels": int(cfg.MODEL.RESNETS.STEM_OUT_CHANNELS),
+        "res2_out_channels": int(cfg.MODEL.RESNETS.RES2_OUT_CHANNELS),
+        "stride_in_1x1": bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1),
+        "conv_dim": int(cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM),
+        "mask_dim": int(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM),
+        "hidden_dim": int(cfg.MODEL.MASK_FORMER.HIDDEN_DIM),
+        "num_queries": int(cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES),
+        "nheads": int(cfg.MODEL.MASK_FORMER.NHEADS),
+        "dim_feedforward": int(cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD),
+        "pixel_mean": tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
+        "pixel_std": tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
+    }
 
 
 def list_or(v: Any) -> Any:

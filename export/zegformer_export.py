@@ -27,6 +27,7 @@ import onnx
 import torch
 
 from ..runtime.errors import ZsdError
+from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from . import checkpoint
 from .classes import ClassList, load_class_list
 from .config import (
@@ -34,9 +35,10 @@ from .config import (
     cfg_get,
     list_or,
     load_config,
+    mask_former_spec_fields,
+    raise_if_unsupported,
 )
 from .models.clip import CLIP, CLIPSpec, CLIPTextEncoder, build_clip
-from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from .models.zegformer import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ZegFormer, ZegFormerSpec
 from .onnx_export import (
     DEFAULT_OPSET,
@@ -195,29 +197,14 @@ def zegformer_spec(cfg) -> ZegFormerSpec:
     if cfg.MODEL.PROMPT_ENSEMBLE_TYPE not in ("single", "imagenet_select", "imagenet"):
         unsupported.append(f"MODEL.PROMPT_ENSEMBLE_TYPE={cfg.MODEL.PROMPT_ENSEMBLE_TYPE!r} "
                            "(supported: single, imagenet_select, imagenet)")
-    if unsupported:
-        raise ZsdError("the config asks for an architecture zsdeploy's ZegFormer does not implement: "
-                       + "; ".join(unsupported) + ".",
-                       "use a released ZegFormer config (configs/zegformer/*.yaml) or one that differs only in "
-                       "class count, layer counts, sizes or thresholds.")
+    raise_if_unsupported("ZegFormer", unsupported)
     return ZegFormerSpec(
-        depth=int(cfg.MODEL.RESNETS.DEPTH),
-        stem_out_channels=int(cfg.MODEL.RESNETS.STEM_OUT_CHANNELS),
-        res2_out_channels=int(cfg.MODEL.RESNETS.RES2_OUT_CHANNELS),
-        stride_in_1x1=bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1),
-        conv_dim=int(cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM),
-        mask_dim=int(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM),
         norm=str(cfg.MODEL.SEM_SEG_HEAD.NORM),
-        hidden_dim=int(cfg.MODEL.MASK_FORMER.HIDDEN_DIM),
-        num_queries=int(cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES),
-        nheads=int(cfg.MODEL.MASK_FORMER.NHEADS),
-        dim_feedforward=int(cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD),
         dec_layers=int(cfg.MODEL.MASK_FORMER.DEC_LAYERS),
         pre_norm=bool(cfg.MODEL.MASK_FORMER.PRE_NORM),
         enforce_input_proj=bool(cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ),
         text_dim=512,
-        pixel_mean=tuple(float(v) for v in cfg.MODEL.PIXEL_MEAN),
-        pixel_std=tuple(float(v) for v in cfg.MODEL.PIXEL_STD),
+        **mask_former_spec_fields(cfg),
     )
 
 

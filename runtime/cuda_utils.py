@@ -162,44 +162,53 @@ class Stream:
             self._handle = None
 
 
-class DeviceBuffer:
-    """`nbytes` of device memory (cudaMalloc); grows with `reserve`, never shrinks."""
+class _GrowableBuffer:
+    """`nbytes` of CUDA-allocated memory; grows with `reserve`, never shrinks."""
 
     def __init__(self, nbytes: int = 0) -> None:
         self.ptr = 0
         self.nbytes = 0
         self.reserve(nbytes)
+
+    def _alloc(self, nbytes: int) -> int:
+        raise NotImplementedError
+
+    def _release(self, ptr: int) -> None:
+        raise NotImplementedError
 
     def reserve(self, nbytes: int) -> bool:
         """Make the buffer at least `nbytes` large; True when it had to be reallocated (its address changed)."""
         if nbytes <= self.nbytes:
             return False
         self.free()
-        self.ptr = int(check(cudart().cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+        self.ptr = self._alloc(nbytes)
         self.nbytes = nbytes
         return True
 
     def free(self) -> None:
         if self.ptr:
-            check(cudart().cudaFree(self.ptr), "cudaFree")
+            self._release(self.ptr)
         self.ptr, self.nbytes = 0, 0
 
 
-class PinnedBuffer:
+class DeviceBuffer(_GrowableBuffer):
+    """Device memory (cudaMalloc)."""
+
+    def _alloc(self, nbytes: int) -> int:
+        return int(check(cudart().cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
+
+    def _release(self, ptr: int) -> None:
+        check(cudart().cudaFree(ptr), "cudaFree")
+
+
+class PinnedBuffer(_GrowableBuffer):
     """Page-locked host memory (cudaMallocHost) seen as a numpy array: makes async copies truly asynchronous."""
 
-    def __init__(self, nbytes: int = 0) -> None:
-        self.ptr = 0
-        self.nbytes = 0
-        self.reserve(nbytes)
+    def _alloc(self, nbytes: int) -> int:
+        return int(check(cudart().cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
 
-    def reserve(self, nbytes: int) -> bool:
-        if nbytes <= self.nbytes:
-            return False
-        self.free()
-        self.ptr = int(check(cudart().cudaMallocHost(nbytes), f"cudaMallocHost({nbytes})"))
-        self.nbytes = nbytes
-        return True
+    def _release(self, ptr: int) -> None:
+        check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
         """A numpy array over the first bytes of the buffer (valid until the next `reserve` / `free`)."""
@@ -211,11 +220,6 @@ class PinnedBuffer:
             return np.empty(shape, dt)
         raw = (ctypes.c_ubyte * (count * dt.itemsize)).from_address(self.ptr)
         return np.frombuffer(memoryview(raw), dtype=dt, count=count).reshape(shape)
-
-    def free(self) -> None:
-        if self.ptr:
-            check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
-        self.ptr, self.nbytes = 0, 0
 
 
 def memcpy_htod_async(dst: int, src: np.ndarray, stream: Stream) -> None:

@@ -69,3 +69,19 @@ class ResNet(nn.Module):
         res4 = self.res4(res3)
         res5 = self.res5(res4)
         return res2, res3, res4, res5
+
+
+class NormalizedResNetModel(nn.Module):
+    """Base of the meta-architectures: pixel normalisation inside the graph (callers pad with the pixel mean, which
+    becomes 0 as upstream) and a detectron2 ResNet under `backbone.` (the checkpoints' key prefix)."""
+
+    def __init__(self, depth: int, stem_out_channels: int, res2_out_channels: int, stride_in_1x1: bool,
+                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.backbone = ResNet(depth, stem_out_channels, res2_out_channels, stride_in_1x1)
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """res2..res5 of the normalised images."""
+        return self.backbone((images - self.pixel_mean) / self.pixel_std)

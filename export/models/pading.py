@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .backbone import ResNet
+from .backbone import NormalizedResNetModel
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MultiScaleMaskedTransformerDecoder
 
@@ -33,18 +33,16 @@ class PADingSpec:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-class PADing(nn.Module):
+class PADing(NormalizedResNetModel):
     """images [B,3,H,W] float RGB 0..255 (H, W multiples of 32) -> (class_logits [B,Q,K+1], mask_logits [B,Q,H/4,W/4]).
 
     Normalisation is part of the graph, so callers pad with the pixel mean (0 after normalisation, as upstream).
     """
 
     def __init__(self, spec: PADingSpec) -> None:
-        super().__init__()
+        super().__init__(spec.depth, spec.stem_out_channels, spec.res2_out_channels, spec.stride_in_1x1,
+                         spec.pixel_mean, spec.pixel_std)
         self.spec = spec
-        self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(spec.pixel_std).view(1, 3, 1, 1), persistent=False)
-        self.backbone = ResNet(spec.depth, spec.stem_out_channels, spec.res2_out_channels, spec.stride_in_1x1)
         self.sem_seg_head = nn.Module()
         self.sem_seg_head.pixel_decoder = MSDeformAttnPixelDecoder(
             self.backbone.out_channels, spec.conv_dim, spec.mask_dim, spec.nheads, spec.enc_layers)
@@ -54,8 +52,7 @@ class PADing(nn.Module):
         self.new_fc = nn.Linear(spec.hidden_dim, spec.num_classes + 1)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = (images - self.pixel_mean) / self.pixel_std
-        res2, res3, res4, res5 = self.backbone(x)
+        res2, res3, res4, res5 = self.features(images)
         mask_features, multi_scale = self.sem_seg_head.pixel_decoder(res2, res3, res4, res5)
         embed, mask_logits = self.sem_seg_head.predictor(multi_scale, mask_features)
         return self.new_fc(embed), mask_logits

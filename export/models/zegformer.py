@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import ResNet
+from .backbone import NormalizedResNetModel
 from .base_pixel_decoder import BasePixelDecoder
 from .layers import MLP, sine_position_embedding
 from .transformer_decoder import MultiheadAttention
@@ -127,7 +127,7 @@ class ZeroShotTransformerPredictor(nn.Module):
         return class_logits, mask_logits
 
 
-class ZegFormer(nn.Module):
+class ZegFormer(NormalizedResNetModel):
     """(images [B,3,H,W] float RGB 0..255, H and W multiples of 32; text_embeddings [C, 512] L2-normalised)
     -> (class_logits [B,Q,C+1] with the void class LAST, mask_logits [B,Q,H/4,W/4]).
 
@@ -136,11 +136,9 @@ class ZegFormer(nn.Module):
     """
 
     def __init__(self, spec: ZegFormerSpec) -> None:
-        super().__init__()
+        super().__init__(spec.depth, spec.stem_out_channels, spec.res2_out_channels, spec.stride_in_1x1,
+                         spec.pixel_mean, spec.pixel_std)
         self.spec = spec
-        self.register_buffer("pixel_mean", torch.tensor(spec.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(spec.pixel_std).view(1, 3, 1, 1), persistent=False)
-        self.backbone = ResNet(spec.depth, spec.stem_out_channels, spec.res2_out_channels, spec.stride_in_1x1)
         self.sem_seg_head = nn.Module()
         self.sem_seg_head.pixel_decoder = BasePixelDecoder(
             self.backbone.out_channels, spec.conv_dim, spec.mask_dim, spec.norm)
@@ -150,7 +148,6 @@ class ZegFormer(nn.Module):
         if text_embeddings.dim() != 2 or text_embeddings.shape[1] != self.spec.text_dim:
             raise ValueError(f"text_embeddings must be [num_classes, {self.spec.text_dim}], "
                              f"got {list(text_embeddings.shape)}")
-        x = (images - self.pixel_mean) / self.pixel_std
-        res2, res3, res4, res5 = self.backbone(x)
+        res2, res3, res4, res5 = self.features(images)
         mask_features = self.sem_seg_head.pixel_decoder(res2, res3, res4, res5)
         return self.sem_seg_head.predictor(res5, mask_features, text_embeddings)
