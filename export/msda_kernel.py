@@ -59,10 +59,12 @@ class KernelUnavailableError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """Directory of the kernel sources (``ZSD_MSDA_SOURCE_DIR`` or ``<repo>/plugins_trt/msdeformattn``)."""
+    """Directory of the kernel sources: ``ZSD_MSDA_SOURCE_DIR``, ``<repo>/plugins_trt/msdeformattn`` (editable
+    installs), else the copy a wheel ships as package data (``zsdeploy/plugins_trt/msdeformattn``)."""
     env = os.environ.get("ZSD_MSDA_SOURCE_DIR")
     if env:
         return Path(env)
+    # <repo>/export/.. in a checkout, <site-packages>/zsdeploy/export/.. in a wheel: the same relative path
     return Path(__file__).resolve().parent.parent / "plugins_trt" / "msdeformattn"
 
 
