@@ -115,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
             write_outputs(seg, info, out_dir, img.path.stem, rgb=img.rgb, vis=args.vis, save_raw=args.save_raw,
                           vis_score_threshold=args.vis_score_threshold,
                           extra={"image": str(img.path), "backend": backend.name,
-                                 "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()}})
+                                 "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
+                                 **({"vocabulary": {"source": vocab.source, "names": list(vocab.names),
+                                                    "unseen_ids": list(vocab.unseen_ids)}} if vocab else {})})
             done += 1
             bar.update(1)
     bar.close()

@@ -234,6 +234,7 @@ def test_trt_infer_new_vocabulary_end_to_end(zegformer_bundle, image_file, tmp_p
     doc = json.loads((tmp_path / "a" / "scene.json").read_text())
     assert doc["task"] == "semantic" and (doc["height"], doc["width"]) == (H, W)
     assert doc["classes"] and {c["name"] for c in doc["classes"]} <= set(NEW_NAMES)
+    assert doc["vocabulary"] == {"source": "--classes", "names": NEW_NAMES, "unseen_ids": [0, 1, 2, 3, 4]}
     assert all(c["unseen"] for c in doc["classes"]) and sum(c["pixels"] for c in doc["classes"]) == H * W
     labels = np.asarray(Image.open(tmp_path / "a" / "scene_semantic.png"))
     assert labels.shape == (H, W) and labels.max() < 5
