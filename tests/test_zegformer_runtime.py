@@ -321,3 +321,59 @@ def test_export_model_refuses_a_file_that_is_not_clip(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "CLIP" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------------ dynamic, no CLIP
+@pytest.fixture(scope="module")
+def dynamic_bundle(zegformer_bundle, tmp_path_factory):
+    """The released non-gzss config (no crop classifier) exported with dynamic batch/H/W via the Python API."""
+    from zsdeploy.export.zegformer_export import export_zegformer
+
+    clip_file = zegformer_bundle[1]
+    out = export_zegformer(tmp_path_factory.mktemp("zdyn") / "bundle", config="cocostuff_r101", clip=clip_file,
+                           dynamic=True, clip_bpe=BPE, embed_defaults=BPE is not None, say=lambda _: None)
+    return out, clip_file
+
+
+def test_dynamic_segmenter_matches_pytorch_at_other_sizes(dynamic_bundle):
+    import onnxruntime as ort
+    from zsdeploy.export.zegformer_export import build_zegformer
+
+    out, clip_file = dynamic_bundle
+    assert not (out / "crop_classifier.onnx").exists()
+    sess = ort.InferenceSession(str(out / "segmenter.onnx"), providers=["CPUExecutionProvider"])
+    ref = build_zegformer("cocostuff_r101", clip=clip_file, need_clip=False)
+    g = torch.Generator().manual_seed(5)
+    for b, h, w in ((2, 128, 192), (1, 224, 160)):
+        images = torch.rand(b, 3, h, w, generator=g) * 255
+        text = torch.nn.functional.normalize(torch.randn(4, 512, generator=g), dim=-1)
+        cls, masks = sess.run(None, {"images": images.numpy(), "text_embeddings": text.numpy()})
+        with torch.inference_mode():
+            ref_cls, ref_masks = ref.model(images, text)
+        assert cls.shape == (b, 100, 5) and masks.shape == (b, 100, h // 4, w // 4)
+        assert rel_l2(cls, ref_cls.numpy()) < 1e-4 and rel_l2(masks, ref_masks.numpy()) < 1e-4
+
+
+@needs_bpe
+def test_bundle_without_clip_branch_matches_pytorch_pipeline(dynamic_bundle):
+    """Non-gzss bundle, new vocabulary, image resized by the runtime: sem_seg vs the PyTorch reference."""
+    from zsdeploy.export.models.zegformer_clip import semantic_inference
+    from zsdeploy.export.zegformer_export import build_zegformer
+
+    out, clip_file = dynamic_bundle
+    bundle = ZegFormerBundle(out)
+    vocab = make_vocabulary(["person", "grass", "corgi"], bundle.info, "test")
+    assert not bundle.gzss and vocab.seen_ids == (0,) and vocab.unseen_ids == (1, 2)  # grass is unseen in training
+    seg = ZegFormerSegmenter.from_bundle(bundle, vocab, bpe_path=BPE, use_cache=False, short_edge=200)
+    img = _image(2)[:, :300]
+    result = seg([img])[0]
+    batch = seg.preprocess([img])
+    assert batch.image_sizes[0] == (200, 234) and batch.padded_hw == (224, 256)
+    ref = build_zegformer("cocostuff_r101", clip=clip_file, need_clip=False)
+    with torch.inference_mode():
+        cls, masks = ref.model(torch.from_numpy(batch.tensor), torch.from_numpy(seg.text_embeddings))
+        sem = semantic_inference(cls[0], masks[0], batch.padded_hw, batch.image_sizes[0], img.shape[:2]).numpy()
+    got = result.results["sem_seg"]
+    assert got.shape == (3, *img.shape[:2]) and not result.extra_raw
+    assert rel_l2(got, sem) < 1e-4
+    assert (got.argmax(0) == sem.argmax(0)).mean() >= 0.999
