@@ -134,6 +134,11 @@ class _Side:
         return out
 
 
+def standin_variant(meta: dict[str, str]) -> str:
+    """Stand-in variant recorded by export-model; exports older than the key used the golden rule."""
+    return meta.get("standin_variant") or "golden"
+
+
 def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, short_edge: int | None = None,
                  instance_ref_score: float = 0.5, progress: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run both models on every image of `dataset`; returns the report dict (no tolerance verdict yet)."""
@@ -227,23 +232,30 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         vs_reference[ALL][f"class_logits.{key}"] = c[key]
 
     notes = []
-    if info.standin_weights:
-        notes.append("stand-in weights: the 100 queries are nearly identical, so panoptic/instance outputs are often "
-                     "empty and PQ/AP against the reference are N/A; the raw-tensor and semantic metrics still compare "
-                     "the two backends.")
+    variant = standin_variant(info.raw) if info.standin_weights else None
+    if variant == "golden":
+        notes.append("golden stand-in weights: the 100 queries are nearly identical, so panoptic/instance outputs are "
+                     "often empty and PQ/AP against the reference are N/A; the raw-tensor and semantic metrics still "
+                     "compare the two backends (export with `--standin diverse` to measure PQ/AP).")
+    elif variant == "diverse":
+        notes.append("diverse stand-in weights: untrained, but with distinct queries, so the reference has segments "
+                     "and instances and PQ/AP against it are measured; metrics against ground truth stay near 0 "
+                     "(the predictions are meaningless as segmentations).")
     if "panoptic" in tasks and ref_segments_total == 0:
         notes.append("the reference produced no panoptic segment on any image: PQ vs reference is N/A (not 100).")
     report: dict[str, Any] = {
         "kind": "accuracy",
         "model": {"model": info.model, "task": info.task, "weights": info.raw.get("weights"),
-                  "standin_weights": info.standin_weights, "dynamic": info.dynamic, "static_hw": info.static_hw,
-                  "msda_lowering": info.raw.get("msda_lowering")},
+                  "standin_weights": info.standin_weights, "standin_variant": variant, "dynamic": info.dynamic,
+                  "static_hw": info.static_hw, "msda_lowering": info.raw.get("msda_lowering")},
         "backend": backend.name,
         "reference": reference.name,
         "dataset": {"spec": dataset.spec, "kind": dataset.kind, "images": images, "ground_truth": dataset.has_gt},
         "resize": policy.as_dict(),
         "tasks": tasks,
         "bucket_regions": "ground-truth segments" if dataset.has_gt else "reference panoptic segments",
+        # PQ/AP vs the reference bucket by the area of the reference's segments/instances (its own ground truth)
+        "pq_ap_buckets": "reference segment / instance area",
         "instance_reference_min_score": instance_ref_score,
         "vs_reference": vs_reference,
         "notes": notes,
@@ -317,11 +329,14 @@ def markdown(report: dict[str, Any]) -> str:
     vr = report["vs_reference"]
     metrics = sorted({m for b in BUCKET_ORDER for m in vr[b] if m != "pixels"},
                      key=lambda m: (m.split(".")[0], m))
+    mod = report["model"]
+    weights = str(mod["weights"]) + (f" ({mod['standin_variant']})" if mod.get("standin_variant") else "")
+    shape = "dynamic" if mod["dynamic"] else "static " + "x".join(map(str, mod["static_hw"]))
+    pq_ap = f" (PQ/AP vs reference: by {report['pq_ap_buckets']})" if report.get("pq_ap_buckets") else ""
     lines = [f"# zsd-bench accuracy: {report['backend']} vs {report['reference']}", "",
-             f"- model: {report['model']['model']} {report['model']['task']} (weights: {report['model']['weights']}, "
-             f"{'dynamic' if report['model']['dynamic'] else 'static ' + 'x'.join(map(str, report['model']['static_hw']))})",
+             f"- model: {mod['model']} {mod['task']} (weights: {weights}, {shape})",
              f"- dataset: `{report['dataset']['spec']}` ({report['dataset']['images']} images, ground truth: "
-             f"{'yes' if report['dataset']['ground_truth'] else 'no'}); buckets by {report['bucket_regions']}",
+             f"{'yes' if report['dataset']['ground_truth'] else 'no'}); buckets by {report['bucket_regions']}{pq_ap}",
              f"- resize: short edge {report['resize']['short_edge']}, max {report['resize']['max_size']} "
              f"({report['resize']['note']})"]
     if "passed" in report:

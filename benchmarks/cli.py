@@ -41,14 +41,16 @@ def _write(out: Path, name: str, text: str) -> Path:
     return p
 
 
-def _reference(args: argparse.Namespace, task: str):
+def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None):
+    """The PyTorch PADing reference: --weights, else the stand-in variant the export recorded in `meta`."""
     if getattr(args, "reference", "pytorch") != "pytorch":
         raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
     try:
-        from zsdeploy.export.torch_backend import TorchBackend
+        from zsdeploy.export.torch_backend import TorchBackend, standin_variant_of
     except ImportError as e:
         raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-    return TorchBackend.pading(task, args.config, args.weights, threads=args.threads)
+    return TorchBackend.pading(task, args.config, args.weights, standin=standin_variant_of(meta or {}),
+                               threads=args.threads)
 
 
 def _load(path: str, threads: int | None):
@@ -67,7 +69,12 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     if backend.info.model != "pading":
         raise ZsdError(f"{args.model} is a {backend.info.model} model; the PyTorch reference is PADing only.",
                        "pass a PADing export.")
-    reference = _reference(args, backend.info.task)
+    if args.weights is None and not backend.info.standin_weights:
+        # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
+        raise ZsdError(f"{args.model} was exported with weights {backend.info.raw.get('weights')!r}, but no --weights "
+                       "was given, so the PyTorch reference would use stand-in weights.",
+                       "pass --weights with the checkpoint the model was exported from.")
+    reference = _reference(args, backend.info.task, backend.info.raw)
     size_range = tuple(float(v) for v in args.object_sizes.split(","))
     ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
                       n_objects=args.objects)
@@ -132,7 +139,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         if info is not None and info.model != "pading":
             raise ZsdError("the torch baseline is PADing only.", "pass a PADing export.")
         task = info.task if info else (args.task or "panoptic")
-        backends.insert(0, NamedBackend("torch", _reference(args, task)))
+        backends.insert(0, NamedBackend("torch", _reference(args, task, info.raw if info else None)))
     if not backends:
         raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
                        "pass --backends torch,onnxruntime with --model M.onnx.")

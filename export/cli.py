@@ -26,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed); for ZegFormer "
                                     "also a released name, e.g. cocostuff_r101_gzss (default cocostuff_r101)")
     p.add_argument("--weights", help="detectron2 checkpoint .pth/.pkl; without it, deterministic stand-in weights")
+    p.add_argument("--standin", choices=["golden", "diverse"],
+                   help="PADing stand-in weights when no --weights: golden (the golden-fixture rule, default; its "
+                        "queries are nearly identical, so panoptic/instance outputs are empty) or diverse (queries "
+                        "made to differ: several segments per image, so benchmarks can measure PQ/AP)")
     p.add_argument("--height", type=int, help="static input height, multiple of 32 (default 800 PADing, 640 "
                                               "ZegFormer)")
     p.add_argument("--width", type=int, help="static input width, multiple of 32 (default 1216 PADing, 640 "
@@ -76,6 +80,9 @@ def run_pading(args: argparse.Namespace) -> Path:
     for flag, value in (("--clip", args.clip), ("--clip-bpe", args.clip_bpe)):
         if value:
             raise ZsdError(f"{flag} is a ZegFormer option; PADing has no CLIP.", f"drop {flag}.")
+    if args.standin and args.weights:
+        raise ZsdError(f"--standin {args.standin} picks stand-in weights, but --weights is given.",
+                       "drop --standin (or --weights).")
     args.task = args.task or "panoptic"
     args.height, args.width = args.height or 800, args.width or 1216
     output = Path(args.output)
@@ -84,8 +91,9 @@ def run_pading(args: argparse.Namespace) -> Path:
     shape = ExportShape(args.height, args.width, args.batch, args.dynamic)
     shape.validate()
     progress = Progress(4, say)
-    with progress.step(f"building PADing {args.task}"):
-        built = build_pading(args.task, args.config, args.weights)
+    standin = args.standin or "golden"
+    with progress.step(f"building PADing {args.task}" + ("" if args.weights else f" ({standin} stand-in)")):
+        built = build_pading(args.task, args.config, args.weights, standin=standin)
     for note in built.notes:
         say(f"  note: {note}")
     if built.weights == "standin":

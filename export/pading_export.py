@@ -10,7 +10,7 @@ from . import checkpoint, config
 from .classes import classes_for
 from .models.pading import PADing, PADingSpec
 from .onnx_export import EXPORTER_VERSION, ExportShape
-from .standin import load_standin
+from .standin import STANDIN_VARIANTS, load_standin
 
 
 @dataclass
@@ -23,22 +23,30 @@ class BuiltModel:
     weights: str  # "standin" or the checkpoint path
     sha256: str
     notes: list[str]
+    standin: str = ""  # stand-in variant ("golden" or "diverse") when weights == "standin"
 
 
-def build_pading(task: str, config_path: str | Path | None = None, weights: str | Path | None = None) -> BuiltModel:
-    """PADing in eval mode with a checkpoint, or deterministic stand-in weights when `weights` is None."""
+def build_pading(task: str, config_path: str | Path | None = None, weights: str | Path | None = None,
+                 standin: str = "golden") -> BuiltModel:
+    """PADing in eval mode with a checkpoint, or deterministic stand-in weights when `weights` is None.
+
+    `standin` picks the stand-in variant (zsdeploy.export.standin): "golden" (the golden-fixture rule) or
+    "diverse" (queries made to differ, so panoptic/instance outputs are non-empty); ignored with `weights`."""
+    from ..runtime.errors import ZsdError
+
     if task not in config.PADING_TASKS:
-        from ..runtime.errors import ZsdError
-
         raise ZsdError(f"unknown PADing task {task!r}.", f"choose --task from {config.PADING_TASKS}.")
+    if standin not in STANDIN_VARIANTS:
+        raise ZsdError(f"unknown stand-in variant {standin!r}.",
+                       f"choose --standin from {', '.join(STANDIN_VARIANTS)}.")
     path = Path(config_path) if config_path else config.released_config("pading", task)
     cfg = config.load_config(path)
     spec = config.pading_spec(cfg)
     model = PADing(spec).eval()
     notes = [f"config: ignored {t} (training-only, never executed)" for t in getattr(cfg, "ignored_python_tags", [])]
     if weights is None:
-        load_standin(model)
-        return BuiltModel(model, spec, config.test_settings(cfg), task, path, "standin", "", notes)
+        load_standin(model, standin)
+        return BuiltModel(model, spec, config.test_settings(cfg), task, path, "standin", "", notes, standin)
     report = checkpoint.load_into(model, weights, checkpoint.PADING_TRAINING_ONLY)
     notes += report.notes
     notes.append(f"checkpoint: {report.used} tensors used, {len(report.dropped)} training-only dropped")
@@ -58,6 +66,8 @@ def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: 
         "weights": "standin" if built.weights == "standin" else Path(built.weights).name,
         "checkpoint_sha256": built.sha256,
         "standin_weights": "true" if built.weights == "standin" else "false",
+        # which stand-in rule, so `zsd-bench accuracy` rebuilds the same reference (absent in older exports: golden)
+        "standin_variant": (built.standin or "golden") if built.weights == "standin" else "",
         "config": built.config_path.name,
         "input_name": "images",
         "input_format": "RGB",

@@ -13,6 +13,11 @@ from .models.msdeformattn import lowering
 from .onnx_export import ExportShape
 
 
+def standin_variant_of(metadata: dict[str, str]) -> str:
+    """The stand-in variant an export was made with; exports older than the key used the golden rule."""
+    return metadata.get("standin_variant") or "golden"
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -29,10 +34,12 @@ class TorchBackend(Backend):
 
     @classmethod
     def pading(cls, task: str, config: str | Path | None = None, weights: str | Path | None = None,
-               **kwargs) -> TorchBackend:
+               standin: str = "golden", **kwargs) -> TorchBackend:
+        """PADing from a checkpoint, or the `standin` variant of the stand-in weights (the one the export used:
+        see `standin_variant_of`)."""
         from .pading_export import build_pading, pading_metadata
 
-        built = build_pading(task, config, weights)
+        built = build_pading(task, config, weights, standin=standin)
         meta = pading_metadata(built, ExportShape(dynamic=True), opset=0, msda="torch")
         return cls(built.model, meta, **kwargs)
 

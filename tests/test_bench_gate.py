@@ -75,9 +75,24 @@ def test_equivalent_backend_passes(torch_ref, tiny_scenes):
     apply_tolerances(report, load_tolerances(None))
     assert report["passed"], report["violations"]
     assert report["vs_reference"]["small"]["semantic.pixel_agreement"] >= 0.999
-    # stand-in weights: the reference has no panoptic segments -> PQ is N/A, never a silent 100
+    # golden stand-in weights: the reference has no panoptic segments -> PQ is N/A, never a silent 100
     if report["vs_reference"]["all"]["panoptic.segments"] == 0:
         assert report["vs_reference"]["all"]["panoptic.pq"] is None
+
+
+def test_equivalent_backend_passes_with_pq_diverse_standin(tiny_scenes):
+    # The same control with the diverse stand-in: the reference has segments, so PQ/AP are defined and gated.
+    from zsdeploy.export.torch_backend import TorchBackend
+
+    ref = TorchBackend.pading("panoptic", standin="diverse")
+    alt = TorchBackend(ref.model, dict(ref.info.raw), msda="gridsample")
+    report = run_accuracy(alt, ref, tiny_scenes, short_edge=96)
+    apply_tolerances(report, load_tolerances(None))
+    assert report["passed"], report["violations"]
+    vr = report["vs_reference"]
+    assert vr["all"]["panoptic.segments"] >= 4 and vr["small"]["panoptic.segments"] >= 2
+    assert vr["small"]["panoptic.pq"] >= 99.0 and vr["all"]["panoptic.pq"] >= 99.0
+    assert vr["all"]["instance.ap"] is not None and vr["all"]["instance.ap"] >= 95.0
 
 
 def _report(path, speedup, small_agree, small_rel):
