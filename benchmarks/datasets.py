@@ -73,7 +73,13 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
     if kind == "folder":
         from zsdeploy.runtime.imageio import list_images, load_image
 
-        paths = list_images(arg)
+        if not arg or not Path(arg).is_dir():
+            raise ZsdError(f"--dataset {spec}: {arg or '(empty)'} is not a directory.",
+                           "use folder:DIR with a directory of images.")
+        try:
+            paths = list_images(arg)
+        except ZsdError as e:
+            raise ZsdError(f"--dataset {spec}: {e.problem}", e.fix) from None
         if not paths:
             raise ZsdError(f"--dataset {spec}: no images found.", "point folder: at a directory of images.")
         return Dataset(spec, "folder", [lambda p=p: Sample(p.stem, load_image(p).rgb) for p in paths], False)
@@ -83,37 +89,84 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
                    "use synthetic[:N], folder:DIR or coco-panoptic:JSON,PNG_DIR,IMG_DIR.")
 
 
+# COCO panoptic category ids of the 133 classes, in the contiguous order of the PADing panoptic model.
+COCO_PANOPTIC_CLASS_LIST = Path(__file__).resolve().parent.parent / "configs" / "classes" / "coco_panoptic_133.json"
+
+
+def _coco_panoptic_ids() -> list[int]:
+    import json
+
+    path = COCO_PANOPTIC_CLASS_LIST
+    if not path.is_file():  # installed (non-editable): configs ship as the zsdeploy.configs package
+        import zsdeploy.configs as configs_pkg
+
+        path = Path(configs_pkg.__file__).resolve().parent / "classes" / "coco_panoptic_133.json"
+    return [int(i) for i in json.loads(path.read_text())["dataset_ids"]]
+
+
+def category_mapping(categories: list[dict[str, Any]]) -> tuple[dict[int, int], str]:
+    """JSON category id -> contiguous class id of the model, and how it was decided.
+
+    * our own synthetic datasets (every category carries "coco_id") already use contiguous ids;
+    * COCO panoptic ids (all of them among COCO's 133): their position in COCO's category list — what detectron2
+      does for the full file, and still right for a JSON that lists only the categories it uses;
+    * other ids: position in ascending id order (detectron2's rule for a dataset registered from its own JSON).
+    """
+    ids = [int(c["id"]) for c in categories]
+    if categories and all("coco_id" in c for c in categories):
+        return {i: i for i in ids}, "contiguous ids (zsdeploy synthetic dataset)"
+    coco = _coco_panoptic_ids()
+    if ids and set(ids) <= set(coco):
+        return {i: coco.index(i) for i in ids}, "COCO panoptic category ids"
+    return {i: k for k, i in enumerate(sorted(ids))}, "category ids in ascending order"
+
+
 def _coco_panoptic(spec: str, arg: str) -> Dataset:
     import json
 
     from zsdeploy.runtime.imageio import load_image, read_png, rgb_to_id
 
     parts = arg.split(",")
-    if len(parts) != 3:
+    if len(parts) != 3 or not all(parts):
         raise ZsdError(f"--dataset {spec}: expected three comma-separated paths.",
                        "use coco-panoptic:panoptic.json,PANOPTIC_PNG_DIR,IMAGE_DIR.")
     js, png_dir, img_dir = (Path(p) for p in parts)
-    for p in (js, png_dir, img_dir):
+    for p, what in ((js, "panoptic JSON"), (png_dir, "panoptic PNG directory"), (img_dir, "image directory")):
         if not p.exists():
-            raise ZsdError(f"--dataset {spec}: {p} does not exist.", "check the three paths.")
-    doc = json.loads(js.read_text())
+            raise ZsdError(f"--dataset {spec}: the {what} {p} does not exist.", "check the three paths.")
+    for p, is_dir in ((js, False), (png_dir, True), (img_dir, True)):
+        if p.is_dir() != is_dir:
+            raise ZsdError(f"--dataset {spec}: {p} should be a {'directory' if is_dir else 'file'}.",
+                           "the order is coco-panoptic:JSON,PANOPTIC_PNG_DIR,IMAGE_DIR.")
+    try:
+        doc = json.loads(js.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZsdError(f"{js} is not JSON ({e}).", "pass a COCO panoptic JSON (panoptic_val2017.json).") from None
+    if not isinstance(doc, dict):
+        raise ZsdError(f"{js} is not a COCO panoptic JSON (no top-level object).", "pass panoptic_val2017.json.")
     cats = doc.get("categories", [])
-    # Our own synthetic datasets already use contiguous ids (they carry "coco_id"); COCO's own JSON uses COCO ids,
-    # mapped to contiguous ids in category-id order (detectron2's convention).
-    if cats and all("coco_id" in c for c in cats):
-        to_contig = {int(c["id"]): int(c["id"]) for c in cats}
-    else:
-        to_contig = {int(c["id"]): i for i, c in enumerate(sorted(cats, key=lambda c: int(c["id"])))}
+    to_contig, _ = category_mapping(cats)
+    # COCO's own JSON marks things on the category, not on the segment (our synthetic files do both).
+    cat_isthing = {int(c["id"]): bool(c.get("isthing", 0)) for c in cats}
     images = {im["id"]: im for im in doc.get("images", [])}
 
     def make(ann: dict[str, Any]) -> Sample:
         im = images.get(ann["image_id"], {})
         img_name = im.get("file_name") or Path(ann["file_name"]).with_suffix(".jpg").name
         rgb = load_image(img_dir / img_name).rgb
-        pan = rgb_to_id(read_png(png_dir / ann["file_name"])).astype(np.int64)
-        segs = [{"id": int(s["id"]), "category_id": to_contig[int(s["category_id"])],
-                 "isthing": bool(s.get("isthing", 0)), "iscrowd": int(s.get("iscrowd", 0))}
-                for s in ann["segments_info"]]
+        png = read_png(png_dir / ann["file_name"])
+        if png.ndim != 3 or png.shape[2] != 3:
+            raise ZsdError(f"{png_dir / ann['file_name']} is not an RGB panoptic PNG (shape {png.shape}).",
+                           "pass the COCO panoptic PNG directory (ids encoded as R + 256 G + 256^2 B).")
+        pan = rgb_to_id(png).astype(np.int64)
+        segs = []
+        for s in ann["segments_info"]:
+            cid = int(s["category_id"])
+            if cid not in to_contig:
+                raise ZsdError(f"{js}: segment {s['id']} of {ann['file_name']} has category {cid}, which is not "
+                               "in the JSON's categories.", "pass the JSON the PNGs were written with.")
+            segs.append({"id": int(s["id"]), "category_id": to_contig[cid],
+                         "isthing": bool(s.get("isthing", cat_isthing[cid])), "iscrowd": int(s.get("iscrowd", 0))})
         if pan.shape != rgb.shape[:2]:
             raise ZsdError(f"{ann['file_name']}: panoptic PNG {pan.shape} and image {rgb.shape[:2]} differ in size.",
                            "check that PNG_DIR and IMG_DIR belong to the same split.")
