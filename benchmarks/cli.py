@@ -106,7 +106,8 @@ def _json_default(o: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------ latency
 def cmd_latency(args: argparse.Namespace) -> int:
-    from .latency import NamedBackend, markdown, markdown_table, parse_ints, parse_sizes, plot, run_latency
+    from .latency import (CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use, device_notes, markdown,
+                          markdown_table, parse_ints, parse_sizes, plot, run_latency)
 
     sizes = parse_sizes(args.sizes)
     batches = parse_ints(args.batch, "--batch")
@@ -122,15 +123,19 @@ def cmd_latency(args: argparse.Namespace) -> int:
         if not args.model or not args.model.endswith(".onnx"):
             raise ZsdError("--backends onnxruntime needs --model M.onnx.", "pass the ONNX file export-model wrote.")
         model = _load(args.model, args.threads)
-        backends.append(NamedBackend("onnxruntime", model))
+        on_gpu = "CUDAExecutionProvider" in getattr(model, "providers", ())
+        backends.append(NamedBackend("onnxruntime", model, device_note=(
+            "ONNX Runtime CUDA EP: not measured (its memory arena is not attributable)" if on_gpu
+            else CPU_DEVICE_NOTE)))
     if "tensorrt" in names:
         plan = args.engine or (args.model if args.model and not args.model.endswith(".onnx") else None)
         if not plan:
             unavailable.append({"backend": "tensorrt", "reason": "no engine given (--engine M.plan)"})
         else:
             try:
+                before, why = device_memory_in_use()  # before the engine allocates anything on the GPU
                 trt = _load(plan, None)
-                backends.append(NamedBackend("tensorrt", trt))
+                backends.append(NamedBackend("tensorrt", trt, device_baseline=before, device_note=why))
                 model = model or trt
             except (ZsdError, ImportError, OSError) as e:
                 unavailable.append({"backend": "tensorrt", "reason": str(e)})
@@ -163,6 +168,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     _say(markdown_table(report))
     for s in report["skipped"]:
         _say(f"skipped {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}")
+    _say("device memory: " + "; ".join(device_notes(report)))
     for k, v in report["gate"]["speedup"].items():
         _say(f"speed-up {k}: {v:.2f}x")
     _say(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {png}" if png else ""))

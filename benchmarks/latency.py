@@ -10,7 +10,12 @@ its min_size_test first. A static ONNX model only runs at its own size and batch
 Host memory: peak resident set size (VmHWM from /proc/self/status, reset per measurement by writing 5 to
 /proc/self/clear_refs — Linux >= 4.0), measured for each backend in one extra untimed iteration after the timed ones
 (the process baseline — Python, torch, loaded models — is included). Where /proc is unavailable: getrusage
-ru_maxrss (process-lifetime peak, not resettable). No device memory on CPU backends.
+ru_maxrss (process-lifetime peak, not resettable).
+
+Device memory (TensorRT on a GPU): memory in use on the GPU (cudaMemGetInfo: total - free) after the backend's
+memory iteration, minus the same reading taken just before its engine was loaded. TensorRT allocates the execution
+context's activation memory when the engine is loaded and our I/O buffers only grow, so this is the backend's peak.
+It counts everything allocated on that GPU meanwhile (other processes included). CPU backends: N/A, with the reason.
 """
 from __future__ import annotations
 
@@ -57,6 +62,17 @@ def peak_rss_bytes() -> tuple[int, str]:
     return int(ru) * (1 if platform.system() == "Darwin" else 1024), "getrusage ru_maxrss (process-lifetime peak)"
 
 
+def device_memory_in_use() -> tuple[int | None, str]:
+    """Bytes in use on the current CUDA device (cudaMemGetInfo: total - free), or (None, why it cannot be read)."""
+    from zsdeploy.runtime import cuda_utils
+
+    try:
+        free, total = cuda_utils.check(cuda_utils.cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    except ZsdError as e:  # no cuda-python, no driver, no GPU: CudaError is a ZsdError
+        return None, e.problem
+    return int(total) - int(free), "cudaMemGetInfo (total - free)"
+
+
 # ------------------------------------------------------------------------------------------------ config
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     out = []
@@ -81,10 +97,17 @@ def parse_ints(text: str, what: str) -> list[int]:
     return vals
 
 
+CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
+
+
 @dataclass
 class NamedBackend:
     name: str
     backend: Backend
+    # Device memory in use just before this backend was loaded (None: not on a GPU or not readable, see
+    # device_note), so its own device memory is the difference after it ran.
+    device_baseline: int | None = None
+    device_note: str = CPU_DEVICE_NOTE
 
 
 def supports(b: Backend, hw: tuple[int, int], batch: int) -> str | None:
@@ -167,12 +190,21 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
             for i in range(batch):
                 seg.postprocess(cls, masks, b, i)
             peak, _ = peak_rss_bytes()
+            device_mib, device_note = None, nb.device_note
+            if nb.device_baseline is not None:
+                used, why = device_memory_in_use()
+                if used is None:
+                    device_note = why
+                else:
+                    device_mib = (used - nb.device_baseline) / 2**20
+                    device_note = "cudaMemGetInfo in use after the memory iteration minus before loading"
             tt = times[nb.name]
             results.append({
                 "backend": nb.name, "size": f"{h}x{w}", "batch": batch, "padded_hw": list(padded or hw),
                 "task": seg.task, "e2e": _stats(tt["e2e"], batch), "infer": _stats(tt["infer"], batch),
                 "pre_median_ms": float(np.median(tt["pre"])), "post_median_ms": float(np.median(tt["post"])),
                 "peak_rss_mib": peak / 2**20, "peak_rss_per_iteration": reset_ok,
+                "peak_device_mib": device_mib, "device_memory": device_note,
             })
     if bar is not None:
         bar.close()
@@ -199,8 +231,8 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
 # ------------------------------------------------------------------------------------------------ output
 def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| backend | size | batch | e2e median ms | e2e p90 | e2e p99 | infer median ms | infer p90 | "
-             "infer p99 | images/s (e2e) | speed-up vs torch (e2e / infer) | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "infer p99 | images/s (e2e) | speed-up vs torch (e2e / infer) | peak RSS MiB | device MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sp = report["gate"]["speedup"]
     for r in report["results"]:
         key = f"{r['backend']}/{r['size']}/b{r['batch']}"
@@ -209,8 +241,21 @@ def markdown_table(report: dict[str, Any]) -> str:
         e, i = r["e2e"], r["infer"]
         lines.append(f"| {r['backend']} | {r['size']} | {r['batch']} | {e['median_ms']:.1f} | {e['p90_ms']:.1f} | "
                      f"{e['p99_ms']:.1f} | {i['median_ms']:.1f} | {i['p90_ms']:.1f} | {i['p99_ms']:.1f} | "
-                     f"{e['images_per_s']:.2f} | {s} | {r['peak_rss_mib']:.0f} |")
+                     f"{e['images_per_s']:.2f} | {s} | {r['peak_rss_mib']:.0f} | {_device_cell(r)} |")
     return "\n".join(lines)
+
+
+def _device_cell(r: dict[str, Any]) -> str:
+    v = r.get("peak_device_mib")
+    return "N/A" if v is None else f"{v:.0f}"
+
+
+def device_notes(report: dict[str, Any]) -> list[str]:
+    """One line per backend: how its device memory was measured, or why it is N/A."""
+    seen: dict[str, str] = {}
+    for r in report["results"]:
+        seen.setdefault(r["backend"], r.get("device_memory", CPU_DEVICE_NOTE))
+    return [f"{b}: {note}" for b, note in seen.items()]
 
 
 def markdown(report: dict[str, Any], plot: str | None) -> str:
@@ -218,7 +263,8 @@ def markdown(report: dict[str, Any], plot: str | None) -> str:
     out = ["# zsd-bench latency", "",
            f"- machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs",
            f"- warm-up {st['warmup']}, {st['repeat']} timed iterations, {st['distinct_inputs']} rotating inputs, "
-           f"backends interleaved; e2e = pre + infer + post; memory: {st['memory']}", "", markdown_table(report)]
+           f"backends interleaved; e2e = pre + infer + post; memory: {st['memory']}",
+           "- device memory: " + "; ".join(device_notes(report)), "", markdown_table(report)]
     if report["skipped"]:
         out += ["", "Skipped:", ""] + [f"- {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}"
                                        for s in report["skipped"]]
