@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI benchmark gate (CPU): export stand-in PADing panoptic at a small static size, run a short latency benchmark
 # (torch baseline and ONNX Runtime interleaved) and a small-target accuracy benchmark (synthetic scenes), then
-# `zsd-bench check` against the committed baseline. Prints the latency table and the gate's verdict; exits non-zero
+# `zsd-bench check` against the committed baseline. The export uses the DIVERSE stand-in (export-model --standin
+# diverse): its reference has panoptic segments and instances, so PQ and mask AP are gated too (with the golden
+# stand-in they are N/A). Prints the latency table and the gate's verdict; exits non-zero
 # on an accuracy-limit violation or a regression. Budget: < 4 minutes on a 2-core machine.
 #
 #   bash benchmarks/ci_gate.sh                      # gate against benchmarks/baselines/ci_cpu.json
@@ -19,8 +21,8 @@ THREADS="${ZSD_BENCH_THREADS:-2}"
 mkdir -p "$OUT"
 start=$SECONDS
 
-echo "== [1/4] export PADing panoptic (stand-in weights) at ${H}x${W} -> $OUT/pading_${H}x${W}.onnx"
-"$PY" -m zsdeploy.export.cli --model pading --task panoptic --height $H --width $W \
+echo "== [1/4] export PADing panoptic (diverse stand-in weights) at ${H}x${W} -> $OUT/pading_${H}x${W}.onnx"
+"$PY" -m zsdeploy.export.cli --model pading --task panoptic --height $H --width $W --standin diverse \
     --output "$OUT/pading_${H}x${W}.onnx" > "$OUT/export.log" 2>&1 || { cat "$OUT/export.log"; exit 2; }
 tail -n 1 "$OUT/export.log"
 
