@@ -65,6 +65,9 @@ def run_zegformer(args: argparse.Namespace) -> Path:
     if args.msda != "gridsample":
         raise ZsdError(f"--msda {args.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
                        "drop --msda for ZegFormer.")
+    if args.standin == "diverse":
+        raise ZsdError("--standin diverse is a PADing stand-in (diverse decoder queries for zsd-bench PQ/AP); "
+                       "ZegFormer has only the golden stand-in.", "drop --standin for ZegFormer.")
     if args.task not in (None, "semantic"):
         raise ZsdError(f"--task {args.task}: ZegFormer is a semantic segmentation model.", "drop --task.")
     return export_zegformer(
