@@ -61,7 +61,13 @@ def _load(path: str, threads: int | None):
 
 # ------------------------------------------------------------------------------------------------ accuracy
 def cmd_accuracy(args: argparse.Namespace) -> int:
-    from .accuracy import apply_tolerances, load_tolerances, markdown, run_accuracy, summary_lines
+    from .accuracy import (
+        apply_tolerances,
+        load_tolerances,
+        markdown,
+        run_accuracy,
+        summary_lines,
+    )
     from .datasets import open_dataset
 
     tol = load_tolerances(args.tolerances)
@@ -105,16 +111,10 @@ def _json_default(o: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ latency
-def cmd_latency(args: argparse.Namespace) -> int:
-    from .latency import (CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use, device_notes, markdown,
-                          markdown_table, parse_ints, parse_sizes, plot, run_latency)
+def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
+    """torch / onnxruntime / tensorrt runners of one PADing export (or engine)."""
+    from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
 
-    sizes = parse_sizes(args.sizes)
-    batches = parse_ints(args.batch, "--batch")
-    names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    unknown = set(names) - {"torch", "onnxruntime", "tensorrt"}
-    if unknown:
-        raise ZsdError(f"unknown --backends {sorted(unknown)}.", "choose from torch, onnxruntime, tensorrt.")
     backends: list[NamedBackend] = []
     unavailable: list[dict[str, str]] = []
     task = None
@@ -145,6 +145,74 @@ def cmd_latency(args: argparse.Namespace) -> int:
             raise ZsdError("the torch baseline is PADing only.", "pass a PADing export.")
         task = info.task if info else (args.task or "panoptic")
         backends.insert(0, NamedBackend("torch", _reference(args, task, info.raw if info else None)))
+    return backends, unavailable
+
+
+def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
+    """Runners of a ZegFormer bundle: each measured as its ZegFormerSegmenter (segmenter + CLIP crop classifier for
+    gzss configs + fusion) on the bundle's default vocabulary; torch = the PyTorch twins of the same graphs."""
+    from zsdeploy.runtime.zegformer import ZegFormerBundle, ZegFormerSegmenter
+
+    from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
+
+    def named(name: str, bundle: ZegFormerBundle, **kw) -> NamedBackend:
+        def make(policy, task):
+            return ZegFormerSegmenter.from_bundle(bundle, bpe_path=args.clip_bpe, task=task,
+                                                  short_edge=policy.short_edge, max_size=policy.max_size)
+        return NamedBackend(name, bundle.segmenter, make_segmenter=make, **kw)
+
+    backends, unavailable = [], []
+    if "onnxruntime" in names:
+        backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
+                                                             say=_say), device_note=CPU_DEVICE_NOTE))
+    if "tensorrt" in names:
+        probe = ZegFormerBundle(args.model, prefer_engines=False, say=_say)
+        if not probe.graph_path("segmenter").with_suffix(".plan").is_file():
+            unavailable.append({"backend": "tensorrt", "reason": f"no segmenter.plan in {probe.root} (build-engine "
+                                                                  "each bundle graph to <graph>.plan next to it)"})
+        else:
+            try:
+                before, why = device_memory_in_use()
+                bundle = ZegFormerBundle(args.model, say=_say)
+                if bundle.segmenter.name != "tensorrt":
+                    raise ZsdError("TensorRT is not available here.", "install TensorRT.")
+                backends.append(named("tensorrt", bundle, device_baseline=before, device_note=why))
+            except (ZsdError, ImportError, OSError) as e:
+                unavailable.append({"backend": "tensorrt", "reason": str(e)})
+    if "torch" in names:
+        try:
+            from zsdeploy.export.torch_backend import TorchBackend
+        except ImportError as e:
+            raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
+        meta = ZegFormerBundle(args.model, prefer_engines=False, say=_say).info.raw
+        twins = TorchBackend.zegformer(meta, args.weights, args.clip, args.config, threads=args.threads)
+        backends.insert(0, named("torch", ZegFormerBundle(args.model, backends=twins, say=_say)))
+    return backends, unavailable
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from .latency import (
+        device_notes,
+        markdown,
+        markdown_table,
+        parse_ints,
+        parse_sizes,
+        plot,
+        run_latency,
+    )
+
+    sizes = parse_sizes(args.sizes)
+    batches = parse_ints(args.batch, "--batch")
+    names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    unknown = set(names) - {"torch", "onnxruntime", "tensorrt"}
+    if unknown:
+        raise ZsdError(f"unknown --backends {sorted(unknown)}.", "choose from torch, onnxruntime, tensorrt.")
+    from zsdeploy.runtime.zegformer import bundle_root
+
+    if args.model and bundle_root(args.model) is not None:
+        backends, unavailable = _zegformer_backends(args, names)
+    else:
+        backends, unavailable = _pading_backends(args, names)
     if not backends:
         raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
                        "pass --backends torch,onnxruntime with --model M.onnx.")
@@ -231,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_accuracy)
 
     lat = sub.add_parser("latency", help="latency/throughput, torch baseline and backends interleaved")
-    lat.add_argument("--model", help=".onnx for onnxruntime (or .plan for tensorrt)")
+    lat.add_argument("--model", help=".onnx for onnxruntime (or .plan for tensorrt), or a ZegFormer bundle directory")
     lat.add_argument("--engine", help=".plan for tensorrt when --model is the .onnx")
     lat.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
     lat.add_argument("--sizes", default="512x512", help="network input sizes HxW, comma-separated")
@@ -239,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--warmup", type=int, default=2)
     lat.add_argument("--repeat", type=int, default=10)
     lat.add_argument("--task", default=None, help="post-processing task (default: the model's)")
+    lat.add_argument("--clip", help="ZegFormer bundles: the CLIP file the bundle was exported with (for the torch "
+                                    "baseline, unless the bundle used the stand-in CLIP)")
+    lat.add_argument("--clip-bpe", help="ZegFormer bundles without stored default embeddings: CLIP's BPE file")
     common(lat)
     lat.set_defaults(func=cmd_latency)
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.pipeline import Segmenter
 
 from .accuracy import BenchSegmenter, ResizePolicy
 
@@ -108,6 +109,14 @@ class NamedBackend:
     # device_note), so its own device memory is the difference after it ran.
     device_baseline: int | None = None
     device_note: str = CPU_DEVICE_NOTE
+    # Builds this backend's Segmenter for a resize policy and task (ZegFormer bundles: the segmenter with its
+    # vocabulary and CLIP crop classifier); None = a plain BenchSegmenter around `backend`.
+    make_segmenter: Callable[[ResizePolicy, str | None], Segmenter] | None = None
+
+    def segmenter(self, policy: ResizePolicy, task: str | None) -> Segmenter:
+        if self.make_segmenter is not None:
+            return self.make_segmenter(policy, task)
+        return BenchSegmenter(self.backend, task, policy)
 
 
 def supports(b: Backend, hw: tuple[int, int], batch: int) -> str | None:
@@ -157,7 +166,7 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
         images = [generate_scene(seed * 1000 + i, h, w, n_objects=12, size_range=(6, max(7, min(h, w) // 4))).image
                   for i in range(k)]
         policy = ResizePolicy(min(h, w), max(h, w), "sizes are network input sizes (no resize)")
-        segs = {nb.name: BenchSegmenter(nb.backend, task, policy) for nb in runnable}
+        segs = {nb.name: nb.segmenter(policy, task) for nb in runnable}
         times = {nb.name: {"e2e": [], "infer": [], "pre": [], "post": []} for nb in runnable}
         padded = None
         for it in range(warmup + repeat):
@@ -169,9 +178,10 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
                 b = seg.preprocess(imgs)
                 t1 = time.perf_counter()
                 cls, masks = seg.infer(b)
+                extra = seg.infer_extra(b, cls, masks)
                 t2 = time.perf_counter()
                 for i in range(batch):
-                    seg.postprocess(cls, masks, b, i)
+                    seg.postprocess(cls, masks, b, i, extra=extra)
                 t3 = time.perf_counter()
                 padded = b.padded_hw
                 if it >= warmup:
@@ -187,8 +197,9 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
             seg = segs[nb.name]
             b = seg.preprocess(images[:batch])
             cls, masks = seg.infer(b)
+            extra = seg.infer_extra(b, cls, masks)
             for i in range(batch):
-                seg.postprocess(cls, masks, b, i)
+                seg.postprocess(cls, masks, b, i, extra=extra)
             peak, _ = peak_rss_bytes()
             device_mib, device_note = None, nb.device_note
             if nb.device_baseline is not None:

@@ -33,12 +33,14 @@ class Segmentation:
 class Segmenter:
     """Runs a loaded backend with the exact upstream pre/post-processing described by its metadata."""
 
-    def __init__(self, backend: Backend, task: str | None = None, short_edge: int | None = None) -> None:
-        """short_edge: override the metadata's ResizeShortestEdge size (min_size_test); 0 = no resize."""
+    def __init__(self, backend: Backend, task: str | None = None, short_edge: int | None = None,
+                 max_size: int | None = None) -> None:
+        """short_edge / max_size: override the metadata's ResizeShortestEdge sizes (min_size_test / max_size_test);
+        short_edge 0 = no resize."""
         self.backend = backend
         if short_edge is not None and short_edge < 0:
             raise ZsdError(f"--short-edge {short_edge} must be >= 0.", "pass 0 (no resize) or a size in pixels.")
-        self.short_edge = short_edge
+        self.short_edge, self.max_size = short_edge, max_size
         self.info = backend.info
         self.post = PostprocessConfig.from_metadata(self.info.raw)
         enabled = self.enabled_tasks()
@@ -54,7 +56,7 @@ class Segmenter:
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         return preprocess(
             images, short_edge=self.info.min_size_test if self.short_edge is None else self.short_edge,
-            max_size=self.info.max_size_test,
+            max_size=self.info.max_size_test if self.max_size is None else self.max_size,
             size_divisibility=self.info.size_divisibility, pixel_mean=self.info.pixel_mean,
             fixed_hw=self.info.static_hw,
         )

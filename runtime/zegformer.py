@@ -141,7 +141,10 @@ class ZegFormerBundle:
     must be embedded, the crop classifier only for gzss configs)."""
 
     def __init__(self, path: str | os.PathLike, *, plugin_lib: str | None = None, threads: int | None = None,
-                 prefer_engines: bool = True, say: Callable[[str], None] | None = None) -> None:
+                 prefer_engines: bool = True, say: Callable[[str], None] | None = None,
+                 backends: dict[str, Backend] | None = None) -> None:
+        """backends: graph name -> an already built backend to use instead of the bundle's file (e.g. the PyTorch
+        reference of the segmenter for benchmarks); other graphs load from the bundle."""
         root = bundle_root(path)
         if root is None:
             raise ZsdError(f"{path} is not a ZegFormer bundle (no {BUNDLE_FILE}).",
@@ -156,7 +159,7 @@ class ZegFormerBundle:
             raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
         self._plugin_lib, self._threads, self._prefer_engines = plugin_lib, threads, prefer_engines
         self._say = say or (lambda m: print(m, file=sys.stderr))
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[str, Backend] = dict(backends or {})
         self.segmenter = self.backend("segmenter")
         self.info: ModelInfo = self.segmenter.info
         self.gzss = self.info.raw.get("clip_classification") == "true" and "crop_classifier" in self.files
@@ -284,8 +287,8 @@ class ZegFormerSegmenter(Segmenter):
 
     def __init__(self, bundle: ZegFormerBundle, vocabulary: Vocabulary, text_embeddings: np.ndarray,
                  text_embeddings_clip: np.ndarray | None = None, task: str | None = None,
-                 short_edge: int | None = None) -> None:
-        super().__init__(bundle.segmenter, task, short_edge)
+                 short_edge: int | None = None, max_size: int | None = None) -> None:
+        super().__init__(bundle.segmenter, task, short_edge, max_size)
         self.bundle = bundle
         self.vocabulary = vocabulary
         n = len(vocabulary.names)
@@ -311,12 +314,13 @@ class ZegFormerSegmenter(Segmenter):
     @classmethod
     def from_bundle(cls, bundle: ZegFormerBundle, vocabulary: Vocabulary | None = None, *,
                     bpe_path: str | os.PathLike | None = None, use_cache: bool = True,
-                    task: str | None = None, short_edge: int | None = None) -> ZegFormerSegmenter:
+                    task: str | None = None, short_edge: int | None = None,
+                    max_size: int | None = None) -> ZegFormerSegmenter:
         vocab = vocabulary or default_vocabulary(bundle.info)
         emb = bundle.text_embeddings(vocab, "text_embeddings", bpe_path=bpe_path, use_cache=use_cache)
         emb_clip = (bundle.text_embeddings(vocab, "text_embeddings_clip", bpe_path=bpe_path, use_cache=use_cache)
                     if bundle.gzss else None)
-        return cls(bundle, vocab, emb, emb_clip, task, short_edge)
+        return cls(bundle, vocab, emb, emb_clip, task, short_edge, max_size)
 
     def infer(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         n = batch.tensor.shape[0]

@@ -377,3 +377,28 @@ def test_bundle_without_clip_branch_matches_pytorch_pipeline(dynamic_bundle):
     assert got.shape == (3, *img.shape[:2]) and not result.extra_raw
     assert rel_l2(got, sem) < 1e-4
     assert (got.argmax(0) == sem.argmax(0)).mean() >= 0.999
+
+
+# ------------------------------------------------------------------------------------------------ zsd-bench
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", *args], capture_output=True, text=True,
+                          timeout=900, check=False)
+
+
+def test_zsd_bench_latency_of_a_bundle(zegformer_bundle, tmp_path):
+    """torch twins vs ONNX Runtime on the same bundle (segmenter + CLIP crop classifier + fusion), side by side."""
+    bundle, clip_file, _ = zegformer_bundle
+    common = ("latency", "--model", str(bundle), "--backends", "torch,onnxruntime", "--sizes", f"{H}x{W}",
+              "--batch", "1", "--warmup", "0", "--repeat", "2")
+    refused = _bench(*common, "--output", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "--clip" in refused.stderr and "clip_small.pt" in refused.stderr
+    r = _bench(*common, "--clip", str(clip_file), "--output", str(tmp_path / "lat"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "lat" / "report.json").read_text())
+    rows = {row["backend"]: row for row in report["results"]}
+    assert set(rows) == {"torch", "onnxruntime"}
+    for row in rows.values():
+        assert row["task"] == "semantic" and row["e2e"]["n"] == 2
+        assert 0 < row["infer"]["median_ms"] <= row["e2e"]["median_ms"]
+    speedup = report["gate"]["speedup"]["onnxruntime/256x320/b1/e2e"]
+    assert speedup == pytest.approx(rows["torch"]["e2e"]["median_ms"] / rows["onnxruntime"]["e2e"]["median_ms"])
