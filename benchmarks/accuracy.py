@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.pipeline import Segmenter
@@ -28,8 +27,16 @@ from zsdeploy.runtime.postprocess import masks_to_output
 from zsdeploy.runtime.preprocess import Batch, preprocess
 
 from .datasets import Dataset, Sample, semantic_from_panoptic
-from .metrics import (ALL, BUCKET_ORDER, BUCKETS, PanopticQuality, SemanticAgreement, TensorAgreement, bucket_regions,
-                      mask_ap)
+from .metrics import (
+    ALL,
+    BUCKET_ORDER,
+    BUCKETS,
+    PanopticQuality,
+    SemanticAgreement,
+    TensorAgreement,
+    bucket_regions,
+    mask_ap,
+)
 
 DEFAULT_TOLERANCES = Path(__file__).resolve().parent / "tolerances" / "default.yaml"
 LOWER_IS_BETTER = ("max_abs", "rel_l2")
@@ -139,9 +146,16 @@ def standin_variant(meta: dict[str, str]) -> str:
     return meta.get("standin_variant") or "golden"
 
 
+SegmenterFactory = Callable[[ResizePolicy], Segmenter]
+
+
 def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, short_edge: int | None = None,
-                 instance_ref_score: float = 0.5, progress: Callable[[Any], Any] | None = None) -> dict[str, Any]:
-    """Run both models on every image of `dataset`; returns the report dict (no tolerance verdict yet)."""
+                 instance_ref_score: float = 0.5, progress: Callable[[Any], Any] | None = None,
+                 segmenters: tuple[SegmenterFactory, SegmenterFactory] | None = None) -> dict[str, Any]:
+    """Run both models on every image of `dataset`; returns the report dict (no tolerance verdict yet).
+
+    segmenters: (backend's, reference's) Segmenter factories for a resize policy, where a plain BenchSegmenter
+    around the backend is not the whole model (ZegFormer bundles: vocabulary, CLIP crop classifier, fusion)."""
     info = backend.info
     if reference.info.num_classes != info.num_classes or reference.info.task != info.task:
         raise ZsdError(f"the reference ({reference.info.model} {reference.info.task}, {reference.info.num_classes} "
@@ -150,15 +164,22 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     samples = iter(dataset)
     first = next(samples)
     policy = resize_policy(backend, first.image.shape[:2], short_edge)
-    be = BenchSegmenter(backend, None, policy)
-    ref = BenchSegmenter(reference, None, policy)
+    if segmenters is None:
+        be: Segmenter = BenchSegmenter(backend, None, policy)
+        ref: Segmenter = BenchSegmenter(reference, None, policy)
+    else:
+        be, ref = segmenters[0](policy), segmenters[1](policy)
     tasks = be.enabled_tasks()
-    k = info.num_classes
+    k = be.info.num_classes
+    # Ground-truth class ids live in the dataset's class space; an open-vocabulary model's classes are its
+    # vocabulary, so only the backend-vs-reference comparison is meaningful for it.
+    gt_comparable = dataset.has_gt and info.model != "zegformer"
 
     mask_agree = {b: TensorAgreement() for b in BUCKET_ORDER}
     cls_agree = TensorAgreement()
+    extra_agree: dict[str, TensorAgreement] = {}
     vs_ref = _Side(k)
-    gt_sides = {"reference": _Side(k), "backend": _Side(k)} if dataset.has_gt else None
+    gt_sides = {"reference": _Side(k), "backend": _Side(k)} if gt_comparable else None
     ref_segments_total = 0
     images = 0
 
@@ -173,11 +194,15 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         images += 1
         batch = be.preprocess([sample.image])
         r_cls, r_masks = ref.infer(batch)
+        r_extra = ref.infer_extra(batch, r_cls, r_masks)
         b_cls, b_masks = be.infer(batch)
+        b_extra = be.infer_extra(batch, b_cls, b_masks)
         cls_agree.add(b_cls, r_cls)
+        for name, arr in b_extra.items():  # e.g. ZegFormer's clip_logits
+            extra_agree.setdefault(name, TensorAgreement()).add(arr, r_extra[name])
         out_hw = batch.original_sizes[0]
-        r_res = {t: ref.postprocess(r_cls, r_masks, batch, 0, t) for t in tasks}
-        b_res = {t: be.postprocess(b_cls, b_masks, batch, 0, t) for t in tasks}
+        r_res = {t: ref.postprocess(r_cls, r_masks, batch, 0, t, extra=r_extra) for t in tasks}
+        b_res = {t: be.postprocess(b_cls, b_masks, batch, 0, t, extra=b_extra) for t in tasks}
 
         # Regions of the size buckets: ground-truth segments, else the reference's panoptic segments.
         if sample.has_gt:
@@ -230,9 +255,13 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     c = cls_agree.result()
     for key in ("max_abs", "rel_l2", "cosine"):
         vs_reference[ALL][f"class_logits.{key}"] = c[key]
+    for name, agree in extra_agree.items():
+        e = agree.result()
+        for key in ("max_abs", "rel_l2", "cosine"):
+            vs_reference[ALL][f"{name}.{key}"] = e[key]
 
     notes = []
-    variant = standin_variant(info.raw) if info.standin_weights else None
+    variant = standin_variant(info.raw) if info.standin_weights and info.model == "pading" else None
     if variant == "golden":
         notes.append("golden stand-in weights: the 100 queries are nearly identical, so panoptic/instance outputs are "
                      "often empty and PQ/AP against the reference are N/A; the raw-tensor and semantic metrics still "
@@ -241,6 +270,9 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         notes.append("diverse stand-in weights: untrained, but with distinct queries, so the reference has segments "
                      "and instances and PQ/AP against it are measured; metrics against ground truth stay near 0 "
                      "(the predictions are meaningless as segmentations).")
+    if dataset.has_gt and not gt_comparable:
+        notes.append("the dataset's ground-truth classes are not this open-vocabulary model's vocabulary: only the "
+                     "backend is compared with the reference (size buckets still come from the ground truth).")
     if "panoptic" in tasks and ref_segments_total == 0:
         notes.append("the reference produced no panoptic segment on any image: PQ vs reference is N/A (not 100).")
     report: dict[str, Any] = {
@@ -367,13 +399,15 @@ def markdown(report: dict[str, Any]) -> str:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     vr = report["vs_reference"]
+    tasks = report.get("tasks", ["semantic", "panoptic", "instance"])
     out = []
     for b in BUCKET_ORDER:
         r = vr[b]
         out.append(f"  {b:<6} pixels={r.get('pixels', 0):<7} mask rel_l2={_fmt(r.get('mask_logits.rel_l2'), 'rel_l2')} "
                    f"sign={_fmt(r.get('mask_logits.sign_agreement'), 'sign_agreement')} "
-                   f"sem agree={_fmt(r.get('semantic.pixel_agreement'), 'pixel_agreement')} "
-                   f"PQ={_fmt(r.get('panoptic.pq'))} AP={_fmt(r.get('instance.ap'))}")
+                   f"sem agree={_fmt(r.get('semantic.pixel_agreement'), 'pixel_agreement')}"
+                   + (f" PQ={_fmt(r.get('panoptic.pq'))}" if "panoptic" in tasks else "")
+                   + (f" AP={_fmt(r.get('instance.ap'))}" if "instance" in tasks else ""))
     if "passed" in report:
         if report["passed"]:
             out.append("accuracy: PASS")

@@ -61,6 +61,8 @@ def _load(path: str, threads: int | None):
 
 # ------------------------------------------------------------------------------------------------ accuracy
 def cmd_accuracy(args: argparse.Namespace) -> int:
+    from zsdeploy.runtime.zegformer import bundle_root
+
     from .accuracy import (
         apply_tolerances,
         load_tolerances,
@@ -71,22 +73,28 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     from .datasets import open_dataset
 
     tol = load_tolerances(args.tolerances)
-    backend = _load(args.model, args.threads)
-    if backend.info.model != "pading":
-        raise ZsdError(f"{args.model} is a {backend.info.model} model; the PyTorch reference is PADing only.",
-                       "pass a PADing export.")
-    if args.weights is None and not backend.info.standin_weights:
-        # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
-        raise ZsdError(f"{args.model} was exported with weights {backend.info.raw.get('weights')!r}, but no --weights "
-                       "was given, so the PyTorch reference would use stand-in weights.",
-                       "pass --weights with the checkpoint the model was exported from.")
-    reference = _reference(args, backend.info.task, backend.info.raw)
+    segmenters = None
+    if bundle_root(args.model) is not None:
+        (_, backend, make_be), (_, reference, make_ref) = _zegformer_pair(args, "onnxruntime")
+        segmenters = (make_be, make_ref)
+    else:
+        backend = _load(args.model, args.threads)
+        if backend.info.model != "pading":
+            raise ZsdError(f"{args.model} is one graph of a {backend.info.model} bundle.",
+                           "pass the bundle directory export-model wrote.")
+        if args.weights is None and not backend.info.standin_weights:
+            # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
+            raise ZsdError(f"{args.model} was exported with weights {backend.info.raw.get('weights')!r}, but no "
+                           "--weights was given, so the PyTorch reference would use stand-in weights.",
+                           "pass --weights with the checkpoint the model was exported from.")
+        reference = _reference(args, backend.info.task, backend.info.raw)
     size_range = tuple(float(v) for v in args.object_sizes.split(","))
     ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
                       n_objects=args.objects)
     _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
-                          progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"))
+                          progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
+                          segmenters=segmenters)
     report["model"]["path"] = str(args.model)
     apply_tolerances(report, tol)
     out = Path(args.output)
@@ -148,18 +156,50 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
     return backends, unavailable
 
 
+def _zegformer_segmenter_factory(args: argparse.Namespace, bundle):
+    """policy -> the bundle's ZegFormerSegmenter on its default vocabulary, resized by `policy`."""
+    from zsdeploy.runtime.zegformer import ZegFormerSegmenter
+
+    def make(policy, task=None):
+        return ZegFormerSegmenter.from_bundle(bundle, bpe_path=args.clip_bpe, task=task,
+                                              short_edge=policy.short_edge, max_size=policy.max_size)
+    return make
+
+
+def _zegformer_torch_bundle(args: argparse.Namespace):
+    """The bundle with its segmenter (and crop classifier) replaced by PyTorch twins built from the config and
+    weights its manifest names (the text encoder stays the bundle's, for vocabularies without stored embeddings)."""
+    from zsdeploy.runtime.zegformer import BUNDLE_FILE, ZegFormerBundle, bundle_root
+
+    try:
+        from zsdeploy.export.torch_backend import TorchBackend
+    except ImportError as e:
+        raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
+    manifest = json.loads((bundle_root(args.model) / BUNDLE_FILE).read_text(encoding="utf-8"))
+    twins = TorchBackend.zegformer({k: str(v) for k, v in manifest.items()}, args.weights, args.clip, args.config,
+                                   threads=args.threads)
+    return ZegFormerBundle(args.model, backends=twins, say=_say)
+
+
+def _zegformer_pair(args: argparse.Namespace, backend_name: str):
+    """((name, segmenter backend, factory) of `backend_name`, (same) of the PyTorch twins) for a bundle."""
+    from zsdeploy.runtime.zegformer import ZegFormerBundle
+
+    torch_bundle = _zegformer_torch_bundle(args)  # first: a wrong --clip/--weights fails before loading graphs
+    bundle = ZegFormerBundle(args.model, threads=args.threads, prefer_engines=backend_name == "tensorrt", say=_say)
+    return ((backend_name, bundle.segmenter, _zegformer_segmenter_factory(args, bundle)),
+            ("torch", torch_bundle.segmenter, _zegformer_segmenter_factory(args, torch_bundle)))
+
+
 def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
     """Runners of a ZegFormer bundle: each measured as its ZegFormerSegmenter (segmenter + CLIP crop classifier for
     gzss configs + fusion) on the bundle's default vocabulary; torch = the PyTorch twins of the same graphs."""
-    from zsdeploy.runtime.zegformer import ZegFormerBundle, ZegFormerSegmenter
+    from zsdeploy.runtime.zegformer import ZegFormerBundle
 
     from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
 
     def named(name: str, bundle: ZegFormerBundle, **kw) -> NamedBackend:
-        def make(policy, task):
-            return ZegFormerSegmenter.from_bundle(bundle, bpe_path=args.clip_bpe, task=task,
-                                                  short_edge=policy.short_edge, max_size=policy.max_size)
-        return NamedBackend(name, bundle.segmenter, make_segmenter=make, **kw)
+        return NamedBackend(name, bundle.segmenter, make_segmenter=_zegformer_segmenter_factory(args, bundle), **kw)
 
     backends, unavailable = [], []
     if "onnxruntime" in names:
@@ -180,13 +220,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
             except (ZsdError, ImportError, OSError) as e:
                 unavailable.append({"backend": "tensorrt", "reason": str(e)})
     if "torch" in names:
-        try:
-            from zsdeploy.export.torch_backend import TorchBackend
-        except ImportError as e:
-            raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-        meta = ZegFormerBundle(args.model, prefer_engines=False, say=_say).info.raw
-        twins = TorchBackend.zegformer(meta, args.weights, args.clip, args.config, threads=args.threads)
-        backends.insert(0, named("torch", ZegFormerBundle(args.model, backends=twins, say=_say)))
+        backends.insert(0, named("torch", _zegformer_torch_bundle(args)))
     return backends, unavailable
 
 
@@ -278,10 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--weights", help="checkpoint for the PyTorch reference (default: the stand-in weights)")
         sp.add_argument("--config", help="upstream YAML config for the PyTorch reference")
         sp.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+        sp.add_argument("--clip", help="ZegFormer bundles: the CLIP file the bundle was exported with (for the torch "
+                                       "reference, unless the bundle used the stand-in CLIP)")
+        sp.add_argument("--clip-bpe", help="ZegFormer bundles without stored default embeddings: CLIP's BPE file")
         sp.add_argument("--output", required=True, help="output directory")
 
     a = sub.add_parser("accuracy", help="backend vs PyTorch reference (and ground truth), per object size bucket")
-    a.add_argument("--model", required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT)")
+    a.add_argument("--model", required=True, help=".onnx (ONNX Runtime) or .plan (TensorRT), or a ZegFormer bundle "
+                                                  "directory (semantic agreement; no ground-truth comparison)")
     a.add_argument("--reference", default="pytorch", help="reference implementation (pytorch)")
     a.add_argument("--dataset", default="synthetic:8",
                    help="synthetic[:N] | folder:DIR | coco-panoptic:JSON,PNG_DIR,IMG_DIR (default synthetic:8)")
@@ -307,9 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--warmup", type=int, default=2)
     lat.add_argument("--repeat", type=int, default=10)
     lat.add_argument("--task", default=None, help="post-processing task (default: the model's)")
-    lat.add_argument("--clip", help="ZegFormer bundles: the CLIP file the bundle was exported with (for the torch "
-                                    "baseline, unless the bundle used the stand-in CLIP)")
-    lat.add_argument("--clip-bpe", help="ZegFormer bundles without stored default embeddings: CLIP's BPE file")
     common(lat)
     lat.set_defaults(func=cmd_latency)
 

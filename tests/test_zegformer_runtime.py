@@ -402,3 +402,22 @@ def test_zsd_bench_latency_of_a_bundle(zegformer_bundle, tmp_path):
         assert 0 < row["infer"]["median_ms"] <= row["e2e"]["median_ms"]
     speedup = report["gate"]["speedup"]["onnxruntime/256x320/b1/e2e"]
     assert speedup == pytest.approx(rows["torch"]["e2e"]["median_ms"] / rows["onnxruntime"]["e2e"]["median_ms"])
+
+
+def test_zsd_bench_accuracy_of_a_bundle(zegformer_bundle, tmp_path):
+    """ONNX Runtime bundle vs its PyTorch twins on small-target scenes: raw tensors (incl. CLIP crop logits) and
+    the fused semantic maps agree in every size bucket; ground truth is not comparable (vocabulary) and says so."""
+    bundle, clip_file, _ = zegformer_bundle
+    r = _bench("accuracy", "--model", str(bundle), "--reference", "pytorch", "--clip", str(clip_file),
+               "--dataset", "synthetic:2", "--scene-size", f"{H}x{W}", "--output", str(tmp_path / "acc"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "acc" / "report.json").read_text())
+    assert report["tasks"] == ["semantic"] and report["resize"]["short_edge"] == H
+    assert "vs_ground_truth" not in report and any("vocabulary" in n for n in report["notes"])
+    vs = report["vs_reference"]
+    assert vs["all"]["class_logits.rel_l2"] < 1e-4 and vs["all"]["clip_logits.rel_l2"] < 1e-4
+    assert vs["all"]["clip_logits.cosine"] > 0.99999
+    for b in ("small", "medium", "all"):
+        assert vs[b]["pixels"] > 0 and vs[b]["semantic.pixel_agreement"] >= 0.999
+        assert vs[b]["mask_logits.rel_l2"] < 1e-4
+    assert report["passed"]
