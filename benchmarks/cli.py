@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "directory (semantic agreement; no ground-truth comparison)")
     a.add_argument("--reference", default="pytorch", help="reference implementation (pytorch)")
     a.add_argument("--dataset", default="synthetic:8",
-                   help="synthetic[:N] | folder:DIR | coco-panoptic:JSON,PNG_DIR,IMG_DIR (default synthetic:8)")
+                   help="synthetic[:N] | folder:DIR | coco-panoptic:JSON,PNG_DIR,IMG_DIR | coco-instances:JSON,IMG_DIR | "
+                        "semantic:IMG_DIR,LABEL_DIR (default synthetic:8)")
     a.add_argument("--tolerances", help="tolerance YAML (default benchmarks/tolerances/default.yaml)")
     a.add_argument("--scene-size", default="256x320", help="synthetic scene size HxW (default 256x320)")
     a.add_argument("--object-sizes", default="6,60", help="synthetic object sqrt(area) range lo,hi px (default 6,60)")

@@ -4,7 +4,10 @@
     synthetic[:N]                      N generated scenes (default 8), exact panoptic ground truth
     folder:DIR                         every image under DIR, no ground truth
     coco-panoptic:JSON,PNG_DIR,IMG_DIR COCO panoptic annotations (RGB id PNGs) and their images
-Nothing is downloaded.
+    coco-instances:JSON,IMG_DIR        COCO instance annotations (polygons or RLE, decoded with pycocotools)
+    semantic:IMG_DIR,LABEL_DIR         semantic label PNGs (contiguous class ids, 255 = ignore), matched by file stem
+Nothing is downloaded. Every kind becomes the same Sample: a panoptic id map + segments (instances are painted
+largest first, so a small object overlapped by a large one keeps its pixels; a semantic class is one stuff segment).
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-
 from zsdeploy.runtime.errors import ZsdError
 
 
@@ -85,8 +87,120 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
         return Dataset(spec, "folder", [lambda p=p: Sample(p.stem, load_image(p).rgb) for p in paths], False)
     if kind == "coco-panoptic":
         return _coco_panoptic(spec, arg)
+    if kind == "coco-instances":
+        return _coco_instances(spec, arg)
+    if kind == "semantic":
+        return _semantic(spec, arg)
     raise ZsdError(f"unknown --dataset {spec!r}.",
-                   "use synthetic[:N], folder:DIR or coco-panoptic:JSON,PNG_DIR,IMG_DIR.")
+                   "use synthetic[:N], folder:DIR, coco-panoptic:JSON,PNG_DIR,IMG_DIR, coco-instances:JSON,IMG_DIR "
+                   "or semantic:IMG_DIR,LABEL_DIR.")
+
+
+def _paths(spec: str, arg: str, what: tuple[tuple[str, bool], ...], usage: str) -> list[Path]:
+    """Split and check the comma-separated paths of a dataset spec: (description, is_directory) per path."""
+    parts = arg.split(",")
+    if len(parts) != len(what) or not all(parts):
+        raise ZsdError(f"--dataset {spec}: expected {len(what)} comma-separated paths.", f"use {usage}.")
+    paths = [Path(p) for p in parts]
+    for p, (desc, is_dir) in zip(paths, what):
+        if not p.exists():
+            raise ZsdError(f"--dataset {spec}: the {desc} {p} does not exist.", f"check the paths ({usage}).")
+        if p.is_dir() != is_dir:
+            raise ZsdError(f"--dataset {spec}: {p} should be a {'directory' if is_dir else 'file'}.",
+                           f"the order is {usage}.")
+    return paths
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZsdError(f"{path} is not JSON ({e}).", f"pass a {what}.") from None
+    if not isinstance(doc, dict):
+        raise ZsdError(f"{path} is not a {what} (no top-level object).", f"pass a {what}.")
+    return doc
+
+
+def _coco_instances(spec: str, arg: str) -> Dataset:
+    from pycocotools import mask as mask_utils
+    from zsdeploy.runtime.imageio import load_image
+
+    usage = "coco-instances:instances.json,IMAGE_DIR"
+    js, img_dir = _paths(spec, arg, (("instances JSON", False), ("image directory", True)), usage)
+    doc = _read_json(js, "COCO instances JSON (instances_val2017.json)")
+    to_contig, _ = category_mapping(doc.get("categories", []))
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for a in doc.get("annotations", []):
+        by_image.setdefault(a["image_id"], []).append(a)
+    images = [im for im in doc.get("images", []) if im["id"] in by_image]
+    if not images:
+        raise ZsdError(f"{js} has no annotated images.", "pass a COCO instances JSON with annotations.")
+
+    def make(im: dict[str, Any]) -> Sample:
+        rgb = load_image(img_dir / im["file_name"]).rgb
+        h, w = rgb.shape[:2]
+        if (im.get("height", h), im.get("width", w)) != (h, w):
+            raise ZsdError(f"{im['file_name']}: the JSON says {im.get('height')}x{im.get('width')} but the image is "
+                           f"{h}x{w}.", "check that IMAGE_DIR belongs to the JSON's split.")
+        pan = np.zeros((h, w), np.int64)
+        segs = []
+        anns = by_image[im["id"]]
+        decoded = []
+        for k, a in enumerate(anns):
+            cid = int(a["category_id"])
+            if cid not in to_contig:
+                raise ZsdError(f"{js}: annotation {a.get('id', k)} has category {cid}, which is not in the JSON's "
+                               "categories.", "pass the JSON the annotations belong to.")
+            seg = a["segmentation"]
+            if isinstance(seg, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = seg
+            decoded.append((mask_utils.decode(rle).astype(bool), k, a, cid))
+        for m, k, a, cid in sorted(decoded, key=lambda t: -int(t[0].sum())):  # largest first
+            pan[m] = k + 1
+            segs.append({"id": k + 1, "category_id": to_contig[cid], "isthing": True,
+                         "iscrowd": int(a.get("iscrowd", 0))})
+        present = set(np.unique(pan).tolist())
+        return Sample(Path(im["file_name"]).stem, rgb, pan, [g for g in segs if g["id"] in present])
+
+    return Dataset(spec, "coco-instances", [lambda im=im: make(im) for im in images], True)
+
+
+def _semantic(spec: str, arg: str, ignore: int = 255) -> Dataset:
+    from zsdeploy.runtime.imageio import list_images, load_image, read_png
+
+    usage = "semantic:IMAGE_DIR,LABEL_DIR"
+    img_dir, label_dir = _paths(spec, arg, (("image directory", True), ("label directory", True)), usage)
+    labels = {p.stem: p for p in sorted(label_dir.iterdir()) if p.suffix.lower() == ".png"}
+    pairs = [(img, labels[img.stem]) for img in list_images(str(img_dir)) if img.stem in labels]
+    if not pairs:
+        raise ZsdError(f"--dataset {spec}: no image in {img_dir} has a label PNG of the same name in {label_dir}.",
+                       "label files are <image stem>.png with one class id per pixel.")
+
+    def make(img_path: Path, label_path: Path) -> Sample:
+        rgb = load_image(img_path).rgb
+        lab = read_png(label_path)
+        if lab.ndim != 2:
+            raise ZsdError(f"{label_path} has {lab.shape[2]} channels; a semantic label PNG has one (class ids).",
+                           "pass single-channel label PNGs (e.g. detectron2's *_detectron2 label maps).")
+        if lab.shape != rgb.shape[:2]:
+            raise ZsdError(f"{label_path}: labels {lab.shape} and image {rgb.shape[:2]} differ in size.",
+                           "check that LABEL_DIR belongs to IMAGE_DIR.")
+        pan = np.zeros(lab.shape, np.int64)
+        segs = []
+        for c in np.unique(lab):
+            if int(c) == ignore:
+                continue
+            pan[lab == c] = int(c) + 1
+            segs.append({"id": int(c) + 1, "category_id": int(c), "isthing": False, "iscrowd": 0})
+        return Sample(img_path.stem, rgb, pan, segs)
+
+    return Dataset(spec, "semantic", [lambda a=a, b=b: make(a, b) for a, b in pairs], True)
 
 
 # COCO panoptic category ids of the 133 classes, in the contiguous order of the PADing panoptic model.

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from zsdeploy.benchmarks.accuracy import run_accuracy
 from zsdeploy.benchmarks.datasets import open_dataset, semantic_from_panoptic
 from zsdeploy.runtime.backends.base import Backend
@@ -249,3 +248,93 @@ def test_folder_end_to_end_buckets_by_reference_segments(tmp_path: Path, coco_di
     assert [vr[b]["panoptic.segments"] for b in ("small", "medium", "large")] == [3, 3, 2]
     assert vr["small"]["pixels"] == 3 * 640 and vr["large"]["pixels"] == 10240 + 14720
     assert all(vr[b]["panoptic.pq"] == pytest.approx(100.0) for b in ("small", "medium", "large", "all"))
+
+
+# ------------------------------------------------------------------------------ COCO instances, semantic PNGs
+def _coco_instances_dir(d: Path) -> Path:
+    """Two images; image 1: a big dog (polygon) with a small person on top of it (compressed RLE), a crowd of
+    persons (uncompressed RLE); image 2: one car. COCO instance category ids (dog 18, person 1, car 3)."""
+    from pycocotools import mask as mask_utils
+
+    (d / "images").mkdir(parents=True)
+    for name, seed in (("a.jpg", 1), ("b.jpg", 2)):
+        Image.fromarray(_image(np.zeros((H, W), np.int64), seed)).save(d / "images" / name, quality=95)
+    small = np.zeros((H, W), np.uint8)
+    small[40:50, 60:68] = 1  # 80 px inside the dog
+    rle = mask_utils.encode(np.asfortranarray(small))
+    rle["counts"] = rle["counts"].decode("ascii")
+    crowd = np.zeros((H, W), np.uint8)
+    crowd[100:120, 0:30] = 1
+    flat = crowd.flatten(order="F")  # uncompressed RLE: run lengths of 0s and 1s in column-major order
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v == cur:
+            n += 1
+        else:
+            runs.append(n)
+            cur, n = v, 1
+    runs.append(n)
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": H, "width": W},
+                   {"id": 2, "file_name": "b.jpg", "height": H, "width": W},
+                   {"id": 3, "file_name": "unannotated.jpg", "height": H, "width": W}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 18, "iscrowd": 0,
+             "segmentation": [[20.0, 20.0, 100.0, 20.0, 100.0, 80.0, 20.0, 80.0]]},
+            {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": rle},
+            {"id": 12, "image_id": 1, "category_id": 1, "iscrowd": 1,
+             "segmentation": {"size": [H, W], "counts": runs}},
+            {"id": 13, "image_id": 2, "category_id": 3, "iscrowd": 0,
+             "segmentation": [[0.0, 0.0, 40.0, 0.0, 40.0, 30.0, 0.0, 30.0]]},
+        ],
+    }
+    (d / "instances.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_coco_instances_ground_truth(tmp_path: Path) -> None:
+    d = _coco_instances_dir(tmp_path)
+    ds = open_dataset(f"coco-instances:{d / 'instances.json'},{d / 'images'}")
+    assert (ds.kind, ds.has_gt, len(ds)) == ("coco-instances", True, 2)  # the unannotated image is not a sample
+    a, b = list(ds)
+    by_id = {s["id"]: s for s in a.segments}
+    # contiguous ids of the 133-class COCO model: person 0, car 2, dog 16; all things
+    assert {s["id"]: s["category_id"] for s in a.segments} == {1: 16, 2: 0, 3: 0}
+    assert all(s["isthing"] for s in a.segments) and by_id[3]["iscrowd"] == 1 and by_id[1]["iscrowd"] == 0
+    # the small person painted over the dog keeps its 80 pixels; the dog's polygon covers the rest of its box
+    assert (a.panoptic == 2).sum() == 80 and np.all(a.panoptic[40:50, 60:68] == 2)
+    assert (a.panoptic == 3).sum() == 600 and np.all(a.panoptic[100:120, 0:30] == 3)
+    dog = (a.panoptic == 1).sum()
+    assert abs(dog + 80 - 81 * 61) <= 2 * (81 + 61)  # polygon rasterisation differs from the box only on its border
+    assert [s["category_id"] for s in b.segments] == [2] and (b.panoptic == 1).sum() > 30 * 30
+    with pytest.raises(ZsdError, match="expected 2 comma-separated paths"):
+        open_dataset(f"coco-instances:{d / 'instances.json'}")
+    with pytest.raises(ZsdError, match="should be a file"):
+        open_dataset(f"coco-instances:{d / 'images'},{d / 'images'}")
+
+
+def test_semantic_label_pngs(tmp_path: Path) -> None:
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    lab = np.full((H, W), 255, np.uint8)
+    lab[:64] = 5
+    lab[64:, :80] = 0
+    lab[10:14, 10:14] = 170
+    Image.fromarray(_image(np.zeros((H, W), np.int64), 3)).save(tmp_path / "img" / "x.jpg", quality=95)
+    Image.fromarray(_image(np.zeros((H, W), np.int64), 4)).save(tmp_path / "img" / "no_label.jpg", quality=95)
+    Image.fromarray(lab).save(tmp_path / "lab" / "x.png")
+    ds = open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'lab'}")
+    assert (ds.kind, ds.has_gt, len(ds)) == ("semantic", True, 1)
+    (s,) = list(ds)
+    assert sorted((g["id"], g["category_id"], g["isthing"]) for g in s.segments) == [
+        (1, 0, False), (6, 5, False), (171, 170, False)]
+    assert np.array_equal(semantic_from_panoptic(s.panoptic, s.segments), lab.astype(np.int64))
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(tmp_path / "lab" / "x.png")
+    with pytest.raises(ZsdError, match="has 3 channels"):
+        next(iter(open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'lab'}")))
+    Image.fromarray(np.zeros((H // 2, W), np.uint8)).save(tmp_path / "lab" / "x.png")
+    with pytest.raises(ZsdError, match="differ in size"):
+        next(iter(open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'lab'}")))
+    with pytest.raises(ZsdError, match="no image in .* has a label PNG"):
+        open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'img'}")
