@@ -15,7 +15,8 @@ from zsdeploy.runtime.preprocess import Batch, preprocess, resize_shortest_edge,
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "cases" / "pading_panoptic.npz"
+# The project's copy of ../shared/golden/cases/pading_panoptic.npz (the upstream input image and outputs).
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "pading_panoptic_golden.npz"
 
 
 def _img(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -191,8 +192,6 @@ def test_fixed_hw_too_small_says_how_to_fix() -> None:
 
 
 def test_golden_input_without_resize() -> None:
-    if not GOLDEN.exists():
-        pytest.skip(f"golden fixtures not found at {GOLDEN}")
     chw = np.load(GOLDEN)["image"]  # (3, 256, 320) uint8, fed to upstream without resizing
     b = preprocess([np.ascontiguousarray(chw.transpose(1, 2, 0))], short_edge=0, max_size=None, pixel_mean=MEAN)
     assert b.padded_hw == (256, 320) and b.image_sizes == [(256, 320)]
