@@ -24,11 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
                f"--plugin-lib build/{PLUGIN_LIBRARY_NAME}\n"
                "  build-engine --onnx pading_dyn.onnx --output pading_dyn.plan --precision fp16 \\\n"
                "      --profile images:1x3x512x512:1x3x800x1216:2x3x1344x1344 --timing-cache pading.cache\n"
-               "  build-engine --onnx pading.onnx --output pading_int8.plan --precision int8 --calib-images val2017/",
+               "  build-engine --onnx pading.onnx --output pading_int8.plan --precision int8 --calib-images val2017/\n"
+               "  build-engine --onnx zegformer_bundle/ --output zegformer_bundle/ --precision fp16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--onnx", required=True, help="input .onnx (with zsdeploy metadata, from export-model)")
-    p.add_argument("--output", required=True, help="output engine (.plan / .engine); the sidecar is <output>.json")
+    p.add_argument("--onnx", required=True, help="input .onnx (with zsdeploy metadata, from export-model), or a "
+                                                 "ZegFormer bundle directory (every graph -> <graph>.plan)")
+    p.add_argument("--output", required=True, help="output engine (.plan / .engine); the sidecar is <output>.json. "
+                                                   "For a bundle: the bundle directory itself")
     p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="fp32 (default), fp16, or int8 (entropy calibration; fp16 for layers without int8)")
     p.add_argument("--calib-images", help="int8: folder of representative images (pre-processed like inference)")
@@ -68,16 +71,24 @@ def _say(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    from .zegformer import is_bundle
+
     try:
-        result = build_engine(options_from_args(args), say=_say)
+        if is_bundle(args.onnx):
+            from .bundle_engines import build_bundle
+
+            results = build_bundle(options_from_args(args), say=_say)
+        else:
+            results = [build_engine(options_from_args(args), say=_say)]
     except ZsdError as e:
         print(f"build-engine: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("build-engine: interrupted; no engine was written.", file=sys.stderr)
         return 130
-    _say(f"wrote {result.plan} ({result.size_bytes / 2**20:.1f} MiB) and {result.sidecar.name} "
-         f"in {time.perf_counter() - t0:.1f} s")
+    for result in results:
+        _say(f"wrote {result.plan} ({result.size_bytes / 2**20:.1f} MiB) and {result.sidecar.name}")
+    _say(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

@@ -3,6 +3,7 @@ segmenter end to end vs PyTorch, and `trt-infer` on a bundle with a new vocabula
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -421,3 +422,49 @@ def test_zsd_bench_accuracy_of_a_bundle(zegformer_bundle, tmp_path):
         assert vs[b]["pixels"] > 0 and vs[b]["semantic.pixel_agreement"] >= 0.999
         assert vs[b]["mask_logits.rel_l2"] < 1e-4
     assert report["passed"]
+
+
+# ------------------------------------------------------------------------------------------------ build-engine
+def _build_engine(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zsdeploy.runtime.build_cli", *args], capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def _tensorrt_missing() -> bool:
+    from zsdeploy.runtime.engine import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except ZsdError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not _tensorrt_missing(), reason="TensorRT is installed: the bundle would really be built")
+def test_build_engine_on_a_bundle_checks_every_graph_first(zegformer_bundle):
+    """Every graph is preflighted (profiles shown, --profile routed by input name) before TensorRT is needed."""
+    root = zegformer_bundle[0]
+    r = _build_engine("--onnx", str(root), "--output", str(root), "--precision", "fp16",
+                      "--profile", "text_embeddings:1x512:20x512:200x512")
+    assert r.returncode == 2 and "TensorRT is not installed" in r.stderr
+    out = r.stdout
+    assert (f"checked segmenter: segmenter.onnx -> segmenter.plan; profile images 1x3x{H}x{W}:1x3x{H}x{W}:1x3x{H}x{W}, "
+            "text_embeddings 1x512:20x512:200x512") in out
+    assert "checked text_encoder: text_encoder.onnx -> text_encoder.plan; profile token_ids 1x2:256x16:256x77" in out
+    assert "checked crop_classifier" in out and "text_embeddings_clip 1x512:171x512:1024x512" in out
+    assert not list(root.glob("*.plan"))
+
+
+@pytest.mark.parametrize("args, match", [
+    (("--output", "elsewhere"), "written next to its graphs"),
+    (("--precision", "int8"), "int8 is not supported for ZegFormer bundles"),
+    (("--profile", "foo:1x1:1x1:1x1"), r"names input\(s\) \['foo'\] that no graph"),
+])
+def test_build_engine_on_a_bundle_bad_arguments(zegformer_bundle, args, match):
+    root = zegformer_bundle[0]
+    base = {"--output": str(root)}
+    extra = list(args)
+    if extra[0] != "--output":
+        extra = ["--output", base["--output"], *extra]
+    r = _build_engine("--onnx", str(root), *extra)
+    assert r.returncode == 2 and re.search(match, r.stderr), r.stderr

@@ -1,0 +1,64 @@
+"""TensorRT engines for a whole ZegFormer bundle: one `<graph>.plan` (+ sidecar) next to each `<graph>.onnx`.
+
+`trt-infer --model BUNDLE` then runs the plans (it prefers them when TensorRT is importable). Every graph is
+checked (`engine.preflight`: metadata, profiles, output paths) before TensorRT builds the first one, so a wrong
+`--profile` fails in a second, not after a 10-minute segmenter build.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .engine import BuildOptions, BuildResult, Say, build_engine, inspect_onnx, preflight
+from .errors import ZsdError
+from .zegformer import BUNDLE_FILE, GRAPHS
+
+
+def bundle_jobs(opts: BuildOptions) -> list[tuple[str, BuildOptions]]:
+    """(graph, its BuildOptions) for every graph of the bundle `opts.onnx`; `opts.profile` entries go to the graphs
+    that have an input of that name (e.g. `images` to the segmenter and the crop classifier)."""
+    root = opts.onnx
+    try:
+        manifest = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ZsdError(f"{root / BUNDLE_FILE} is unreadable ({e}).", "re-export the bundle.") from None
+    if opts.output.resolve() != root.resolve():
+        raise ZsdError(f"--output {opts.output}: a bundle's engines are written next to its graphs "
+                       "(<graph>.plan), where trt-infer looks for them.", f"pass --output {root}.")
+    if opts.precision == "int8":
+        raise ZsdError("--precision int8 is not supported for ZegFormer bundles: calibration feeds images only, "
+                       "but the segmenter also takes the vocabulary's text embeddings.",
+                       "build the bundle with --precision fp16 (or fp32).")
+    files: dict[str, str] = manifest.get("bundle_files") or {}
+    graphs = [g for g in GRAPHS if g in files]
+    if "segmenter" not in graphs:
+        raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
+    jobs, used = [], set()
+    for g in graphs:
+        onnx_path = root / files[g]
+        inputs = set(inspect_onnx(onnx_path).inputs)
+        mine = {k: v for k, v in opts.profile.items() if k in inputs}
+        used |= set(mine)
+        jobs.append((g, replace(opts, onnx=onnx_path, output=onnx_path.with_suffix(".plan"), profile=mine)))
+    unknown = sorted(set(opts.profile) - used)
+    if unknown:
+        raise ZsdError(f"--profile names input(s) {unknown} that no graph of the bundle has.",
+                       "the inputs are images, text_embeddings (segmenter), token_ids (text_encoder), image_sizes, "
+                       "mask_logits, text_embeddings_clip (crop_classifier).")
+    return jobs
+
+
+def build_bundle(opts: BuildOptions, say: Say = print) -> list[BuildResult]:
+    """Check every graph, then build them one after the other (the timing cache, if any, is shared)."""
+    jobs = bundle_jobs(opts)
+    for graph, job in jobs:
+        plan = preflight(job)
+        shapes = ", ".join(f"{name} " + ":".join("x".join(map(str, s)) for s in (rng.min, rng.opt, rng.max))
+                           for name, rng in plan.profile.items())
+        say(f"checked {graph}: {Path(job.onnx).name} -> {job.output.name}; profile {shapes}")
+    results = []
+    for i, (graph, job) in enumerate(jobs, 1):
+        say(f"[{i}/{len(jobs)}] building {graph} ({job.precision})")
+        results.append(build_engine(job, say))
+    return results
