@@ -63,7 +63,9 @@ def open_segmenter(args: argparse.Namespace):
 
     backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads)
     if backend.info.model == "zegformer":
-        raise ZsdError(f"{args.model} is one graph of a ZegFormer bundle without its bundle.json next to it.",
+        graph = backend.info.raw.get("graph", "?")
+        raise ZsdError(f"{args.model} is the {graph} graph of a ZegFormer bundle, which runs only with the rest of "
+                       "the bundle (bundle.json, text encoder, vocabulary embeddings).",
                        "pass the bundle directory export-model --model zegformer wrote.")
     if zeg_only:
         raise ZsdError(f"{', '.join(zeg_only)}: a {backend.info.model} model has a fixed class list; only ZegFormer "

@@ -464,3 +464,15 @@ def test_build_engine_on_a_bundle_bad_arguments(zegformer_bundle, output, args, 
     root = zegformer_bundle[0]
     r = _build_engine("--onnx", str(root), "--output", output or str(root), *args)
     assert r.returncode == 2 and re.search(match, r.stderr), r.stderr
+
+
+def test_trt_infer_on_one_graph_of_a_bundle(zegformer_bundle, image_file, tmp_path):
+    root = zegformer_bundle[0]
+    r = _trt_infer("--model", str(root / "text_encoder.onnx"), "--input", str(image_file), "--output",
+                   str(tmp_path / "o"))
+    assert r.returncode == 2 and "the text_encoder graph of a ZegFormer bundle" in r.stderr
+    # the segmenter file stands for its bundle
+    r = _trt_infer("--model", str(root / "segmenter.onnx"), "--input", str(image_file), "--output",
+                   str(tmp_path / "s"), "--short-edge", "256")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s" / "scene.json").read_text())["vocabulary"]["source"] == "default"
