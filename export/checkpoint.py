@@ -76,7 +76,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             bad.append(str(k))
     if bad:
-        raise ZsdError(f"{path} has non-tensor entries in its state dict: {_short(bad)}.",
+        raise ZsdError(f"{path} has non-tensor entries in its state dict: {summarize_keys(bad)}.",
                        "pass a checkpoint whose 'model' entry maps names to tensors/arrays.")
     return out
 
@@ -106,10 +106,26 @@ def _load_untrusted(path: Path):
                        "re-download or re-save the checkpoint; it must be a detectron2 .pth or .pkl.") from None
 
 
-def _short(keys: Sequence[str], n: int = 8) -> str:
+def summarize_keys(keys: Sequence[str], n: int = 8) -> str:
     keys = sorted(keys)
     more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def key_problems(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                 unexpected: Sequence[str]) -> list[str]:
+    """Missing keys, the given unexpected keys and keys of the wrong shape, each summarised for an error message."""
+    missing = [k for k in expected if k not in state]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} (model expects {tuple(v.shape)})"
+                   for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {summarize_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {summarize_keys(unexpected)}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} key(s) of the wrong shape: {summarize_keys(wrong_shape)}")
+    return problems
 
 
 def load_into(model: nn.Module, path: str | Path, drop_prefixes: Sequence[str]) -> LoadReport:
@@ -123,18 +139,7 @@ def load_into(model: nn.Module, path: str | Path, drop_prefixes: Sequence[str]) 
     expected = model.state_dict()
     dropped = [k for k in state if k not in expected and k.startswith(tuple(drop_prefixes))]
     unexpected = [k for k in state if k not in expected and not k.startswith(tuple(drop_prefixes))]
-    missing = [k for k in expected if k not in state]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} (model expects {tuple(v.shape)})"
-        for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_short(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
-    if wrong_shape:
-        problems.append(f"{len(wrong_shape)} key(s) of the wrong shape: {_short(wrong_shape)}")
+    problems = key_problems(state, expected, unexpected)
     if problems:
         raise ZsdError(
             f"checkpoint {path} does not match the model built from the config: " + "; ".join(problems) + ".",

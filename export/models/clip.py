@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ...runtime.errors import ZsdError
+from ..checkpoint import key_problems, summarize_keys
 from .transformer_decoder import MultiheadAttention
 
 SOT_TOKEN = 49406
@@ -189,7 +190,7 @@ def clip_spec_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "
                 if resnet else "")
         raise ZsdError(
             f"{source} is not an OpenAI CLIP ViT model: {len(missing)} required key(s) missing: "
-            f"{_short(missing)}.{hint}",
+            f"{summarize_keys(missing)}.{hint}",
             "pass OpenAI's ViT-B-16.pt (TorchScript archive) or a state dict in its key layout "
             "(visual.*, transformer.*, token_embedding.weight, positional_embedding, ln_final.*, text_projection).")
     vision_width = state["visual.conv1.weight"].shape[0]
@@ -216,11 +217,6 @@ _REQUIRED_KEYS = (
     "ln_final.weight", "text_projection", "transformer.resblocks.0.attn.in_proj_weight",
     "visual.transformer.resblocks.0.attn.in_proj_weight",
 )
-
-
-def _short(keys, n: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f" ... and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -279,16 +275,7 @@ def load_clip_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], CLI
     spec = clip_spec_from_state_dict(state, f"CLIP file {path}")
     expected = CLIP(spec).state_dict()
     unexpected = [k for k in state if k not in expected and k not in CLIP_NON_PARAMETER_KEYS]
-    missing = [k for k in expected if k not in state]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_short(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_short(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} key(s) of the wrong shape: {_short(wrong)}")
+    problems = key_problems(state, expected, unexpected)
     if problems:
         raise ZsdError(f"CLIP file {path} does not match OpenAI's CLIP ViT layout: " + "; ".join(problems) + ".",
                        "pass OpenAI's ViT-B-16.pt or a state dict in its layout (see "
