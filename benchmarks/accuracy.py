@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.metadata import standin_variant_of
 from zsdeploy.runtime.pipeline import Segmenter
 from zsdeploy.runtime.postprocess import masks_to_output
 from zsdeploy.runtime.preprocess import Batch, preprocess
@@ -141,11 +142,6 @@ class _Side:
         return out
 
 
-def standin_variant(meta: dict[str, str]) -> str:
-    """Stand-in variant recorded by export-model; exports older than the key used the golden rule."""
-    return meta.get("standin_variant") or "golden"
-
-
 SegmenterFactory = Callable[[ResizePolicy], Segmenter]
 
 
@@ -261,7 +257,7 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
             vs_reference[ALL][f"{name}.{key}"] = e[key]
 
     notes = []
-    variant = standin_variant(info.raw) if info.standin_weights and info.model == "pading" else None
+    variant = standin_variant_of(info.raw) if info.standin_weights and info.model == "pading" else None
     if variant == "golden":
         notes.append("golden stand-in weights: the 100 queries are nearly identical, so panoptic/instance outputs are "
                      "often empty and PQ/AP against the reference are N/A; the raw-tensor and semantic metrics still "

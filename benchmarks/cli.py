@@ -46,7 +46,8 @@ def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None 
     if getattr(args, "reference", "pytorch") != "pytorch":
         raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
     try:
-        from zsdeploy.export.torch_backend import TorchBackend, standin_variant_of
+        from zsdeploy.export.torch_backend import TorchBackend
+        from zsdeploy.runtime.metadata import standin_variant_of
     except ImportError as e:
         raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
     return TorchBackend.pading(task, args.config, args.weights, standin=standin_variant_of(meta or {}),

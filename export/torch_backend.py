@@ -15,11 +15,6 @@ from .models.msdeformattn import lowering
 from .onnx_export import ExportShape
 
 
-def standin_variant_of(metadata: dict[str, str]) -> str:
-    """The stand-in variant an export was made with; exports older than the key used the golden rule."""
-    return metadata.get("standin_variant") or "golden"
-
-
 class TorchBackend(Backend):
     name = "torch"
 
@@ -40,7 +35,7 @@ class TorchBackend(Backend):
     def pading(cls, task: str, config: str | Path | None = None, weights: str | Path | None = None,
                standin: str = "golden", **kwargs) -> TorchBackend:
         """PADing from a checkpoint, or the `standin` variant of the stand-in weights (the one the export used:
-        see `standin_variant_of`)."""
+        see `runtime.metadata.standin_variant_of`)."""
         from .pading_export import build_pading, pading_metadata
 
         built = build_pading(task, config, weights, standin=standin)

@@ -11,6 +11,7 @@ a function is called (`cudart()` imports lazily), so importing the runtime works
 from __future__ import annotations
 
 import ctypes
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,19 +163,21 @@ class Stream:
             self._handle = None
 
 
-class _GrowableBuffer:
-    """`nbytes` of CUDA-allocated memory; grows with `reserve`, never shrinks."""
+class _GrowableBuffer(ABC):
+    """`nbytes` of CUDA-allocated memory; grows with `reserve`, never shrinks. Subclasses say how to allocate."""
 
     def __init__(self, nbytes: int = 0) -> None:
         self.ptr = 0
         self.nbytes = 0
         self.reserve(nbytes)
 
+    @abstractmethod
     def _alloc(self, nbytes: int) -> int:
-        raise NotImplementedError
+        """Allocate `nbytes` and return the address."""
 
+    @abstractmethod
     def _release(self, ptr: int) -> None:
-        raise NotImplementedError
+        """Free an address `_alloc` returned."""
 
     def reserve(self, nbytes: int) -> bool:
         """Make the buffer at least `nbytes` large; True when it had to be reallocated (its address changed)."""

@@ -66,3 +66,8 @@ class ModelInfo:
         except (ValueError, KeyError, json.JSONDecodeError) as e:
             raise ZsdError(f"{source} has malformed zsdeploy metadata ({type(e).__name__}: {e}).",
                            "re-export the model with this version of export-model.") from None
+
+
+def standin_variant_of(metadata: dict[str, str]) -> str:
+    """The stand-in weight variant an export was made with; exports older than the key used the golden rule."""
+    return metadata.get("standin_variant") or "golden"
