@@ -25,11 +25,8 @@ if not (CONFIG_DIR / "pading").is_dir():  # installed (non-editable): configs sh
 
 PADING_TASKS = ("panoptic", "instance", "semantic")
 
-# detectron2 / Mask2Former defaults for every key inference reads (the released YAMLs rely on some of them).
-_DEFAULTS: dict[str, Any] = {
-    "MODEL.META_ARCHITECTURE": "PADing",
-    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
-    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+# detectron2's ResNet defaults (both models' backbones read these keys).
+DETECTRON2_RESNET_DEFAULTS: dict[str, Any] = {
     "MODEL.RESNETS.DEPTH": 50,
     "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
     "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
@@ -39,6 +36,14 @@ _DEFAULTS: dict[str, Any] = {
     "MODEL.RESNETS.RES5_DILATION": 1,
     "MODEL.RESNETS.NORM": "FrozenBN",
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, False, False],
+}
+
+# detectron2 / Mask2Former defaults for every key inference reads (the released YAMLs rely on some of them).
+_DEFAULTS: dict[str, Any] = {
+    "MODEL.META_ARCHITECTURE": "PADing",
+    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
+    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+    **DETECTRON2_RESNET_DEFAULTS,
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 133,
     "MODEL.SEM_SEG_HEAD.CONVS_DIM": 256,
     "MODEL.SEM_SEG_HEAD.MASK_DIM": 256,
