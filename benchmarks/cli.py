@@ -170,13 +170,13 @@ def _zegformer_segmenter_factory(args: argparse.Namespace, bundle):
 def _zegformer_torch_bundle(args: argparse.Namespace):
     """The bundle with its segmenter (and crop classifier) replaced by PyTorch twins built from the config and
     weights its manifest names (the text encoder stays the bundle's, for vocabularies without stored embeddings)."""
-    from zsdeploy.runtime.zegformer import BUNDLE_FILE, ZegFormerBundle, bundle_root
+    from zsdeploy.runtime.zegformer import ZegFormerBundle, bundle_root, read_bundle_manifest
 
     try:
         from zsdeploy.export.torch_backend import TorchBackend
     except ImportError as e:
         raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-    manifest = json.loads((bundle_root(args.model) / BUNDLE_FILE).read_text(encoding="utf-8"))
+    manifest = read_bundle_manifest(bundle_root(args.model))
     twins = TorchBackend.zegformer({k: str(v) for k, v in manifest.items()}, args.weights, args.clip, args.config,
                                    threads=args.threads)
     return ZegFormerBundle(args.model, backends=twins, say=_say)
@@ -195,7 +195,7 @@ def _zegformer_pair(args: argparse.Namespace, backend_name: str):
 def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
     """Runners of a ZegFormer bundle: each measured as its ZegFormerSegmenter (segmenter + CLIP crop classifier for
     gzss configs + fusion) on the bundle's default vocabulary; torch = the PyTorch twins of the same graphs."""
-    from zsdeploy.runtime.zegformer import ZegFormerBundle
+    from zsdeploy.runtime.zegformer import ZegFormerBundle, bundle_root, read_bundle_manifest
 
     from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
 
@@ -207,9 +207,10 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
         backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
                                                              say=_say), device_note=CPU_DEVICE_NOTE))
     if "tensorrt" in names:
-        probe = ZegFormerBundle(args.model, prefer_engines=False, say=_say)
-        if not probe.graph_path("segmenter").with_suffix(".plan").is_file():
-            unavailable.append({"backend": "tensorrt", "reason": f"no segmenter.plan in {probe.root} (build-engine "
+        root = bundle_root(args.model)
+        segmenter_onnx = root / read_bundle_manifest(root)["bundle_files"]["segmenter"]
+        if not segmenter_onnx.with_suffix(".plan").is_file():
+            unavailable.append({"backend": "tensorrt", "reason": f"no segmenter.plan in {root} (build-engine "
                                                                   "each bundle graph to <graph>.plan next to it)"})
         else:
             try:

@@ -6,23 +6,19 @@ checked (`engine.preflight`: metadata, profiles, output paths) before TensorRT b
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from .engine import BuildOptions, BuildResult, Say, build_engine, inspect_onnx, preflight
 from .errors import ZsdError
-from .zegformer import BUNDLE_FILE, GRAPHS
+from .zegformer import BUNDLE_FILE, GRAPHS, read_bundle_manifest
 
 
 def bundle_jobs(opts: BuildOptions) -> list[tuple[str, BuildOptions]]:
     """(graph, its BuildOptions) for every graph of the bundle `opts.onnx`; `opts.profile` entries go to the graphs
     that have an input of that name (e.g. `images` to the segmenter and the crop classifier)."""
     root = opts.onnx
-    try:
-        manifest = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ZsdError(f"{root / BUNDLE_FILE} is unreadable ({e}).", "re-export the bundle.") from None
+    manifest = read_bundle_manifest(root)
     if opts.output.resolve() != root.resolve():
         raise ZsdError(f"--output {opts.output}: a bundle's engines are written next to its graphs "
                        "(<graph>.plan), where trt-infer looks for them.", f"pass --output {root}.")

@@ -53,6 +53,14 @@ def bundle_root(path: str | os.PathLike) -> Path | None:
     return None
 
 
+def read_bundle_manifest(root: Path) -> dict[str, Any]:
+    """bundle.json of the bundle directory `root` (what it holds: graph files, classes, settings)."""
+    try:
+        return json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ZsdError(f"{root / BUNDLE_FILE} is unreadable ({e}).", "re-export the bundle.") from None
+
+
 # ------------------------------------------------------------------------------------------------ vocabulary
 @dataclass(frozen=True)
 class Vocabulary:
@@ -150,10 +158,7 @@ class ZegFormerBundle:
             raise ZsdError(f"{path} is not a ZegFormer bundle (no {BUNDLE_FILE}).",
                            "pass the directory export-model --model zegformer wrote.")
         self.root = root
-        try:
-            self.manifest: dict[str, Any] = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ZsdError(f"{root / BUNDLE_FILE} is unreadable ({e}).", "re-export the bundle.") from None
+        self.manifest = read_bundle_manifest(root)
         self.files: dict[str, str] = dict(self.manifest.get("bundle_files") or {})
         if "segmenter" not in self.files:
             raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
