@@ -45,6 +45,10 @@ def classes_for(task: str, num_classes: int) -> tuple[ClassList, str | None]:
     released = load_class_list(PADING_CLASS_LISTS[task])
     if len(released.names) == num_classes:
         return released, None
+    # A 133-class model (the demo model) predicts COCO-panoptic classes for every task.
+    panoptic = load_class_list(PADING_CLASS_LISTS["panoptic"])
+    if len(panoptic.names) == num_classes:
+        return panoptic, None
     generic = ClassList(tuple(f"class_{i}" for i in range(num_classes)), (True,) * num_classes, (), (), "generic")
     note = (f"the config has {num_classes} classes but the released {task} list has {len(released.names)}; "
             "class names are written as class_<i>")

@@ -206,7 +206,7 @@ def test_settings(cfg: CfgNode) -> TestSettings:
 def pading_spec(cfg: CfgNode) -> PADingSpec:
     """Validate that the config describes the architecture we implement and extract its parameters."""
     checks = {
-        "MODEL.RESNETS.NUM_GROUPS": 1, "MODEL.RESNETS.WIDTH_PER_GROUP": 64, "MODEL.RESNETS.RES5_DILATION": 1,
+        "MODEL.RESNETS.NUM_GROUPS": 1, "MODEL.RESNETS.RES5_DILATION": 1,
         "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, False, False, False],
         "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "MSDeformAttnPixelDecoder",
         "MODEL.SEM_SEG_HEAD.IN_FEATURES": ["res2", "res3", "res4", "res5"],
@@ -218,8 +218,17 @@ def pading_spec(cfg: CfgNode) -> PADingSpec:
     unsupported = [
         f"{k}={cfg_get(cfg, k)!r} (supported: {v!r})" for k, v in checks.items() if list_or(cfg_get(cfg, k)) != v
     ]
-    if cfg.MODEL.RESNETS.DEPTH not in (50, 101):
-        unsupported.append(f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH} (supported: 50, 101)")
+    # The bottleneck width is RES2_OUT_CHANNELS / 4 (detectron2: NUM_GROUPS * WIDTH_PER_GROUP; 64 in the released
+    # configs, 32 in the half-width demo model).
+    if cfg.MODEL.RESNETS.DEPTH in (50, 101) and \
+            4 * cfg.MODEL.RESNETS.WIDTH_PER_GROUP != cfg.MODEL.RESNETS.RES2_OUT_CHANNELS:
+        unsupported.append(f"MODEL.RESNETS.WIDTH_PER_GROUP={cfg.MODEL.RESNETS.WIDTH_PER_GROUP} with "
+                           f"RES2_OUT_CHANNELS={cfg.MODEL.RESNETS.RES2_OUT_CHANNELS} (supported: width = out / 4)")
+    if cfg.MODEL.RESNETS.DEPTH not in (18, 34, 50, 101):
+        unsupported.append(f"MODEL.RESNETS.DEPTH={cfg.MODEL.RESNETS.DEPTH} (supported: 18, 34, 50, 101)")
+    elif cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64:
+        unsupported.append(f"MODEL.RESNETS.RES2_OUT_CHANNELS={cfg.MODEL.RESNETS.RES2_OUT_CHANNELS} with "
+                           f"DEPTH={cfg.MODEL.RESNETS.DEPTH} (BasicBlock ResNets need 64)")
     if cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM != cfg.MODEL.MASK_FORMER.HIDDEN_DIM:
         unsupported.append("SEM_SEG_HEAD.CONVS_DIM != MASK_FORMER.HIDDEN_DIM (needs the decoder input_proj)")
     raise_if_unsupported("PADing", unsupported)

@@ -26,12 +26,26 @@ class BuiltModel:
     standin: str = ""  # stand-in variant ("golden" or "diverse") when weights == "standin"
 
 
+#: `--weights demo`: the demo PADing trained by zsdeploy (benchmarks/demo_model) and the config it was trained with.
+DEMO_WEIGHTS_NAME = "demo"
+DEMO_CONFIG_NAME = "demo_panoptic"
+
+
+def demo_weights_path() -> Path:
+    """The shipped demo checkpoint (package data of zsdeploy.benchmarks.demo_model)."""
+    from importlib import resources
+
+    return Path(str(resources.files("zsdeploy.benchmarks.demo_model") / "weights" / "demo_panoptic.pth"))
+
+
 def build_pading(task: str, config_path: str | Path | None = None, weights: str | Path | None = None,
                  standin: str = "golden") -> BuiltModel:
     """PADing in eval mode with a checkpoint, or deterministic stand-in weights when `weights` is None.
 
-    `standin` picks the stand-in variant (zsdeploy.export.standin): "golden" (the golden-fixture rule) or
-    "diverse" (queries made to differ, so panoptic/instance outputs are non-empty); ignored with `weights`."""
+    `weights="demo"` is the demo model zsdeploy trained on generated scenes (with its config
+    configs/pading/demo_panoptic.yaml unless `config_path` is given). `standin` picks the stand-in variant
+    (zsdeploy.export.standin): "golden" (the golden-fixture rule) or "diverse" (queries made to differ, so
+    panoptic/instance outputs are non-empty); ignored with `weights`."""
     from ..runtime.errors import ZsdError
 
     if task not in config.PADING_TASKS:
@@ -39,6 +53,12 @@ def build_pading(task: str, config_path: str | Path | None = None, weights: str 
     if standin not in STANDIN_VARIANTS:
         raise ZsdError(f"unknown stand-in variant {standin!r}.",
                        f"choose --standin from {', '.join(STANDIN_VARIANTS)}.")
+    if weights is not None and str(weights) == DEMO_WEIGHTS_NAME and not Path(str(weights)).exists():
+        weights = demo_weights_path()
+        if not weights.is_file():
+            raise ZsdError(f"the demo weights are missing from this installation ({weights}).",
+                           "reinstall zsdeploy (the wheel ships them), or pass a checkpoint with --weights.")
+        config_path = config_path or config.released_config("pading", DEMO_CONFIG_NAME)
     path = Path(config_path) if config_path else config.released_config("pading", task)
     cfg = config.load_config(path)
     spec = config.pading_spec(cfg)
@@ -63,7 +83,8 @@ def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: 
         "torch_version": torch.__version__,
         "opset": str(opset),
         "msda_lowering": msda,
-        "weights": "standin" if built.weights == "standin" else Path(built.weights).name,
+        "weights": "standin" if built.weights == "standin" else
+                   DEMO_WEIGHTS_NAME if Path(built.weights) == demo_weights_path() else Path(built.weights).name,
         "checkpoint_sha256": built.sha256,
         "standin_weights": "true" if built.weights == "standin" else "false",
         # which stand-in rule, so `zsd-bench accuracy` rebuilds the same reference (absent in older exports: golden)

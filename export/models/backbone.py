@@ -7,8 +7,10 @@ from torch.nn import functional as F
 
 from .layers import Conv2dNorm, FrozenBatchNorm2d
 
-# Blocks per stage for the depths the released models use.
-RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+# Blocks per stage (detectron2's build_resnet_backbone): BasicBlock for 18/34 (the demo model), BottleneckBlock
+# for 50/101 (the released models).
+RESNET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BASIC_BLOCK_DEPTHS = (18, 34)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, relu: bool = False) -> Conv2dNorm:
@@ -25,6 +27,21 @@ class BasicStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (detectron2 BasicBlock: stride on conv1, keys conv1, conv2, shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.shortcut = _conv(cin, cout, 1, stride=stride) if cin != cout else None
+        self.conv1 = _conv(cin, cout, 3, stride=stride, relu=True)
+        self.conv2 = _conv(cout, cout, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        identity = self.shortcut(x) if self.shortcut is not None else x
+        return F.relu(out + identity)
 
 
 class BottleneckBlock(nn.Module):
@@ -50,13 +67,16 @@ class ResNet(nn.Module):
         super().__init__()
         if depth not in RESNET_BLOCKS:
             raise ValueError(f"unsupported ResNet depth {depth}; supported: {sorted(RESNET_BLOCKS)}")
+        if depth in BASIC_BLOCK_DEPTHS and res2_out_channels != 64:
+            raise ValueError(f"ResNet-{depth} needs RES2_OUT_CHANNELS 64 (detectron2), got {res2_out_channels}")
         self.stem = BasicStem(3, stem_out_channels)
         cin, cout, bottleneck = stem_out_channels, res2_out_channels, res2_out_channels // 4
         for stage, n_blocks in enumerate(RESNET_BLOCKS[depth]):
             blocks = []
             for i in range(n_blocks):
                 stride = 2 if (i == 0 and stage > 0) else 1
-                blocks.append(BottleneckBlock(cin, cout, bottleneck, stride, stride_in_1x1))
+                blocks.append(BasicBlock(cin, cout, stride) if depth in BASIC_BLOCK_DEPTHS
+                              else BottleneckBlock(cin, cout, bottleneck, stride, stride_in_1x1))
                 cin = cout
             self.add_module(f"res{stage + 2}", nn.Sequential(*blocks))
             cout, bottleneck = cout * 2, bottleneck * 2

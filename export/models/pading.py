@@ -56,3 +56,9 @@ class PADing(NormalizedResNetModel):
         mask_features, multi_scale = self.sem_seg_head.pixel_decoder(res2, res3, res4, res5)
         embed, mask_logits = self.sem_seg_head.predictor(multi_scale, mask_features)
         return self.new_fc(embed), mask_logits
+
+    def forward_all(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(class logits, mask logits) of every decoder stage, last = `forward`'s (deep supervision in training)."""
+        res2, res3, res4, res5 = self.features(images)
+        mask_features, multi_scale = self.sem_seg_head.pixel_decoder(res2, res3, res4, res5)
+        return [(self.new_fc(e), m) for e, m in self.sem_seg_head.predictor.forward_all(multi_scale, mask_features)]

@@ -99,6 +99,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     def forward(self, features: list[torch.Tensor], mask_features: torch.Tensor):
+        return self.forward_all(features, mask_features)[-1]
+
+    def forward_all(self, features: list[torch.Tensor], mask_features: torch.Tensor
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(embed, mask logits) after the learnable queries and after every layer (Mask2Former's deep supervision
+        trains on all of them; inference and export read the last: the others are dead code in the graph)."""
         b = mask_features.shape[0]
         src, pos, sizes = [], [], []
         for i, f in enumerate(features):
@@ -109,13 +115,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         output = self.query_feat.weight[None].expand(b, -1, -1)
 
         embed, masks, blocked = self._heads(output, mask_features, sizes[0])
+        predictions = [(embed, masks)]
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             output = self.transformer_cross_attention_layers[i](output, src[lvl], blocked, pos[lvl], query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
             embed, masks, blocked = self._heads(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
-        return embed, masks
+            predictions.append((embed, masks))
+        return predictions
 
     def _heads(self, output, mask_features, target_size):
         embed = self.decoder_norm(output)
