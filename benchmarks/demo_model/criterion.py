@@ -22,7 +22,7 @@ class LossWeights:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
-    num_points: int = 3136
+    num_points: int = 784
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
 
@@ -59,7 +59,7 @@ def hungarian_match(class_logits: torch.Tensor, mask_logits: torch.Tensor, class
         prob = class_logits[b].float().softmax(-1)
         cost_class = -prob[:, classes[b]]
         coords = torch.rand(1, w.num_points, 2, device=mask_logits.device)
-        tgt = point_sample(masks[b][:, None].float(), coords.expand(masks[b].shape[0], -1, -1))
+        tgt = point_sample(masks[b][:, None].to(mask_logits.dtype), coords.expand(masks[b].shape[0], -1, -1))
         pred = point_sample(mask_logits[b][:, None].float(), coords.expand(mask_logits.shape[1], -1, -1))
         cost = (w.mask_weight * _pairwise_bce(pred, tgt) + w.class_weight * cost_class
                 + w.dice_weight * _pairwise_dice(pred, tgt))
@@ -94,7 +94,7 @@ def stage_losses(class_logits: torch.Tensor, mask_logits: torch.Tensor, classes:
     loss_ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, empty_weight)
 
     pred = torch.cat([mask_logits[i, torch.as_tensor(r)] for i, (r, _) in enumerate(matches)])
-    tgt = torch.cat([masks[i][torch.as_tensor(c)] for i, (_, c) in enumerate(matches)]).float()
+    tgt = torch.cat([masks[i][torch.as_tensor(c)] for i, (_, c) in enumerate(matches)]).to(pred.dtype)
     if pred.shape[0] == 0:
         zero = mask_logits.sum() * 0.0
         return {"loss_ce": loss_ce, "loss_mask": zero, "loss_dice": zero}
@@ -113,6 +113,7 @@ def set_criterion(predictions: list[tuple[torch.Tensor, torch.Tensor]], classes:
                   masks: list[torch.Tensor], w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum over every decoder stage (deep supervision); also the final stage's parts for logging."""
     num_masks = max(float(sum(int(c.numel()) for c in classes)), 1.0)
+    masks = [m.float() for m in masks]  # once per batch, not once per stage
     total = torch.zeros(())
     parts: dict[str, float] = {}
     for s, (cls, msk) in enumerate(predictions):

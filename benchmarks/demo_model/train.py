@@ -233,7 +233,7 @@ def train(args: argparse.Namespace) -> Path:
     mf = cfg.MODEL.MASK_FORMER
     weights = LossWeights(float(mf.get("CLASS_WEIGHT", 2.0)), float(mf.get("MASK_WEIGHT", 5.0)),
                           float(mf.get("DICE_WEIGHT", 5.0)), float(mf.get("NO_OBJECT_WEIGHT", 0.1)),
-                          int(mf.get("TRAIN_NUM_POINTS", 3136)), float(mf.get("OVERSAMPLE_RATIO", 3.0)),
+                          int(mf.get("TRAIN_NUM_POINTS", 784)), float(mf.get("OVERSAMPLE_RATIO", 3.0)),
                           float(mf.get("IMPORTANCE_SAMPLE_RATIO", 0.75)))
     decay, no_decay = [], []
     for n, p in model.named_parameters():
