@@ -14,6 +14,7 @@ A metric is None ("N/A") where it is undefined, e.g. PQ when the reference produ
 """
 from __future__ import annotations
 
+import importlib.resources
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ from .metrics import (
     mask_ap,
 )
 
-DEFAULT_TOLERANCES = Path(__file__).resolve().parent / "tolerances" / "default.yaml"
+# Package data (pyproject's package-data), read through importlib.resources so that it is found from a wheel too.
+DEFAULT_TOLERANCES = importlib.resources.files("zsdeploy.benchmarks").joinpath("tolerances", "default.yaml")
 LOWER_IS_BETTER = ("max_abs", "rel_l2")
 
 
@@ -298,12 +300,16 @@ def load_tolerances(path: str | Path | None) -> dict[str, Any]:
     import yaml
 
     p = Path(path) if path else DEFAULT_TOLERANCES
-    if not p.exists():
-        raise ZsdError(f"tolerance file {p} does not exist.", f"pass --tolerances (see {DEFAULT_TOLERANCES}).")
+    if not p.is_file():
+        raise ZsdError(f"tolerance file {p} does not exist (or is not a file).",
+                       f"pass --tolerances (see {DEFAULT_TOLERANCES}).")
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ZsdError(f"tolerance file {p} is not valid YAML: {e}.", "fix the file.") from None
+    if not isinstance(doc, dict):
+        raise ZsdError(f"tolerance file {p} is not a mapping (it holds a {type(doc).__name__}).",
+                       "write sections `accuracy:` and/or `check:` (see benchmarks/tolerances/default.yaml).")
     for name, lim in (doc.get("accuracy") or {}).items():
         if not isinstance(lim, dict) or not set(lim) <= {"min", "max"} or not lim:
             raise ZsdError(f"{p}: accuracy limit {name!r} must be a mapping with 'min' and/or 'max'.",

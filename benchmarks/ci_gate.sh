@@ -36,7 +36,9 @@ acc_rc=0
 "$PY" -m zsdeploy.benchmarks.cli accuracy --model "$OUT/pading_${H}x${W}.onnx" --reference pytorch \
     --dataset synthetic:2 --scene-size ${H}x${W} --threads "$THREADS" --tolerances "$TOL" \
     --output "$OUT/accuracy" 2> "$OUT/accuracy.err" || acc_rc=$?
-if [ "$acc_rc" -ge 2 ]; then cat "$OUT/accuracy.err"; exit 2; fi
+if [ "$acc_rc" -ge 2 ]; then  # 2 bad input, 70 internal error, 130 interrupted: not an accuracy failure
+    cat "$OUT/accuracy.err"; echo "CI benchmark gate: ERROR (zsd-bench accuracy exit $acc_rc)"; exit 2
+fi
 
 if [ "${ZSD_BENCH_UPDATE_BASELINE:-0}" = "1" ]; then
     "$PY" -m zsdeploy.benchmarks.cli merge "$OUT/latency/report.json" "$OUT/accuracy/report.json" --output "$BASELINE"
@@ -50,5 +52,9 @@ gate_rc=0
 
 echo "reports: $OUT/latency/report.md ($OUT/latency/latency.png), $OUT/accuracy/report.md; $((SECONDS - start)) s"
 if [ "$acc_rc" -ne 0 ]; then echo "CI benchmark gate: FAIL (accuracy limits, see $OUT/accuracy/report.md)"; exit 1; fi
+# zsd-bench exits 1 only for a regression; 2 (bad input) and 70 (internal error) are not read as one.
+if [ "$gate_rc" -ge 2 ]; then
+    echo "CI benchmark gate: ERROR (zsd-bench check exit $gate_rc: no regression verdict)"; exit 2
+fi
 if [ "$gate_rc" -ne 0 ]; then echo "CI benchmark gate: FAIL (regression vs baseline)"; exit "$gate_rc"; fi
 echo "CI benchmark gate: PASS"

@@ -4,7 +4,8 @@
     zsd-bench latency  --model M.onnx --backends torch,onnxruntime --sizes 512x512 --batch 1,2 --output out/lat
     zsd-bench check    --baseline benchmarks/baselines/ci_cpu.json --current out/lat/report.json out/acc/report.json
 
-Exit status: 0 pass, 1 accuracy limit broken / regression, 2 usage or input error.
+Exit status: 0 pass, 1 accuracy limit broken / regression, 2 usage or input error (never read as a regression),
+130 interrupted, 70 internal error (a bug: the traceback is printed; please report it).
 """
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from zsdeploy.runtime.errors import ZsdError
+
+
+EXIT_INTERNAL = 70  # BSD EX_SOFTWARE: distinct from 1 (regression) and 2 (bad input)
+# top-level module -> the zsdeploy extra that installs it
+OPTIONAL_PACKAGES = {"torch": "export", "fvcore": "export", "onnxslim": "export", "onnxscript": "export",
+                     "pycocotools": "bench", "matplotlib": "bench", "onnxruntime_extensions": "plugins",
+                     "cuda": "gpu"}
 
 
 def _say(msg: str) -> None:
@@ -35,10 +43,10 @@ def _write(out: Path, name: str, text: str) -> Path:
     p = out / name
     if name.endswith(".json"):
         return write_json_atomic(p, json.loads(text))
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(p)
-    return p
+    from zsdeploy.runtime.imageio import _atomic_write
+
+    data = text.encode("utf-8")
+    return _atomic_write(p, lambda f: f.write(data))
 
 
 def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None):
@@ -50,14 +58,17 @@ def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None 
         from zsdeploy.runtime.metadata import standin_variant_of
     except ImportError as e:
         raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-    return TorchBackend.pading(task, args.config, args.weights, standin=standin_variant_of(meta or {}),
+    weights = args.weights
+    if weights is None and (meta or {}).get("weights") == "demo":
+        weights = "demo"  # an export of the shipped demo model: its reference is the same demo checkpoint
+    return TorchBackend.pading(task, args.config, weights, standin=standin_variant_of(meta or {}),
                                threads=args.threads)
 
 
-def _load(path: str, threads: int | None):
+def _load(path: str, threads: int | None, backend: str = "auto"):
     from zsdeploy.runtime.backends import load_backend
 
-    return load_backend(path, threads=threads)
+    return load_backend(path, threads=threads, backend=backend)
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
@@ -74,6 +85,17 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     from .datasets import open_dataset
 
     tol = load_tolerances(args.tolerances)
+    # Cheap checks first, so that a malformed dataset or an unusable --output fails before models load.
+    from zsdeploy.runtime.results_io import check_output_dir
+
+    try:
+        lo, hi = (float(v) for v in args.object_sizes.split(","))
+    except ValueError:
+        raise ZsdError(f"--object-sizes {args.object_sizes!r} is not two numbers lo,hi.", "pass e.g. 6,60.") from None
+    size_range = (lo, hi)
+    ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
+                      n_objects=args.objects)
+    check_output_dir(args.output)
     segmenters = None
     if bundle_root(args.model) is not None:
         (_, backend, make_be), (_, reference, make_ref) = _zegformer_pair(args, "onnxruntime")
@@ -83,15 +105,12 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         if backend.info.model != "pading":
             raise ZsdError(f"{args.model} is one graph of a {backend.info.model} bundle.",
                            "pass the bundle directory export-model wrote.")
-        if args.weights is None and not backend.info.standin_weights:
+        if args.weights is None and not backend.info.standin_weights and backend.info.raw.get("weights") != "demo":
             # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
             raise ZsdError(f"{args.model} was exported with weights {backend.info.raw.get('weights')!r}, but no "
                            "--weights was given, so the PyTorch reference would use stand-in weights.",
                            "pass --weights with the checkpoint the model was exported from.")
         reference = _reference(args, backend.info.task, backend.info.raw)
-    size_range = tuple(float(v) for v in args.object_sizes.split(","))
-    ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
-                      n_objects=args.objects)
     _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
                           progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
@@ -131,7 +150,7 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
     if "onnxruntime" in names:
         if not args.model or not args.model.endswith(".onnx"):
             raise ZsdError("--backends onnxruntime needs --model M.onnx.", "pass the ONNX file export-model wrote.")
-        model = _load(args.model, args.threads)
+        model = _load(args.model, args.threads, "onnxruntime")  # auto would pick OpenVINO where installed
         on_gpu = "CUDAExecutionProvider" in getattr(model, "providers", ())
         backends.append(NamedBackend("onnxruntime", model, device_note=(
             "ONNX Runtime CUDA EP: not measured (its memory arena is not attributable)" if on_gpu
@@ -148,6 +167,15 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
                 model = model or trt
             except (ZsdError, ImportError, OSError) as e:
                 unavailable.append({"backend": "tensorrt", "reason": str(e)})
+    from .latency import parse_ints, parse_sizes, peer_backends  # openvino, openvino-bf16, torch-compile
+
+    peers, missing = peer_backends(names, args.model, threads=args.threads, sizes=parse_sizes(args.sizes),
+                                   batches=parse_ints(args.batch, "--batch"), info=model.info if model else None,
+                                   reference=lambda i: _reference(args, i.task if i else (args.task or "panoptic"),
+                                                                  i.raw if i else None))
+    backends += peers
+    unavailable += missing
+    model = model or next((p.backend for p in peers if p.name.startswith("openvino")), None)
     if "torch" in names:
         info = model.info if model else None
         if info is not None and info.model != "pading":
@@ -205,7 +233,19 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
     backends, unavailable = [], []
     if "onnxruntime" in names:
         backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                             say=_say), device_note=CPU_DEVICE_NOTE))
+                                                             say=_say, backend="onnxruntime"),
+                              device_note=CPU_DEVICE_NOTE))
+    from .latency import openvino_unavailable
+
+    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
+        why = openvino_unavailable(precision) if name in names else None
+        if name in names and why is None:
+            backends.append(named(name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
+                                                        say=_say, backend="openvino", precision=precision)))
+        elif name in names:
+            unavailable.append({"backend": name, "reason": why})
+    if "torch-compile" in names:
+        unavailable.append({"backend": "torch-compile", "reason": "measured for PADing exports only"})
     if "tensorrt" in names:
         root = bundle_root(args.model)
         segmenter_onnx = root / read_bundle_manifest(root)["bundle_files"]["segmenter"]
@@ -240,9 +280,14 @@ def cmd_latency(args: argparse.Namespace) -> int:
     sizes = parse_sizes(args.sizes)
     batches = parse_ints(args.batch, "--batch")
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    unknown = set(names) - {"torch", "onnxruntime", "tensorrt"}
+    from .latency import PEERS
+
+    unknown = set(names) - set(PEERS)
     if unknown:
-        raise ZsdError(f"unknown --backends {sorted(unknown)}.", "choose from torch, onnxruntime, tensorrt.")
+        raise ZsdError(f"unknown --backends {sorted(unknown)}.", f"choose from {', '.join(PEERS)}.")
+    from zsdeploy.runtime.results_io import check_output_dir
+
+    check_output_dir(args.output)  # before any model loads
     from zsdeploy.runtime.zegformer import bundle_root
 
     if args.model and bundle_root(args.model) is not None:
@@ -286,6 +331,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     tol = load_tolerances(args.tolerances)
     rows = compare(load_gate(args.baseline), load_gate(args.current), tol)
+    if not rows:
+        raise ZsdError(f"the baseline {' '.join(args.baseline)} has no speed-up or accuracy values to compare.",
+                       "pass a baseline written by zsd-bench merge (or report.json files with a 'gate' section).")
     _say(table(rows))
     ok, text = verdict(rows)
     _say(f"verdict: {text}")
@@ -342,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat = sub.add_parser("latency", help="latency/throughput, torch baseline and backends interleaved")
     lat.add_argument("--model", help=".onnx for onnxruntime (or .plan for tensorrt), or a ZegFormer bundle directory")
     lat.add_argument("--engine", help=".plan for tensorrt when --model is the .onnx")
-    lat.add_argument("--backends", default="torch,onnxruntime", help="comma list of torch,onnxruntime,tensorrt")
+    lat.add_argument("--backends", default="torch,onnxruntime",
+                     help="comma list of torch, torch-compile, onnxruntime, openvino, openvino-bf16 (CPUs with AMX / "
+                          "AVX512-BF16), tensorrt; torch-compile and openvino* for PADing .onnx only")
     lat.add_argument("--sizes", default="512x512", help="network input sizes HxW, comma-separated")
     lat.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     lat.add_argument("--warmup", type=int, default=2)
@@ -358,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="also write the verdict as JSON here")
     c.set_defaults(func=cmd_check)
 
+    # The fp32-island sensitivity pass lives with the precision converter (zsdeploy.export.precision_sensitivity);
+    # `zsd-bench precision ARGS` forwards ARGS to it (see main), this entry only lists it in --help.
+    sub.add_parser("precision", add_help=False,
+                   help="which fp32 islands an fp16/int8 graph needs, measured per size bucket "
+                        "(zsd-bench precision --help)")
+
     m = sub.add_parser("merge", help="merge the gate sections of reports into one baseline JSON")
     m.add_argument("inputs", nargs="+")
     m.add_argument("--output", required=True)
@@ -366,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["precision"]:
+        from zsdeploy.export.precision_sensitivity import main as precision_main
+
+        return precision_main(argv[1:], prog="zsd-bench precision")
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -373,9 +434,23 @@ def main(argv: list[str] | None = None) -> int:
     except ZsdError as e:
         print(f"zsd-bench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:
+        # An optional dependency: name the extra that provides it (exit 2, a setup problem, not a regression).
+        err = ZsdError(f"zsd-bench {args.cmd} needs the Python package {e.name}, which is not installed.",
+                       f"pip install 'zsdeploy[{OPTIONAL_PACKAGES.get((e.name or '').split('.')[0], 'bench')}]'.")
+        print(f"zsd-bench: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
-        print("zsd-bench: interrupted", file=sys.stderr)
+        print("zsd-bench: interrupted; report files already written are complete (each is written whole), the "
+              "others were not written.", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug must not exit 1, which a CI gate reads as a regression
+        import traceback
+
+        traceback.print_exc()
+        print("zsd-bench: internal error (a bug in zsdeploy, not a regression): please report it with the "
+              "traceback above.", file=sys.stderr)
+        return EXIT_INTERNAL
     if args.cmd in ("accuracy", "latency"):
         _say(f"done in {time.perf_counter() - t0:.1f} s")
     return rc

@@ -60,7 +60,10 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
     if kind == "synthetic":
         from .synthetic import _scene_seed, generate_scene
 
-        n = int(arg) if arg else 8
+        try:
+            n = int(arg) if arg else 8
+        except ValueError:
+            raise ZsdError(f"--dataset {spec}: {arg!r} is not a number of scenes.", "use e.g. synthetic:8.") from None
         if n < 1:
             raise ZsdError(f"--dataset {spec}: need at least one scene.", "use e.g. synthetic:8.")
         h, w = _parse_hw(scene_size)
@@ -115,28 +118,92 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     import json
 
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZsdError(f"{path} is not JSON ({e}).", f"pass a {what}.") from None
+    except OSError as e:
+        raise ZsdError(f"{path} cannot be read ({e.strerror or e}).", "check the path and its permissions.") from None
     if not isinstance(doc, dict):
         raise ZsdError(f"{path} is not a {what} (no top-level object).", f"pass a {what}.")
     return doc
 
 
+_TYPE_NAMES = {int: "an integer", str: "a string", list: "a list", dict: "an object", float: "a number"}
+
+
+def _records(doc: dict[str, Any], path: Path, key: str, fields: dict[str, tuple[type, ...]], what: str,
+             *, required: bool = True) -> list[dict[str, Any]]:
+    """doc[key] checked up front as a list of objects with `fields` of the given JSON types, so that a malformed
+    file is refused at once with the record and field named (not as a KeyError minutes into a benchmark)."""
+    recs = doc.get(key)
+    if recs is None and not required:
+        return []
+    fix = f"pass a well-formed {what}."
+    if not isinstance(recs, list):
+        got = "missing" if recs is None else f"{type(recs).__name__}, not a list"
+        raise ZsdError(f"{path}: the '{key}' list is {got}.", fix)
+    for i, r in enumerate(recs):
+        if not isinstance(r, dict):
+            raise ZsdError(f"{path}: {key}[{i}] is {type(r).__name__}, not an object.", fix)
+        for f, types in fields.items():
+            if f not in r:
+                raise ZsdError(f"{path}: {key}[{i}] has no '{f}' field.", fix)
+            v = r[f]
+            if isinstance(v, bool) or not isinstance(v, types):
+                want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+                raise ZsdError(f"{path}: {key}[{i}].{f} is {_json_repr(v)}, not {want}.", fix)
+    return recs
+
+
+def _json_repr(v: Any, limit: int = 40) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_files_exist(directory: Path, names: list[str], what: str, spec: str) -> None:
+    """Every file the annotations name must be there before the run starts (not fail after N images)."""
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise ZsdError(f"--dataset {spec}: {len(missing)} of {len(names)} {what} named in the JSON are missing from "
+                       f"{directory} (e.g. {', '.join(missing[:3])}).",
+                       "check that the directory belongs to the JSON (same split), or remove those entries.")
+
+
+def _import_pycocotools():
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise ZsdError("coco-instances datasets need the Python package pycocotools (to decode polygons and RLE), "
+                       "which is not installed.", "pip install 'zsdeploy[bench]' (or pip install pycocotools).") \
+            from None
+    return mask_utils
+
+
 def _coco_instances(spec: str, arg: str) -> Dataset:
-    from pycocotools import mask as mask_utils
     from zsdeploy.runtime.imageio import load_image
 
     usage = "coco-instances:instances.json,IMAGE_DIR"
     js, img_dir = _paths(spec, arg, (("instances JSON", False), ("image directory", True)), usage)
-    doc = _read_json(js, "COCO instances JSON (instances_val2017.json)")
-    to_contig, _ = category_mapping(doc.get("categories", []))
+    mask_utils = _import_pycocotools()
+    what = "COCO instances JSON (instances_val2017.json)"
+    doc = _read_json(js, what)
+    cats = _records(doc, js, "categories", {"id": (int,)}, what)
+    anns = _records(doc, js, "annotations", {"image_id": (int, str), "category_id": (int,),
+                                             "segmentation": (list, dict)}, what)
+    all_images = _records(doc, js, "images", {"id": (int, str), "file_name": (str,)}, what)
+    for i, a in enumerate(anns):
+        seg = a["segmentation"]
+        if isinstance(seg, dict) and not ({"counts", "size"} <= set(seg)):
+            raise ZsdError(f"{js}: annotations[{i}].segmentation is an object without 'counts' and 'size' (RLE).",
+                           f"pass a well-formed {what}.")
+    to_contig, _ = category_mapping(cats)
     by_image: dict[int, list[dict[str, Any]]] = {}
-    for a in doc.get("annotations", []):
+    for a in anns:
         by_image.setdefault(a["image_id"], []).append(a)
-    images = [im for im in doc.get("images", []) if im["id"] in by_image]
+    images = [im for im in all_images if im["id"] in by_image]
     if not images:
         raise ZsdError(f"{js} has no annotated images.", "pass a COCO instances JSON with annotations.")
+    _check_files_exist(img_dir, [im["file_name"] for im in images], "images", spec)
 
     def make(im: dict[str, Any]) -> Sample:
         rgb = load_image(img_dir / im["file_name"]).rgb
@@ -236,8 +303,6 @@ def category_mapping(categories: list[dict[str, Any]]) -> tuple[dict[int, int], 
 
 
 def _coco_panoptic(spec: str, arg: str) -> Dataset:
-    import json
-
     from zsdeploy.runtime.imageio import load_image, read_png, rgb_to_id
 
     parts = arg.split(",")
@@ -252,17 +317,22 @@ def _coco_panoptic(spec: str, arg: str) -> Dataset:
         if p.is_dir() != is_dir:
             raise ZsdError(f"--dataset {spec}: {p} should be a {'directory' if is_dir else 'file'}.",
                            "the order is coco-panoptic:JSON,PANOPTIC_PNG_DIR,IMAGE_DIR.")
-    try:
-        doc = json.loads(js.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ZsdError(f"{js} is not JSON ({e}).", "pass a COCO panoptic JSON (panoptic_val2017.json).") from None
-    if not isinstance(doc, dict):
-        raise ZsdError(f"{js} is not a COCO panoptic JSON (no top-level object).", "pass panoptic_val2017.json.")
-    cats = doc.get("categories", [])
+    what = "COCO panoptic JSON (panoptic_val2017.json)"
+    doc = _read_json(js, what)
+    cats = _records(doc, js, "categories", {"id": (int,)}, what)
     to_contig, _ = category_mapping(cats)
     # COCO's own JSON marks things on the category, not on the segment (our synthetic files do both).
     cat_isthing = {int(c["id"]): bool(c.get("isthing", 0)) for c in cats}
-    images = {im["id"]: im for im in doc.get("images", [])}
+    images = {im["id"]: im for im in _records(doc, js, "images", {"id": (int, str), "file_name": (str,)}, what,
+                                               required=False)}
+    checked = _records(doc, js, "annotations", {"image_id": (int, str), "file_name": (str,),
+                                                "segments_info": (list,)}, what)
+    for i, a in enumerate(checked):
+        _records(a, js, "segments_info", {"id": (int,), "category_id": (int,)}, what)
+        for s in a["segments_info"]:
+            if int(s["category_id"]) not in to_contig:
+                raise ZsdError(f"{js}: segment {s['id']} of {a['file_name']} has category {s['category_id']}, which "
+                               "is not in the JSON's categories.", "pass the JSON the PNGs were written with.")
 
     def make(ann: dict[str, Any]) -> Sample:
         im = images.get(ann["image_id"], {})
@@ -286,9 +356,12 @@ def _coco_panoptic(spec: str, arg: str) -> Dataset:
                            "check that PNG_DIR and IMG_DIR belong to the same split.")
         return Sample(Path(img_name).stem, rgb, pan, segs)
 
-    anns = doc.get("annotations", [])
+    anns = checked
     if not anns:
         raise ZsdError(f"{js} has no annotations.", "pass a COCO panoptic JSON.")
+    _check_files_exist(png_dir, [a["file_name"] for a in anns], "panoptic PNGs", spec)
+    _check_files_exist(img_dir, [images.get(a["image_id"], {}).get("file_name")
+                                 or Path(a["file_name"]).with_suffix(".jpg").name for a in anns], "images", spec)
     return Dataset(spec, "coco-panoptic", [lambda a=a: make(a) for a in anns], True)
 
 

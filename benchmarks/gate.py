@@ -17,18 +17,28 @@ from .accuracy import higher_is_better
 
 def load_gate(paths: list[str]) -> dict[str, dict[str, float]]:
     merged: dict[str, dict[str, float]] = {"speedup": {}, "accuracy": {}}
+    fix = "pass report.json files written by zsd-bench latency/accuracy (or a baseline from zsd-bench merge)."
     for p in paths:
         try:
-            doc = json.loads(Path(p).read_text())
+            doc = json.loads(Path(p).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ZsdError(f"{p} does not exist.", "pass report.json files written by zsd-bench.") from None
-        except json.JSONDecodeError as e:
-            raise ZsdError(f"{p} is not JSON ({e}).", "pass report.json files written by zsd-bench.") from None
-        gate = doc.get("gate")
+            raise ZsdError(f"{p} does not exist.", fix) from None
+        except IsADirectoryError:
+            raise ZsdError(f"{p} is a directory, not a report file.", fix) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ZsdError(f"{p} is not JSON ({e}).", fix) from None
+        gate = doc.get("gate") if isinstance(doc, dict) else None
         if not isinstance(gate, dict):
-            raise ZsdError(f"{p} has no 'gate' section.", "pass a report.json written by zsd-bench latency/accuracy.")
+            raise ZsdError(f"{p} has no 'gate' section.", fix)
         for k in merged:
-            merged[k].update(gate.get(k) or {})
+            section = gate.get(k) or {}
+            # Every value must be a number: a string or null here would otherwise surface as a bogus regression.
+            bad = [key for key, v in section.items() if isinstance(v, bool) or not isinstance(v, (int, float))] \
+                if isinstance(section, dict) else None
+            if bad is None or bad:
+                raise ZsdError(f"{p}: gate.{k} must map names to numbers"
+                               + (f"; {', '.join(map(repr, bad[:3]))} are not numbers." if bad else "."), fix)
+            merged[k].update({key: float(v) for key, v in section.items()})
     return merged
 
 

@@ -9,7 +9,9 @@ its min_size_test first. A static ONNX model only runs at its own size and batch
 
 Host memory: peak resident set size (VmHWM from /proc/self/status, reset per measurement by writing 5 to
 /proc/self/clear_refs — Linux >= 4.0), measured for each backend in one extra untimed iteration after the timed ones
-(the process baseline — Python, torch, loaded models — is included). Where /proc is unavailable: getrusage
+(the process baseline — Python, torch, loaded models — is included). Allocators keep their pools between calls
+(ONNX Runtime's arena, OpenVINO's memory manager), so a per-backend figure free of the others needs one process per
+backend: run `zsd-bench latency --backends X` once per X. Where /proc is unavailable: getrusage
 ru_maxrss (process-lifetime peak, not resettable).
 
 Device memory (TensorRT on a GPU): memory in use on the GPU (cudaMemGetInfo: total - free) after the backend's
@@ -100,6 +102,116 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
 
+# Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline).
+PEERS = ("torch", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "tensorrt")
+COMPILE_TIMEOUT_S = 180  # torch.compile slower than this (all sizes/batches together) is reported N/A
+CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
+
+
+def cpu_report() -> dict[str, Any]:
+    """The CPU's model name and the instruction-set features that decide the precision paths (from /proc/cpuinfo;
+    'unknown' where it cannot be read)."""
+    from zsdeploy.runtime.backends.openvino_backend import cpu_flags
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    return {"model": model, "features": {f: (f in flags) if flags else "unknown" for f in CPU_FEATURES}}
+
+
+def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: list[int]) -> Backend:
+    """torch.compile of the reference's own module, compiled for every (size, batch) now, under a time limit
+    (SIGALRM: torch.compile's work runs in this thread), so the timed runs measure the compiled code only."""
+    import copy
+    import signal
+
+    import torch
+
+    compiled = copy.copy(reference)
+    compiled.name = "torch-compile"
+    compiled.model = torch.compile(reference.model)
+
+    def expired(*_):
+        raise TimeoutError(f"compiling took more than {COMPILE_TIMEOUT_S} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(COMPILE_TIMEOUT_S)
+    try:
+        for h, w in sizes:
+            for b in batches:
+                compiled.infer({"images": np.full((b, 3, h, w), 114.0, np.float32)})
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    return compiled
+
+
+def openvino_unavailable(precision: str) -> str | None:
+    """Why the openvino peer of `precision` cannot be measured here (None: it can). bf16 on a CPU without it is
+    reported unavailable: the backend would run f32 (with a note) and the row would be mislabelled."""
+    try:
+        from zsdeploy.runtime.backends.openvino_backend import bf16_support, import_openvino
+
+        import_openvino()
+    except ZsdError as e:
+        return e.problem
+    if precision == "bf16":
+        ok, why = bf16_support()
+        return None if ok else why
+    return None
+
+
+def peer_backends(names: list[str], model: str | None, *, threads: int | None, sizes: list[tuple[int, int]],
+                  batches: list[int], info: Any = None,
+                  reference: Callable[[Any], Backend] | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
+    """The CPU peers of a PADing .onnx beyond torch / onnxruntime / tensorrt: `openvino` (f32), `openvino-bf16`
+    (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in f32) and
+    `torch-compile` (of `reference(info)`, the eager baseline's model). Returns (runners, unavailable)."""
+    out: list[NamedBackend] = []
+    unavailable: list[dict[str, str]] = []
+    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
+        if name not in names:
+            continue
+        if not model or not model.endswith(".onnx"):
+            raise ZsdError(f"--backends {name} needs --model M.onnx.", "pass the ONNX file export-model wrote.")
+        why = openvino_unavailable(precision)
+        if why:
+            unavailable.append({"backend": name, "reason": why})
+            continue
+        try:
+            from zsdeploy.runtime.backends import load_backend
+
+            b = load_backend(model, backend="openvino", precision=precision, threads=threads)
+        except ZsdError as e:
+            unavailable.append({"backend": name, "reason": e.problem})
+            continue
+        info = info or b.info
+        out.append(NamedBackend(name, b))
+    if "torch-compile" in names:
+        if reference is None:
+            unavailable.append({"backend": "torch-compile", "reason": "no PyTorch model for this input"})
+        else:
+            ref = reference(info)
+            t0 = time.perf_counter()
+            try:
+                out.insert(0, NamedBackend("torch-compile", _torch_compile(ref, sizes, batches)))
+            except ZsdError:
+                raise
+            except Exception as e:  # noqa: BLE001 (inductor/dynamo raise many types; the reason is reported)
+                text = " ".join(str(e).split())
+                # inductor may re-wrap our alarm's TimeoutError (e.g. as a compile-worker wait failure)
+                timed_out = "TimeoutError" in text or time.perf_counter() - t0 >= COMPILE_TIMEOUT_S - 1
+                why = (f"compiling took more than {COMPILE_TIMEOUT_S} s" if timed_out else
+                       f"{type(e).__name__}: {text[:300]}")
+                unavailable.append({"backend": "torch-compile", "reason": f"N/A: {why}"})
+    return out, unavailable
+
 
 @dataclass
 class NamedBackend:
@@ -146,6 +258,7 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     mem_method = peak_rss_bytes()[1]
+    backends = sorted(backends, key=lambda nb: PEERS.index(nb.name) if nb.name in PEERS else len(PEERS))
     plan = []
     for hw in sizes:
         for batch in batches:
@@ -167,7 +280,8 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
                   for i in range(k)]
         policy = ResizePolicy(min(h, w), max(h, w), "sizes are network input sizes (no resize)")
         segs = {nb.name: nb.segmenter(policy, task) for nb in runnable}
-        times = {nb.name: {"e2e": [], "infer": [], "pre": [], "post": []} for nb in runnable}
+        times: dict[str, dict[str, list[float]]] = {nb.name: {"e2e": [], "infer": [], "pre": [], "post": []}
+                                                  for nb in runnable}
         padded = None
         for it in range(warmup + repeat):
             imgs = [images[(it * batch + j) % k] for j in range(batch)]
@@ -230,7 +344,7 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
     return {
         "kind": "latency",
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "python": platform.python_version()},
+                    "cpus": os.cpu_count(), "python": platform.python_version(), "cpu": cpu_report()},
         "settings": {"warmup": warmup, "repeat": repeat, "distinct_inputs": n_inputs, "interleaved": True,
                      "memory": mem_method, "resize": "none: sizes are network input sizes"},
         "results": results,
@@ -256,6 +370,14 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cpu_line(report: dict[str, Any]) -> str:
+    cpu = report["machine"].get("cpu")
+    if not cpu:
+        return "- CPU: not recorded"
+    feats = ", ".join(f"{k} {'yes' if v is True else 'no' if v is False else v}" for k, v in cpu["features"].items())
+    return f"- CPU: {cpu['model']}; {feats}"
+
+
 def _device_cell(r: dict[str, Any]) -> str:
     v = r.get("peak_device_mib")
     return "N/A" if v is None else f"{v:.0f}"
@@ -272,10 +394,12 @@ def device_notes(report: dict[str, Any]) -> list[str]:
 def markdown(report: dict[str, Any], plot: str | None) -> str:
     st = report["settings"]
     out = ["# zsd-bench latency", "",
-           f"- machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs",
+           f"- machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs", cpu_line(report),
            f"- warm-up {st['warmup']}, {st['repeat']} timed iterations, {st['distinct_inputs']} rotating inputs, "
            f"backends interleaved; e2e = pre + infer + post; memory: {st['memory']}",
            "- device memory: " + "; ".join(device_notes(report)), "", markdown_table(report)]
+    for u in report.get("unavailable", []):
+        out.append(f"- not measured: {u['backend']}: {u['reason']}")
     if report["skipped"]:
         out += ["", "Skipped:", ""] + [f"- {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}"
                                        for s in report["skipped"]]

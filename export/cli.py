@@ -10,6 +10,9 @@ from ..runtime.errors import ZsdError
 from .models.msdeformattn import LOWERINGS
 from .onnx_export import DEFAULT_OPSET, ExportShape, Progress, check_and_simplify, save_atomic, say, set_metadata, \
     trace_to_onnx
+from .precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAULT_ISLANDS, PRECISIONS, PrecisionOptions, \
+    check_options, convert
+from .precision_islands import BY_NAME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,13 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-model --model pading --task panoptic --weights model_final.pth "
                "--height 800 --width 1216 --output pading_panoptic.onnx",
     )
-    p.add_argument("--model", required=True, choices=["pading", "zegformer"], help="model family")
+    p.add_argument("--model", choices=["pading", "zegformer"], help="model family (required unless --from-onnx)")
     p.add_argument("--task", choices=["panoptic", "instance", "semantic"],
                    help="PADing: released model to build (selects configs/pading/<task>.yaml and class list; "
                         "default panoptic); ZegFormer is semantic only")
     p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed); for ZegFormer "
                                     "also a released name, e.g. cocostuff_r101_gzss (default cocostuff_r101)")
-    p.add_argument("--weights", help="detectron2 checkpoint .pth/.pkl; without it, deterministic stand-in weights")
+    p.add_argument("--weights", help="detectron2 checkpoint .pth/.pkl, or `demo` (PADing: the demo model zsdeploy "
+                                     "trained on generated scenes, with configs/pading/demo_panoptic.yaml); without it, "
+                                     "deterministic stand-in weights")
     p.add_argument("--standin", choices=["golden", "diverse"],
                    help="PADing stand-in weights when no --weights: golden (the golden-fixture rule, default; its "
                         "queries are nearly identical, so panoptic/instance outputs are empty) or diverse (queries "
@@ -48,12 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
                                       "export time (else $ZSD_CLIP_BPE or an installed open_clip/clip package)")
     z.add_argument("--no-default-embeddings", action="store_true",
                    help="do not store the default vocabulary's text embeddings in the bundle")
+    q = p.add_argument_group("precision (PADing; see zsdeploy.export.precision)")
+    q.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="graph precision: fp32 (default); fp16 (onnxconverter-common, float32 inputs/outputs kept); "
+                        "int8 (explicit Q/DQ, onnxruntime.quantization, per-channel weights, calibrated). The graph is "
+                        "exported in fp32 first and converted; TensorRT builds it as a strongly typed network")
+    q.add_argument("--fp32-islands", metavar="LIST|none|default",
+                   help=f"blocks kept in fp32: comma list of {', '.join(BY_NAME)}; none; or default "
+                        f"(fp16: {','.join(DEFAULT_ISLANDS['fp16'])}; int8: {','.join(DEFAULT_ISLANDS['int8'])}; "
+                        "measured by python -m zsdeploy.export.precision_sensitivity)")
+    q.add_argument("--calib", metavar="DIR", help="int8: folder of representative images (unreadable ones are listed "
+                                                  "and skipped); default: generated small-target scenes")
+    q.add_argument("--calib-scenes", type=int, default=DEFAULT_CALIB_SCENES,
+                   help=f"int8 without --calib: number of generated calibration scenes "
+                        f"(default {DEFAULT_CALIB_SCENES})")
+    q.add_argument("--calib-method", default="minmax", choices=list(CALIB_METHODS),
+                   help="int8 calibration: minmax (default; keeps rare large activations), percentile (99.999), "
+                        "entropy")
+    q.add_argument("--from-onnx", metavar="M.onnx",
+                   help="convert this fp32 export to --precision instead of tracing a model again")
     p.add_argument("--output", required=True, help="output path: a .onnx file (PADing) or a bundle directory "
                                                    "(ZegFormer)")
     return p
 
 
+def precision_options(args: argparse.Namespace) -> PrecisionOptions:
+    return PrecisionOptions(args.precision, args.fp32_islands, args.calib, args.calib_scenes, args.calib_method)
+
+
 def run(args: argparse.Namespace) -> Path:
+    if args.from_onnx:
+        return run_convert(args)
+    if args.model is None:
+        raise ZsdError("--model is missing.", "pass --model pading|zegformer (or --from-onnx M.onnx to convert an "
+                                              "existing export).")
     if args.model == "zegformer":
         return run_zegformer(args)
     return run_pading(args)
@@ -62,6 +95,14 @@ def run(args: argparse.Namespace) -> Path:
 def run_zegformer(args: argparse.Namespace) -> Path:
     from .zegformer_export import export_zegformer
 
+    from .onnx_export import check_shape_flags, install_sigterm_as_interrupt
+
+    install_sigterm_as_interrupt()
+    check_shape_flags(args.height, args.width, args.batch, args.dynamic)
+    if args.precision != "fp32" or args.fp32_islands or args.calib:
+        raise ZsdError(f"--precision {args.precision}: ZegFormer bundles are exported in fp32 only for now.",
+                       "drop --precision/--fp32-islands/--calib (build-engine --precision fp16 still builds fp16 "
+                       "engines from the fp32 bundle where the TensorRT version has the builder flag).")
     if args.msda != "gridsample":
         raise ZsdError(f"--msda {args.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
                        "drop --msda for ZegFormer.")
@@ -80,6 +121,10 @@ def run_zegformer(args: argparse.Namespace) -> Path:
 def run_pading(args: argparse.Namespace) -> Path:
     from .pading_export import build_pading, pading_metadata
 
+    from .onnx_export import check_shape_flags, install_sigterm_as_interrupt
+
+    install_sigterm_as_interrupt()
+    check_shape_flags(args.height, args.width, args.batch, args.dynamic)
     for flag, value in (("--clip", args.clip), ("--clip-bpe", args.clip_bpe)):
         if value:
             raise ZsdError(f"{flag} is a ZegFormer option; PADing has no CLIP.", f"drop {flag}.")
@@ -93,7 +138,9 @@ def run_pading(args: argparse.Namespace) -> Path:
         raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
     shape = ExportShape(args.height, args.width, args.batch, args.dynamic)
     shape.validate()
-    progress = Progress(4, say)
+    popts = precision_options(args)
+    check_options(popts)  # wrong precision flags fail now, not after a minute of tracing
+    progress = Progress(4 if popts.precision == "fp32" else 5, say)
     standin = args.standin or "golden"
     with progress.step(f"building PADing {args.task}" + ("" if args.weights else f" ({standin} stand-in)")):
         built = build_pading(args.task, args.config, args.weights, standin=standin)
@@ -108,13 +155,53 @@ def run_pading(args: argparse.Namespace) -> Path:
         proto = trace_to_onnx(built.model, shape, opset=args.opset, msda=args.msda)
     with progress.step("checking, inferring shapes" + ("" if args.no_simplify else " and simplifying (onnxslim)")):
         proto = check_and_simplify(proto, simplify=not args.no_simplify)
+    set_metadata(proto, pading_metadata(built, shape, opset=args.opset, msda=args.msda))
+    if popts.precision == "fp32":
+        proto = convert(proto, popts)  # records precision fp32
+    else:
+        with progress.step(f"converting to {popts.precision}"):
+            proto = convert(proto, popts, where="the exported graph", say=say)
     with progress.step(f"writing {output}"):
-        set_metadata(proto, pading_metadata(built, shape, opset=args.opset, msda=args.msda))
         save_atomic(proto, output)
     size_mb = output.stat().st_size / 2**20
     say(f"exported {output} ({size_mb:.1f} MiB, {len(proto.graph.node)} nodes)")
     if built.weights == "standin":
         say(STANDIN_WARNING)
+    return output
+
+
+def run_convert(args: argparse.Namespace) -> Path:
+    """`--from-onnx M.onnx --precision P`: an existing fp32 export converted; nothing is traced."""
+    import onnx
+
+    given = [f for f, v in (("--model", args.model), ("--task", args.task), ("--config", args.config),
+                            ("--weights", args.weights), ("--standin", args.standin), ("--height", args.height),
+                            ("--width", args.width), ("--dynamic", args.dynamic), ("--clip", args.clip)) if v]
+    if given:
+        raise ZsdError(f"--from-onnx converts an existing export; {', '.join(given)} would be ignored.",
+                       f"drop {', '.join(given)} (they were fixed when {args.from_onnx} was exported).")
+    src, output = Path(args.from_onnx), Path(args.output)
+    if output.suffix != ".onnx":
+        raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
+    if not src.is_file():
+        raise ZsdError(f"--from-onnx {src} does not exist.", "pass the .onnx written by export-model.")
+    if output.resolve() == src.resolve():
+        raise ZsdError("--output is the --from-onnx file itself; the fp32 graph would be lost.",
+                       "write the converted graph to another file.")
+    popts = precision_options(args)
+    check_options(popts)
+    try:
+        proto = onnx.load(str(src))
+    except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)
+        raise ZsdError(f"{src} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}).",
+                       "re-run export-model to write it again.") from None
+    progress = Progress(2, say)
+    with progress.step(f"converting {src} to {popts.precision}"):
+        proto = convert(proto, popts, where=str(src), say=say)
+    with progress.step(f"writing {output}"):
+        save_atomic(proto, output)
+    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {len(proto.graph.node)} nodes, "
+        f"precision {popts.precision})")
     return output
 
 

@@ -225,9 +225,9 @@ def ms_deform_attn_forward(
         value: [N, S, M, D], float32 or float16, S = sum(H_l * W_l).
         spatial_shapes: [L, 2] (H, W), any integer dtype (converted to int32).
         level_start_index: [L], any integer dtype (converted to int32).
-        sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y); same dtype as value. Values outside [0, 1]
-            are allowed (zero padding).
-        attention_weights: [N, Lq, M, L, P]; same dtype as value.
+        sampling_locations: [N, Lq, M, L, P, 2] normalised (x, y); same dtype as value, or float32 with a float16
+            value (the mixed mode of fp16 graphs). Values outside [0, 1] are allowed (zero padding).
+        attention_weights: [N, Lq, M, L, P]; same dtype as sampling_locations.
         num_threads: CPU only: worker threads of the kernel library's std::thread runner. None (default) uses
             ``torch.get_num_threads()``; 0 uses the hardware concurrency.
 
@@ -241,10 +241,12 @@ def ms_deform_attn_forward(
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if value.dtype not in (torch.float32, torch.float16):
         raise TypeError(f"MSDeformAttn kernel supports float32 and float16, got {value.dtype}")
-    if sampling_locations.dtype != value.dtype or attention_weights.dtype != value.dtype:
+    # one dtype for all three, or the mixed mode of fp16 graphs: fp16 value, fp32 locations and weights
+    mixed = value.dtype == torch.float16 and sampling_locations.dtype == torch.float32
+    if attention_weights.dtype != sampling_locations.dtype or (sampling_locations.dtype != value.dtype and not mixed):
         raise TypeError(
-            "value, sampling_locations and attention_weights must share one dtype, got "
-            f"{value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}"
+            "value, sampling_locations and attention_weights must share one dtype (or be fp16 value with fp32 "
+            f"locations and weights), got {value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}"
         )
     if spatial_shapes.is_floating_point() or level_start_index.is_floating_point():
         raise TypeError("spatial_shapes and level_start_index must be integer tensors")

@@ -44,6 +44,34 @@ class ExportShape:
             raise ZsdError(f"--batch {self.batch} must be >= 1.", "pass --batch 1 or more.")
 
 
+def check_shape_flags(height: int | None, width: int | None, batch: int, dynamic: bool) -> None:
+    """Refuse contradictory or impossible shape options as given (before defaults fill them in): a value that
+    would otherwise be silently replaced is an error, not a surprise."""
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None and dynamic:
+            raise ZsdError(f"{flag} {value} and --dynamic contradict each other: a dynamic export accepts any "
+                           "height and width.", f"drop {flag} (dynamic) or --dynamic (static {flag} {value}).")
+        if value is not None and value <= 0:
+            raise ZsdError(f"{flag} {value} must be a positive multiple of 32.",
+                           f"pass e.g. {flag} 640, or leave it out for the default.")
+    if dynamic and batch != 1:
+        raise ZsdError(f"--batch {batch} and --dynamic contradict each other: a dynamic export accepts any batch.",
+                       "drop --batch (dynamic) or --dynamic (static batch).")
+
+
+def install_sigterm_as_interrupt() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl-C: temporary files are removed and the CLI says what was written."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): keep the default
+        pass
+
+
 class Progress:
     """Numbered steps with elapsed time on stderr-free stdout (long steps say they are running)."""
 

@@ -52,6 +52,7 @@ from .onnx_export import (
     save_atomic,
     set_metadata,
 )
+from .bundle_write import check_bundle_target, publish, staging_dir
 from .standin import STANDIN_WARNING, load_standin
 
 # Checkpoint keys inference never reads (see ../shared/golden/manifests/NOTES.md).
@@ -593,8 +594,7 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
     if out.suffix == ".onnx":
         raise ZsdError(f"--output {out}: a ZegFormer export is a bundle DIRECTORY of graphs, not one .onnx file.",
                        f"use --output {out.with_suffix('')}.")
-    if out.exists() and not out.is_dir():
-        raise ZsdError(f"--output {out} exists and is not a directory.", "choose a new directory name.")
+    check_bundle_target(out)  # before the slow build: a bad --output fails at once
     shape = ExportShape(height, width, batch, dynamic)
     shape.validate()
     cfg_path = resolve_zegformer_config(config)
@@ -633,19 +633,22 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
         files["crop_classifier"] = "crop_classifier.onnx"
         with progress.step("tracing the CLIP crop classifier (masked box crops -> ViT image tower)"):
             crop = export_crop_classifier(built, shape, opset=opset, simplify=simplify)
-    with progress.step(f"writing {out}/"):
-        out.mkdir(parents=True, exist_ok=True)
+    with progress.step(f"writing {out}/"), staging_dir(out) as stage:
+        # Every file goes to a hidden sibling folder first; the bundle appears (or replaces the old one) whole.
         set_metadata(seg, zegformer_metadata(built, shape, graph="segmenter", opset=opset, files=files))
         set_metadata(txt, zegformer_metadata(built, shape, graph="text_encoder", opset=opset, files=files))
-        save_atomic(seg, out / files["segmenter"])
-        save_atomic(txt, out / files["text_encoder"])
+        save_atomic(seg, stage / files["segmenter"])
+        save_atomic(txt, stage / files["text_encoder"])
         if crop is not None:
             set_metadata(crop, zegformer_metadata(built, shape, graph="crop_classifier", opset=opset, files=files))
-            save_atomic(crop, out / files["crop_classifier"])
+            save_atomic(crop, stage / files["crop_classifier"])
         for name, arr in embeddings.items():
-            np.save(out / files[name], arr)
+            np.save(stage / files[name], arr)
         manifest = zegformer_metadata(built, shape, graph="bundle", opset=opset, files=files)
-        _write_json_atomic(out / "bundle.json", manifest)
+        _write_json_atomic(stage / "bundle.json", manifest)
+        interrupted = publish(stage, out)
+    if interrupted:
+        say(f"  note: an interrupt arrived while the bundle was put in place; it was held until {out} was complete.")
     say(f"exported bundle {out}: " + ", ".join(sorted(files.values())))
     if built.weights == "standin":
         say(STANDIN_WARNING)

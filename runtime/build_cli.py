@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  build-engine --onnx pading_dyn.onnx --output pading_dyn.plan --precision fp16 \\\n"
                "      --profile images:1x3x512x512:1x3x800x1216:2x3x1344x1344 --timing-cache pading.cache\n"
                "  build-engine --onnx pading.onnx --output pading_int8.plan --precision int8 --calib-images val2017/\n"
+               "  export-model --from-onnx pading.onnx --precision int8 --output pading_int8.onnx && \\\n"
+               "      build-engine --onnx pading_int8.onnx --output pading_int8.plan  # strongly typed (TRT 10/11)\n"
                "  build-engine --onnx zegformer_bundle/ --output zegformer_bundle/ --precision fp16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "ZegFormer bundle directory (every graph -> <graph>.plan)")
     p.add_argument("--output", required=True, help="output engine (.plan / .engine); the sidecar is <output>.json. "
                                                    "For a bundle: the bundle directory itself")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fp32 (default), fp16, or int8 (entropy calibration; fp16 for layers without int8)")
+    p.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                   help="default: as the graph says. A graph from export-model --precision fp16|int8 carries its "
+                        "precision and is built as a strongly typed network (TensorRT >= 10; the only way on 11). "
+                        "On an fp32 graph, fp16 / int8 use the builder flags (int8: entropy calibration, fp16 for "
+                        "layers without int8), which only TensorRT <= 10 has (e.g. JetPack 6's 10.3)")
     p.add_argument("--calib-images", help="int8: folder of representative images (pre-processed like inference)")
     p.add_argument("--calib-cache", help="int8: calibration cache to read/write (default <output stem>.calib)")
     p.add_argument("--calib-max-images", type=int, default=512, help="int8: use at most this many images (512)")

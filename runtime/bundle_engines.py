@@ -55,6 +55,6 @@ def build_bundle(opts: BuildOptions, say: Say = print) -> list[BuildResult]:
         say(f"checked {graph}: {Path(job.onnx).name} -> {job.output.name}; profile {shapes}")
     results = []
     for i, (graph, job) in enumerate(jobs, 1):
-        say(f"[{i}/{len(jobs)}] building {graph} ({job.precision})")
+        say(f"[{i}/{len(jobs)}] building {graph} ({job.precision or 'precision as in the graph'})")
         results.append(build_engine(job, say))
     return results

@@ -24,13 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
                    help="post-processing to run (default: the model's task)")
     p.add_argument("--short-edge", type=int,
-                   help="resize images to this short edge instead of the model's (min_size_test); 0 = no resize")
+                   help="resize images to this short edge instead of the model's (min_size_test); 0 = no resize. "
+                        "Without it a static-shape model fits each image to its canvas (aspect ratio kept); with it, "
+                        "images that do not fit are skipped")
     p.add_argument("--batch", type=int, default=1, help="images per inference call (default 1)")
     p.add_argument("--vis", action="store_true", help="also write <name>_vis.png overlays")
-    p.add_argument("--vis-score-threshold", type=float, default=0.5, help="instances below are not drawn (0.5)")
+    p.add_argument("--vis-score-threshold", type=float, help="with --vis and --task instance: instances below "
+                                                             "are not drawn (default 0.5)")
     p.add_argument("--save-raw", action="store_true", help="also write <name>_raw.npz with the raw outputs")
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
-    p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime")
+    p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / OpenVINO")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"], default="auto",
+                   help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> openvino when installed, "
+                        "else onnxruntime)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     z = p.add_argument_group("ZegFormer bundles (open vocabulary)")
     z.add_argument("--classes", help='the vocabulary, comma-separated, e.g. "corgi,fire truck,traffic cone" '
@@ -56,12 +64,15 @@ def open_segmenter(args: argparse.Namespace):
         return open_zegformer(args.model, classes=args.classes, classes_file=args.classes_file,
                               text_embeddings_file=args.text_embeddings, bpe_path=args.clip_bpe,
                               plugin_lib=args.plugin_lib, threads=args.threads, use_cache=not args.no_cache,
-                              task=args.task, short_edge=args.short_edge)
+                              task=args.task, short_edge=args.short_edge, backend=args.backend,
+                              precision=args.precision)
     zeg_only = [f for f, v in (("--classes", args.classes), ("--classes-file", args.classes_file),
-                               ("--text-embeddings", args.text_embeddings)) if v is not None]
+                               ("--text-embeddings", args.text_embeddings), ("--clip-bpe", args.clip_bpe),
+                               ("--no-cache", args.no_cache or None)) if v is not None]
     from .backends import load_backend
 
-    backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads)
+    backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads, backend=args.backend,
+                           precision=args.precision)
     if backend.info.model == "zegformer":
         graph = backend.info.raw.get("graph", "?")
         raise ZsdError(f"{args.model} is the {graph} graph of a ZegFormer bundle, which runs only with the rest of "
@@ -73,79 +84,164 @@ def open_segmenter(args: argparse.Namespace):
     return Segmenter(backend, args.task, args.short_edge)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .imageio import list_images, load_image
-    from .results_io import write_outputs
-
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse contradictory or out-of-range options before anything is loaded (nothing is silently replaced)."""
     if args.batch < 1:
         raise ZsdError(f"--batch {args.batch} must be >= 1.", "pass --batch 1 or more.")
+    if args.threads is not None and args.threads < 1:
+        raise ZsdError(f"--threads {args.threads} must be >= 1.", "pass --threads 1 or more (or leave it out).")
+    if args.short_edge is not None and args.short_edge < 0:
+        raise ZsdError(f"--short-edge {args.short_edge} must be >= 0.", "pass 0 (no resize) or a size in pixels.")
+    if args.vis_score_threshold is not None:
+        if not args.vis:
+            raise ZsdError("--vis-score-threshold only affects --vis overlays, but --vis is not given.",
+                           "add --vis, or drop --vis-score-threshold.")
+        if not 0.0 <= args.vis_score_threshold <= 1.0:
+            raise ZsdError(f"--vis-score-threshold {args.vis_score_threshold} is not a score (0..1).",
+                           "pass a value between 0 and 1, e.g. 0.5.")
+
+
+class _RunState:
+    """What a run has done so far, so that an interruption or a failed write can say it truthfully."""
+
+    def __init__(self, total: int, out_dir: Path) -> None:
+        self.total, self.out_dir, self.done = total, out_dir, 0
+        self.failures: list[str] = []
+
+    def written(self) -> str:
+        if self.done == 0:
+            return f"no result was written to {self.out_dir}"
+        return (f"the results of {self.done} of {self.total} image(s) in {self.out_dir} are complete (each file is "
+                "written whole)")
+
+
+def _failure_line(path: Path, e: ZsdError) -> str:
+    text = str(e)
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
+    from .imageio import list_images, load_image
+    from .results_io import check_output_dir, output_stems, write_outputs
+
+    _check_options(args)
     paths = list_images(args.input)
-    out_dir = Path(args.output)
+    single = len(paths) == 1  # one image: its failure is the run's error (exit 2), not a partial result
+    out_dir = check_output_dir(args.output)  # before the (slow) model load: a bad --output fails at once
+    stems = output_stems(paths)
+    if not single and any(stems[p] != p.stem for p in paths):
+        print("note: some inputs share a file stem (e.g. x.png and x.jpg); their outputs are named after the whole "
+              "file name (x.png.json, x.jpg_<task>.png, ...) so that none overwrites another.", file=sys.stderr)
+    state = state if state is not None else _RunState(len(paths), out_dir)
+    state.total, state.out_dir = len(paths), out_dir
     segmenter = open_segmenter(args)
     backend, info = segmenter.backend, segmenter.info
+    if info.static_batch is not None and args.batch > info.static_batch:
+        raise ZsdError(f"--batch {args.batch}, but the model was exported with a static batch of {info.static_batch}.",
+                       f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
+    if args.vis_score_threshold is not None and segmenter.task != "instance":
+        raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {segmenter.task}.",
+                       "drop --vis-score-threshold, or pass --task instance.")
     if info.standin_weights:
         print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
               file=sys.stderr)
+    resize_note = segmenter.resize_note()
+    if resize_note:
+        print(f"note: {resize_note}", file=sys.stderr)
     vocab = getattr(segmenter, "vocabulary", None)
     if vocab is not None:
         print(f"vocabulary: {len(vocab.names)} classes ({vocab.source}; {len(vocab.seen_ids)} seen, "
               f"{len(vocab.unseen_ids)} unseen)", file=sys.stderr)
     from tqdm import tqdm
 
-    failures: list[str] = []
-    done = 0
+    vis_threshold = 0.5 if args.vis_score_threshold is None else args.vis_score_threshold
     t0 = time.perf_counter()
-    bar = tqdm(total=len(paths), unit="img", disable=args.quiet or len(paths) < 2, file=sys.stderr)
+    bar = tqdm(total=len(paths), unit="img", disable=args.quiet or single, file=sys.stderr)
+
+    def segment(imgs: list) -> list:
+        """Segment a batch; when it fails, each image alone, so one bad image costs only its own result."""
+        try:
+            return list(zip(imgs, segmenter([im.rgb for im in imgs])))
+        except ZsdError as e:
+            if single:
+                raise
+            if len(imgs) == 1:
+                state.failures.append(_failure_line(imgs[0].path, e))
+                bar.update(1)
+                return []
+        return [pair for im in imgs for pair in segment([im])]
+
     for start in range(0, len(paths), args.batch):
-        chunk = paths[start:start + args.batch]
         loaded = []
-        for p in chunk:
+        for p in paths[start:start + args.batch]:
             try:
                 img = load_image(p)
             except ZsdError as e:
-                if len(paths) == 1:
+                if single:
                     raise
-                failures.append(f"{p}: {e}")
+                state.failures.append(_failure_line(p, e))
                 bar.update(1)
                 continue
             for note in img.notes:
-                print(f"note: {note}", file=sys.stderr)
+                print(note if note.startswith("note:") else f"note: {note}", file=sys.stderr)
             loaded.append(img)
-        if not loaded:
-            continue
-        for img, seg in zip(loaded, segmenter([im.rgb for im in loaded])):
-            write_outputs(seg, info, out_dir, img.path.stem, rgb=img.rgb, vis=args.vis, save_raw=args.save_raw,
-                          vis_score_threshold=args.vis_score_threshold,
-                          extra={"image": str(img.path), "backend": backend.name,
-                                 "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
-                                 **({"vocabulary": {"source": vocab.source, "names": list(vocab.names),
-                                                    "unseen_ids": list(vocab.unseen_ids)}} if vocab else {})})
-            done += 1
+        for img, seg in segment(loaded) if loaded else []:
+            try:
+                write_outputs(seg, info, out_dir, stems[img.path], rgb=img.rgb, vis=args.vis,
+                              save_raw=args.save_raw, vis_score_threshold=vis_threshold,
+                              extra={"image": str(img.path), "backend": backend.name,
+                                     "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
+                                     **({"vocabulary": {"source": vocab.source, "names": list(vocab.names),
+                                                        "unseen_ids": list(vocab.unseen_ids)}} if vocab else {})})
+            except ZsdError as e:  # the output location broke mid-run (disk full, removed): stop, keep what is done
+                bar.close()
+                err = ZsdError(f"{e.problem} The run stopped at {img.path}; {state.written()}.", e.fix)
+                err.exit_code = 3 if state.done else 2
+                raise err from None
+            state.done += 1
             bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - t0
-    rate = done / elapsed if elapsed > 0 else float("nan")
-    print(f"trt-infer: {done}/{len(paths)} image(s) segmented ({segmenter.task}) with {backend.name} in "
+    rate = state.done / elapsed if elapsed > 0 else float("nan")
+    print(f"trt-infer: {state.done}/{len(paths)} image(s) segmented ({segmenter.task}) with {backend.name} in "
           f"{elapsed:.1f} s ({rate:.2f} images/s); results in {out_dir}")
-    if failures:
-        print(f"trt-infer: {len(failures)} image(s) could not be read and were skipped:", file=sys.stderr)
-        for f in failures:
+    if state.failures:
+        print(f"trt-infer: {len(state.failures)} image(s) failed and were skipped (the others' results are kept):",
+              file=sys.stderr)
+        for f in state.failures:
             print(f"  {f}", file=sys.stderr)
+        if state.done == 0:
+            raise ZsdError(f"none of the {len(paths)} image(s) could be segmented (reasons above).",
+                           "fix or remove the images listed above.")
         return 3
     return 0
 
 
+def _interrupt_on_sigterm() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl-C, so temporary files are removed and the summary is printed."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave the default
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _interrupt_on_sigterm()
+    state = _RunState(0, Path(args.output))
     try:
-        return run(args)
+        return run(args, state)
     except ZsdError as e:
         print(f"trt-infer: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("trt-infer: interrupted.", file=sys.stderr)
+        print(f"trt-infer: interrupted; {state.written()}.", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from .cuda_utils import DeviceInfo
+from .engine_precision import BUILDER_FLAGS, PLAIN_FP32, PRECISIONS, PrecisionPlan, check_caps, graph_precision, \
+    network_flags, resolve_precision, tensorrt_caps
 from .errors import ZsdError
 from .metadata import ModelInfo
 
@@ -52,7 +54,6 @@ __all__ = [
     "write_sidecar",
 ]
 
-PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 SIDECAR_FORMAT = "zsdeploy-engine/1"
 MIN_TENSORRT = (10, 0)
@@ -157,6 +158,7 @@ class OnnxModel:
     info: ModelInfo
     inputs: dict[str, tuple[int | None, ...]]
     plugin_nodes: tuple[PluginNode, ...]
+    precision: str = "fp32"  # as the graph states it (engine_precision.graph_precision)
 
     @property
     def plugins(self) -> tuple[PluginSpec, ...]:
@@ -207,7 +209,7 @@ def inspect_onnx(path: str | Path) -> OnnxModel:
             spec = _plugin_spec(node)
             if spec is not None:
                 nodes.append(PluginNode(node.name or node.output[0], spec))
-    return OnnxModel(path, metadata, info, inputs, tuple(nodes))
+    return OnnxModel(path, metadata, info, inputs, tuple(nodes), graph_precision(proto, metadata))
 
 
 def _round_up(x: int, d: int) -> int:
@@ -314,7 +316,7 @@ def resolve_profile(model: OnnxModel, overrides: Profile) -> Profile:
 class BuildOptions:
     onnx: Path
     output: Path
-    precision: str = "fp32"
+    precision: str | None = None  # None: as the graph states it (fp32 for a plain export)
     calib_images: Path | None = None
     calib_cache: Path | None = None
     calib_max_images: int = 512
@@ -335,11 +337,12 @@ class BuildPlan:
     profile: Profile
     calib_cache: Path | None
     calib_files: tuple[Path, ...]
+    precision: PrecisionPlan = PrecisionPlan("fp32", PLAIN_FP32)
 
 
 def preflight(opts: BuildOptions) -> BuildPlan:
     """All checks that need no TensorRT, cheapest first (files, metadata, plugin library, precision, profile)."""
-    if opts.precision not in PRECISIONS:
+    if opts.precision is not None and opts.precision not in PRECISIONS:
         raise ZsdError(f"--precision {opts.precision} is unknown.", f"choose one of {', '.join(PRECISIONS)}.")
     if opts.output.suffix not in ENGINE_SUFFIXES:
         raise ZsdError(f"--output {opts.output} should end in {' / '.join(ENGINE_SUFFIXES)}.",
@@ -369,9 +372,11 @@ def preflight(opts: BuildOptions) -> BuildPlan:
             raise ZsdError(f"--timing-cache {opts.timing_cache} is not a file.", "pass a file path.")
         if not opts.timing_cache.parent.is_dir():
             raise ZsdError(f"directory of --timing-cache {opts.timing_cache} does not exist.", "create it first.")
+    pplan = resolve_precision(opts.precision, model.precision, onnx_name=opts.onnx.name,
+                              calibration_given=opts.calib_images is not None or opts.calib_cache is not None)
     calib_cache: Path | None = None
     calib_files: tuple[Path, ...] = ()
-    if opts.precision == "int8":
+    if pplan.mode == BUILDER_FLAGS and pplan.precision == "int8":
         calib_cache = opts.calib_cache or opts.output.with_suffix(".calib")
         if opts.calib_images is not None:
             from .imageio import list_images
@@ -386,10 +391,10 @@ def preflight(opts: BuildOptions) -> BuildPlan:
                            "pass --calib-images DIR (representative images), or --calib-cache FILE from an earlier "
                            "build.")
     elif opts.calib_images is not None or opts.calib_cache is not None:
-        raise ZsdError(f"--calib-images / --calib-cache are for --precision int8, not {opts.precision}.",
+        raise ZsdError(f"--calib-images / --calib-cache are for --precision int8, not {pplan.precision}.",
                        "drop them, or add --precision int8.")
     profile = resolve_profile(model, opts.profile)
-    return BuildPlan(opts, model, profile, calib_cache, calib_files)
+    return BuildPlan(opts, model, profile, calib_cache, calib_files, pplan)
 
 
 # -------------------------------------------------------------------------------------------- TensorRT
@@ -403,8 +408,12 @@ def import_tensorrt() -> Any:
            "is visible.")
     try:
         import tensorrt as trt_mod
-    except ImportError as e:
-        raise ZsdError(f"TensorRT's Python package is not importable ({e}).", how) from None
+    except ModuleNotFoundError as e:
+        if e.name != "tensorrt":  # the package is there but one of its own imports is missing
+            raise ZsdError(f"TensorRT's Python package is installed but fails to import ({e}).", how) from None
+        raise ZsdError("TensorRT is not installed: there is no `tensorrt` Python package.", how) from None
+    except ImportError as e:  # e.g. libnvinfer.so not found: installed, but broken
+        raise ZsdError(f"TensorRT's Python package is installed but fails to import ({e}).", how) from None
     if not hasattr(trt_mod, "Builder"):
         # `tensorrt-stubs` alone installs tensorrt/__init__.pyi: Python then imports an empty namespace package.
         raise ZsdError("TensorRT is not installed: `import tensorrt` found only type stubs (tensorrt-stubs), not "
@@ -726,7 +735,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def make_sidecar(plan: BuildPlan, tensorrt_version: str, gpu: DeviceInfo, loaded_by: str | None) -> dict[str, Any]:
+def make_sidecar(plan: BuildPlan, tensorrt_version: str, gpu: DeviceInfo, loaded_by: str | None,
+                 network_kind: str = "weakly_typed") -> dict[str, Any]:
     """The sidecar's content for an engine built from `plan` with this TensorRT on this GPU."""
     opts, model = plan.options, plan.model
     return {
@@ -739,7 +749,9 @@ def make_sidecar(plan: BuildPlan, tensorrt_version: str, gpu: DeviceInfo, loaded
         "tensorrt_version": tensorrt_version,
         "gpu_name": gpu.name,
         "compute_capability": gpu.compute_capability_str,
-        "precision": opts.precision,
+        "precision": plan.precision.precision,
+        "network": network_kind,
+        "graph_precision": model.precision,
         "workspace_mb": opts.workspace_mb,
         "profiles": [{name: rng.as_json() for name, rng in plan.profile.items()}],
         "plugins": [{"name": p.name, "version": p.version, "namespace": p.namespace} for p in model.plugins],
@@ -774,6 +786,10 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
 
     from . import cuda_utils
 
+    caps = tensorrt_caps(trt)
+    pplan = plan.precision
+    check_caps(pplan, caps, opts.onnx.name)  # before any GPU work: what this TensorRT cannot build
+    strongly_typed, network_kind = network_flags(pplan, caps)
     gpu = cuda_utils.device_info(opts.device)
     cuda_utils.set_device(opts.device)
     say(f"TensorRT {trt.__version__} on {gpu.name} (compute capability {gpu.compute_capability_str})")
@@ -790,7 +806,10 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
     if builder is None:
         raise ZsdError(f"TensorRT could not create a builder ({'; '.join(_logged_errors(logger)) or 'no message'}).",
                        "check the GPU and driver with nvidia-smi.")
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode (flag deprecated)
+    # Explicit-precision graphs: STRONGLY_TYPED (TensorRT follows the graph's fp16 tensors / Q/DQ nodes; the only
+    # mode on TensorRT 11). Otherwise 0 (TensorRT 10: explicit batch is the only mode, its flag is deprecated).
+    network = builder.create_network(
+        1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0)
     parser = trt.OnnxParser(network, logger)
     say(f"parsing {opts.onnx} ...")
     # parse_from_file (not parse(bytes)) so external weights (.onnx.data) are found next to the model.
@@ -805,20 +824,21 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
-    if opts.precision == "fp32":
+    if pplan.mode != BUILDER_FLAGS and caps.tf32_flag:
         # TensorRT allows TF32 (10-bit mantissa) by default on Ampere+; fp32 here means fp32, as the accuracy
-        # comparisons against PyTorch/ONNX Runtime expect. fp16/int8 builds keep it.
+        # comparisons against PyTorch/ONNX Runtime expect, and an explicit graph's fp32 islands stay fp32.
+        # Builder-flag fp16/int8 builds keep it.
         config.clear_flag(trt.BuilderFlag.TF32)
-    if opts.precision in ("fp16", "int8"):
-        if not builder.platform_has_fast_fp16:
+    if pplan.mode == BUILDER_FLAGS:  # check_caps made sure this TensorRT has the flags
+        if not getattr(builder, "platform_has_fast_fp16", True):
             say(f"warning: {gpu.name} has no fast fp16; the engine may not be faster than fp32")
         config.set_flag(trt.BuilderFlag.FP16)  # int8: layers without int8 kernels fall back to fp16, not fp32
     profile = builder.create_optimization_profile()
     for name, rng in plan.profile.items():
         profile.set_shape(name, trt.Dims(list(rng.min)), trt.Dims(list(rng.opt)), trt.Dims(list(rng.max)))
     config.add_optimization_profile(profile)
-    if opts.precision == "int8":
-        if not builder.platform_has_fast_int8:
+    if pplan.mode == BUILDER_FLAGS and pplan.precision == "int8":
+        if not getattr(builder, "platform_has_fast_int8", True):
             say(f"warning: {gpu.name} has no fast int8")
         config.set_flag(trt.BuilderFlag.INT8)
         image_input = model.metadata.get("input_name", next(iter(plan.profile)))
@@ -843,7 +863,8 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
     if monitor is not None:
         config.progress_monitor = monitor
 
-    say(f"building {opts.precision} engine (profile {_profile_text(plan.profile)}); this takes minutes ...")
+    say(f"building {pplan.precision} engine ({network_kind} network; profile {_profile_text(plan.profile)}); "
+        "this takes minutes ...")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         errors = "; ".join(_logged_errors(logger)[-5:]) or "no message"
@@ -858,7 +879,7 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
         _write_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
         say(f"saved timing cache {opts.timing_cache}")
 
-    side = write_sidecar(opts.output, make_sidecar(plan, trt.__version__, gpu, loaded_by))
+    side = write_sidecar(opts.output, make_sidecar(plan, trt.__version__, gpu, loaded_by, network_kind))
     return BuildResult(opts.output, side, time.perf_counter() - t0, len(data))
 
 

@@ -53,12 +53,29 @@ class Segmenter:
         on = {"semantic": self.post.semantic_on, "panoptic": self.post.panoptic_on, "instance": self.post.instance_on}
         return [t for t in TASKS if on[t]]
 
+    @property
+    def fits_to_canvas(self) -> bool:
+        """A static-shape model without an explicit short edge: images too large for its canvas are scaled down
+        to fit (aspect ratio kept, padded with the pixel mean) instead of being refused."""
+        return self.info.static_hw is not None and self.short_edge is None
+
+    def resize_note(self) -> str | None:
+        """One line telling the user how images are fitted to a static model, or None (upstream resize)."""
+        if not self.fits_to_canvas:
+            return None
+        h, w = self.info.static_hw  # type: ignore[misc]
+        return (f"this model has a static {h}x{w} (HxW) input: images are resized to short edge "
+                f"{self.info.min_size_test} (max {self.info.max_size_test}) as upstream, and further down, aspect "
+                f"ratio kept, where that does not fit {h}x{w}; the rest is padded with the pixel mean. Pass "
+                "--short-edge N to choose the size yourself (images that then do not fit are skipped), or export "
+                "with --dynamic for upstream's exact sizes.")
+
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         return preprocess(
             images, short_edge=self.info.min_size_test if self.short_edge is None else self.short_edge,
             max_size=self.info.max_size_test if self.max_size is None else self.max_size,
             size_divisibility=self.info.size_divisibility, pixel_mean=self.info.pixel_mean,
-            fixed_hw=self.info.static_hw,
+            fixed_hw=self.info.static_hw, fit=self.fits_to_canvas,
         )
 
     def infer(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,8 @@
 Inputs are one image's `class_logits` [Q, K+1] (last column = void / "no object") and `mask_logits`
 [Q, h, w]. Everything here is float32 like upstream, vectorised over pixels; the only Python loops run over
 queries (at most Q=100), where upstream's sequential logic (panoptic segment numbering) needs an order.
+`postprocess` streams the output in row bands (memory independent of Q x H x W, see `Resampler`); the
+`*_inference` functions are the same logic on full tensors (tests, golden fixtures, small images).
 
 Upstream reference (re-implemented, not copied): PADing `PADing_model.py` (`forward` post-processing,
 `semantic_inference`, `panoptic_inference`, `instance_inference`), which is Mask2Former's logic with the class
@@ -13,20 +15,32 @@ This module must not import torch: it runs on deployment targets that only have 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # a runtime dependency; without it BLAS keeps its own thread count (correct, maybe slower)
+    ThreadpoolController = None
+
 from .errors import ZsdError
+from .postprocess_results import PackedMasks, SemanticScores
 
 __all__ = [
     "PostprocessConfig",
     "bilinear_matrix",
     "resize_bilinear",
     "masks_to_output",
+    "Resampler",
+    "row_bands",
     "semantic_inference",
+    "semantic_streamed",
+    "panoptic_streamed",
+    "instance_streamed",
     "panoptic_inference",
     "instance_inference",
     "postprocess",
@@ -159,12 +173,133 @@ def masks_to_output(
     Upstream path for panoptic/instance configs: bilinear upsampling to the padded input size, crop to the
     resized image (image_hw, before padding), bilinear resize to the requested output size (detectron2
     `sem_seg_postprocess`). Done as one composed matrix per axis, so the padded-size tensor never exists.
+    This is the full-tensor form (Q x OH x OW floats) for tests and benchmarks; `postprocess` streams the same
+    values in row bands (`Resampler`): the same bits, whatever the band height.
     """
     mask_logits = np.asarray(mask_logits, dtype=np.float32)
     if mask_logits.ndim != 3:
         raise ValueError(f"mask_logits must be [Q, h, w], got shape {mask_logits.shape}")
-    ry, rx = _crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, output_hw)
-    return _apply_separable(mask_logits, ry, rx)
+    rs = Resampler(*_crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, output_hw))
+    x = rows_first(mask_logits)
+    out = np.empty((mask_logits.shape[0], *rs.out_hw), np.float32)
+    with one_blas_thread():
+        for r0, r1 in row_bands(rs.out_hw[0], mask_logits.shape[0] * rs.out_hw[1]):
+            out[:, r0:r1] = rs.rows(x, r0, r1).transpose(1, 0, 2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming (row-band) resampling: bounded memory, the same values as the full tensor
+# --------------------------------------------------------------------------------------------------------------
+
+# Elements (maps x rows x columns) of one band's float32 buffer: 2M = 8 MB, so a band's handful of temporaries
+# (logits, sigmoid, products, bools) stays well under 100 MB at any image size, while each band is still
+# large enough (thousands of pixels per map) that numpy/BLAS call overhead is negligible.
+BAND_ELEMENTS = 1 << 21
+
+
+_blas_controller: Any = None
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """Context in which BLAS (numpy's matmul) runs single-threaded.
+
+    Why: the GEMMs of the bands are small (a few taps, a band of rows); OpenBLAS's worker threads then cost
+    more than they save, and on a busy CPU (ONNX Runtime's spinning pool, other processes) they wait for each
+    other: one 12 MP band took 1.7 ms with one thread and a median of 820 ms with two on the 2-core dev box
+    under load. Single-threaded the time is what the work costs, and the network keeps the other cores.
+    """
+    global _blas_controller
+    if ThreadpoolController is None:
+        return contextlib.nullcontext()
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()  # scans the loaded libraries once (~50 ms)
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
+def row_bands(n_rows: int, elements_per_row: int, budget: int | None = None) -> Iterator[tuple[int, int]]:
+    """Consecutive [r0, r1) row ranges covering n_rows, each holding about `budget` elements (>= 1 row)."""
+    step = max(1, min(n_rows, (budget or BAND_ELEMENTS) // max(1, elements_per_row)))
+    for r0 in range(0, n_rows, step):
+        yield r0, min(r0 + step, n_rows)
+
+
+def rows_first(maps: np.ndarray) -> np.ndarray:
+    """[n, h, w] -> contiguous float32 [h, n, w]: a band of input rows of all maps is then one matrix."""
+    return np.ascontiguousarray(np.asarray(maps, dtype=np.float32).transpose(1, 0, 2))
+
+
+class _Axis:
+    """One axis of a separable linear map (matrix r [n_out, n_in], float64) in the two forms the bands use:
+    per-output taps (index, float32 weight) for the cheap axis, and per-block input supports for the GEMM axis."""
+
+    def __init__(self, r: np.ndarray) -> None:
+        n_out, n_in = r.shape
+        nz = r != 0
+        has = nz.any(axis=1)
+        self.first = np.where(has, nz.argmax(axis=1), 0)
+        self.stop = np.where(has, n_in - nz[:, ::-1].argmax(axis=1), 1)
+        out_idx = np.arange(n_out)
+        # identity (no resize along this axis): skip the arithmetic, values pass through unchanged
+        self.identity = bool(n_out == n_in and (self.first == out_idx).all() and (self.stop == out_idx + 1).all()
+                             and (r[out_idx, out_idx] == 1.0).all())
+        taps = int((self.stop - self.first).max())
+        # taps [n_out, T]: consecutive inputs from `first`; rows with fewer taps repeat their last input with
+        # weight 0 (so a row never reads outside its own support, which a band's input block covers)
+        self.tap_index = np.minimum(self.first[:, None] + np.arange(taps), self.stop[:, None] - 1)
+        in_range = self.first[:, None] + np.arange(taps) < self.stop[:, None]
+        self.tap_weight = np.where(in_range, r[out_idx[:, None], self.tap_index], 0.0).astype(np.float32)
+        self.r32_t = np.ascontiguousarray(r.T.astype(np.float32))  # [n_in, n_out] for the GEMM form
+
+    def support(self, o0: int, o1: int) -> tuple[int, int]:
+        """Input index range [lo, hi) read by outputs o0..o1-1."""
+        return int(self.first[o0:o1].min()), int(self.stop[o0:o1].max())
+
+
+class Resampler:
+    """Rows of `ry @ X @ rx.T` (float32) for maps X stored input-rows-first ([h, n, w], see `rows_first`).
+
+    Band-independent by construction: each output row is its own small tap product (weights of that row only,
+    in a fixed order) and each column block is one GEMM over that block's fixed input support, so a value is
+    the same bits whether the output is computed whole (`masks_to_output`) or in bands of any height.
+    Compared with upstream's two float32 interpolations (upsample to the padded size, crop, resize), the
+    composed matrix rounds once per axis: values differ by a few float32 ulp, and thresholds/argmax decisions
+    can differ only where a value lies within those few ulp of a threshold or a tie.
+    """
+
+    def __init__(self, ry: np.ndarray, rx: np.ndarray) -> None:
+        self.y, self.x = _Axis(np.asarray(ry, np.float64)), _Axis(np.asarray(rx, np.float64))
+        self.in_hw = (ry.shape[1], rx.shape[1])
+        self.out_hw = (ry.shape[0], rx.shape[0])
+        ow = self.out_hw[1]
+        # Column blocks sized so each reads ~32 input columns: GEMMs big enough for BLAS, few zero taps.
+        blk = int(np.clip(32 * ow // max(1, self.in_hw[1]), 16, 512))
+        self._col_blocks = [(c0, min(c0 + blk, ow), *self.x.support(c0, min(c0 + blk, ow)))
+                            for c0 in range(0, ow, blk)]
+
+    def input_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """Input rows [lo, hi) needed for output rows r0..r1-1."""
+        return (r0, r1) if self.y.identity else self.y.support(r0, r1)
+
+    def rows(self, x: np.ndarray, r0: int, r1: int, x_row0: int = 0) -> np.ndarray:
+        """Output rows r0..r1-1 of all maps, float32 [r1-r0, n, OW]; x [rows, n, w] holds input rows from x_row0."""
+        rows_in, n, w = x.shape
+        b = r1 - r0
+        lo, hi = self.input_rows(r0, r1)
+        if lo < x_row0 or hi > x_row0 + rows_in:
+            raise ValueError(f"input rows [{lo}, {hi}) are not all in the given block starting at {x_row0}")
+        flat = x.reshape(rows_in, n * w)
+        if self.y.identity:
+            t = flat[r0 - x_row0:r1 - x_row0]
+        else:  # [B, 1, T] @ [B, T, n*w]: each row's own taps, same arithmetic in any band
+            t = np.matmul(self.y.tap_weight[r0:r1, None, :], flat[self.y.tap_index[r0:r1] - x_row0])[:, 0]
+        t = t.reshape(b * n, w)
+        if self.x.identity:
+            return np.array(t, dtype=np.float32).reshape(b, n, w)
+        out = np.empty((b * n, self.out_hw[1]), np.float32)
+        for c0, c1, clo, chi in self._col_blocks:
+            np.matmul(t[:, clo:chi], self.x.r32_t[clo:chi, c0:c1], out=out[:, c0:c1])
+        return out.reshape(b, n, self.out_hw[1])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -182,8 +317,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function in float32; exp overflow for very negative logits correctly gives 0."""
     x = np.asarray(x, dtype=np.float32)
+    out = np.negative(x)  # in place from here on: one buffer instead of four (same operations, same bits)
     with np.errstate(over="ignore"):
-        return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32, copy=False)
+        np.exp(out, out=out)
+    out += np.float32(1.0)
+    return np.divide(np.float32(1.0), out, out=out)
 
 
 def _check_inputs(class_logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,9 +426,25 @@ def panoptic_inference(
     mask_area = np.bincount(flat_winner, minlength=n)
     original_area = own.reshape(n, -1).sum(axis=1)
     intersection = np.bincount(flat_winner, weights=winner_own.ravel(), minlength=n)
+    segment_of_query, segments_info = _number_segments(mask_area, original_area, intersection, cur_classes,
+                                                       is_thing, overlap_threshold)
 
-    # Segment numbering is sequential in query order (stuff merging depends on it): loop over kept queries.
+    # A pixel carries its winner's segment only inside the winner's own mask (upstream: (ids == k) & mask_k).
+    panoptic_seg = np.where(winner_own, segment_of_query[winner], 0).astype(np.int32)
+    return panoptic_seg, segments_info
+
+
+def _number_segments(mask_area: np.ndarray, original_area: np.ndarray, intersection: np.ndarray,
+                     cur_classes: np.ndarray, is_thing: np.ndarray,
+                     overlap_threshold: float) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Upstream's per-query segment decisions from the three areas of each kept query.
+
+    Returns segment id per kept query (0 = none) and segments_info. Numbering is sequential in query order
+    (stuff merging depends on it), so this loops over the kept queries.
+    """
+    n = len(cur_classes)
     segment_of_query = np.zeros(n, dtype=np.int32)
+    segments_info: list[dict[str, Any]] = []
     stuff_segment: dict[int, int] = {}
     current_id = 0
     for k in range(n):
@@ -309,10 +463,7 @@ def panoptic_inference(
             stuff_segment[cls] = current_id
         segment_of_query[k] = current_id
         segments_info.append({"id": current_id, "isthing": thing, "category_id": cls})
-
-    # A pixel carries its winner's segment only inside the winner's own mask (upstream: (ids == k) & mask_k).
-    panoptic_seg = np.where(winner_own, segment_of_query[winner], 0).astype(np.int32)
-    return panoptic_seg, segments_info
+    return segment_of_query, segments_info
 
 
 def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
@@ -333,6 +484,22 @@ def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
     y1 = h - rows[:, ::-1].argmax(axis=1)
     boxes[nonempty] = np.stack([x0, y0, x1, y1], axis=1)[nonempty].astype(np.float32)
     return boxes
+
+
+def _instance_pairs(class_logits: np.ndarray, num_classes: int, topk: int,
+                    thing_ids: Iterable[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upstream's top-k (query, class) pairs: class scores float32, labels int64, queries int64 (sorted top-k)."""
+    cls_prob = _softmax(class_logits)[:, :-1].ravel()  # [Q*K], index = query * K + class
+    k = min(int(topk), cls_prob.size)  # torch.topk would raise beyond Q*K; Q*K >= 100 for every real config
+    order = np.argsort(-cls_prob, kind="stable")[:k]
+    cls_scores = cls_prob[order]
+    labels = (order % num_classes).astype(np.int64)
+    queries = order // num_classes
+    if thing_ids is not None:
+        is_thing = _thing_lookup(thing_ids, num_classes)
+        sel = is_thing[labels]
+        cls_scores, labels, queries = cls_scores[sel], labels[sel], queries[sel]
+    return cls_scores, labels, queries
 
 
 def instance_inference(
@@ -357,18 +524,7 @@ def instance_inference(
             f"class_logits has {class_logits.shape[1]} columns, expected num_classes+1 = {num_classes + 1}"
         )
     q, h, w = mask_logits.shape
-
-    cls_prob = _softmax(class_logits)[:, :-1].ravel()  # [Q*K], index = query * K + class
-    k = min(int(topk), cls_prob.size)  # torch.topk would raise beyond Q*K; Q*K >= 100 for every real config
-    order = np.argsort(-cls_prob, kind="stable")[:k]
-    cls_scores = cls_prob[order]
-    labels = (order % num_classes).astype(np.int64)
-    queries = order // num_classes
-
-    if thing_ids is not None:
-        is_thing = _thing_lookup(thing_ids, num_classes)
-        sel = is_thing[labels]
-        cls_scores, labels, queries = cls_scores[sel], labels[sel], queries[sel]
+    cls_scores, labels, queries = _instance_pairs(class_logits, num_classes, topk, thing_ids)
 
     # A query can appear with several classes; compute its mask, box and mask score once.
     uniq, inverse = np.unique(queries, return_inverse=True)
@@ -386,6 +542,140 @@ def instance_inference(
         "pred_classes": labels,
         "pred_boxes": boxes_u[inverse].reshape(-1, 4),
     }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming inference at the output size (what `postprocess` runs): row bands, never [Q, OH, OW] at once
+# --------------------------------------------------------------------------------------------------------------
+
+
+def panoptic_streamed(class_logits: np.ndarray, mask_logits: np.ndarray, rs: Resampler, *,
+                      thing_ids: Iterable[int] | np.ndarray, object_mask_threshold: float = 0.8,
+                      overlap_threshold: float = 0.8) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """`panoptic_inference` on `rs`-resampled mask logits, streamed in row bands over the kept queries only.
+
+    Same arithmetic per pixel as the full-tensor function on `masks_to_output`'s output (so the same map):
+    per band the winner (first maximum of score * sigmoid), its own-mask bit and the three area counts;
+    the map keeps one small code per pixel (winner + 1 inside its own mask, else 0) until the segment
+    decisions, which need the areas of the whole image, turn codes into ids.
+    Memory: one band of N kept maps plus 1-2 bytes per output pixel, then the int32 result.
+    """
+    num_classes = class_logits.shape[1] - 1
+    is_thing = _thing_lookup(thing_ids, num_classes)
+    oh, ow = rs.out_hw
+    probs = _softmax(class_logits)
+    labels = probs.argmax(axis=-1)
+    scores = probs.max(axis=-1)
+    keep = np.flatnonzero((labels != num_classes) & (scores > np.float32(object_mask_threshold)))
+    if keep.size == 0:  # upstream returns early: all-void map, no segments
+        return np.zeros((oh, ow), np.int32), []
+    n = keep.size
+    cur_scores = scores[keep][None, :, None]
+    x = rows_first(mask_logits[keep])
+    code = np.empty((oh, ow), np.uint8 if n < 255 else np.uint16)
+    mask_area = np.zeros(n, np.int64)
+    original_area = np.zeros(n, np.int64)
+    intersection = np.zeros(n, np.int64)
+    with one_blas_thread():
+        for r0, r1 in row_bands(oh, n * ow):
+            sig = _sigmoid(rs.rows(x, r0, r1))  # [B, N, OW]
+            winner = (cur_scores * sig).argmax(axis=1)  # [B, OW]; first maximum on ties, as the full tensor
+            own = sig >= np.float32(0.5)
+            del sig
+            winner_own = np.take_along_axis(own, winner[:, None, :], axis=1)[:, 0]
+            original_area += own.sum(axis=(0, 2))
+            del own
+            mask_area += np.bincount(winner.ravel(), minlength=n)
+            intersection += np.bincount(winner[winner_own], minlength=n)
+            code[r0:r1] = np.where(winner_own, winner + 1, 0)
+    segment_of_query, segments_info = _number_segments(mask_area, original_area, intersection, labels[keep],
+                                                       is_thing, overlap_threshold)
+    lut = np.concatenate([[0], segment_of_query]).astype(np.int32)
+    return lut[code], segments_info
+
+
+def instance_streamed(class_logits: np.ndarray, mask_logits: np.ndarray, rs: Resampler, *, num_classes: int,
+                      topk: int = 100, thing_ids: Iterable[int] | np.ndarray | None = None) -> dict[str, Any]:
+    """`instance_inference` on `rs`-resampled mask logits, streamed in row bands over the selected queries.
+
+    Per band: binary masks (logit > 0), their sigmoid sums and pixel counts, row/column occupancy for the
+    boxes, and the bits packed 8 per byte. pred_masks is a `PackedMasks` (H*W/8 bytes per distinct query)
+    that reads like upstream's bool [N, H, W]; scores, classes and boxes are plain arrays.
+    """
+    if class_logits.shape[1] != num_classes + 1:
+        raise ValueError(
+            f"class_logits has {class_logits.shape[1]} columns, expected num_classes+1 = {num_classes + 1}"
+        )
+    oh, ow = rs.out_hw
+    cls_scores, labels, queries = _instance_pairs(class_logits, num_classes, topk, thing_ids)
+    uniq, inverse = np.unique(queries, return_inverse=True)
+    u = uniq.size
+    packed = np.empty((u, oh, (ow + 7) // 8), np.uint8)
+    rows_any = np.zeros((u, oh), bool)
+    cols_any = np.zeros((u, ow), bool)
+    sig_sum = np.zeros(u, np.float64)
+    count = np.zeros(u, np.int64)
+    if u:
+        x = rows_first(mask_logits[uniq])
+        with one_blas_thread():
+            for r0, r1 in row_bands(oh, u * ow):
+                logit = rs.rows(x, r0, r1)  # [B, U, OW]
+                m = logit > 0
+                # float32 sigmoid of the mask's pixels summed in float64, as instance_inference
+                sig_sum += np.where(m, _sigmoid(logit), np.float32(0)).sum(axis=(0, 2), dtype=np.float64)
+                del logit
+                count += m.sum(axis=(0, 2))
+                rows_any[:, r0:r1] = m.any(axis=2).T
+                cols_any |= m.any(axis=0)
+                packed[:, r0:r1] = np.packbits(m, axis=-1).transpose(1, 0, 2)
+    mask_score = sig_sum.astype(np.float32) / (count.astype(np.float32) + np.float32(1e-6))
+    boxes = np.zeros((u, 4), np.float32)
+    nonempty = count > 0
+    if u:  # detectron2 BitMasks.get_bounding_boxes: first row/column with a pixel, last + 1
+        x0 = cols_any.argmax(axis=1)
+        x1 = ow - cols_any[:, ::-1].argmax(axis=1)
+        y0 = rows_any.argmax(axis=1)
+        y1 = oh - rows_any[:, ::-1].argmax(axis=1)
+        boxes[nonempty] = np.stack([x0, y0, x1, y1], axis=1)[nonempty].astype(np.float32)
+    return {
+        "pred_masks": PackedMasks(packed, inverse.reshape(-1), ow),
+        "scores": (cls_scores * mask_score[inverse.reshape(-1)]).astype(np.float32),
+        "pred_classes": labels,
+        "pred_boxes": boxes[inverse.reshape(-1)].reshape(-1, 4),
+    }
+
+
+def semantic_streamed(cls: np.ndarray, mask_logits: np.ndarray, to_output: Resampler,
+                      then: Resampler | None = None) -> SemanticScores:
+    """Lazy sem_seg [K, OH, OW] = einsum("qc,qhw->chw", cls, sigmoid(masks)) computed in row bands.
+
+    to_output alone (panoptic/instance configs): sigmoid of the logits resampled to the output size, then the
+    class GEMM. With `then` (semantic-only configs): `to_output` resamples the logits to the resized image,
+    the sigmoid is taken there, and `then` resizes image -> output; as resize and class sum are linear, the
+    resize is applied to whichever is fewer, the Q probability maps or the K class maps (upstream: einsum at
+    the padded size, crop, resize; the same up to float32 rounding).
+    """
+    cls = np.asarray(cls, np.float32)
+    q, k = cls.shape
+    x = rows_first(mask_logits)
+    oh, ow = (then or to_output).out_hw
+
+    def band(channels: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        c_t = np.ascontiguousarray(cls[:, channels].T)  # [K', Q]
+        with one_blas_thread():  # bands may be computed later, outside `postprocess`
+            if then is None:
+                return np.matmul(c_t, _sigmoid(to_output.rows(x, r0, r1)))  # [B, K', OW]
+            i0, i1 = then.input_rows(r0, r1)
+            probs = _sigmoid(to_output.rows(x, i0, i1))  # [rows of the image, Q, iw]
+            if q <= len(channels):
+                return np.matmul(c_t, then.rows(probs, r0, r1, x_row0=i0))
+            return then.rows(np.matmul(c_t, probs), r0, r1, x_row0=i0)
+
+    def plan(n_channels: int) -> Iterator[tuple[int, int]]:
+        # a band holds the Q probability maps and the K' class maps (x2 for the image-size step)
+        return row_bands(oh, (q + n_channels) * ow * (1 if then is None else 2))
+
+    return SemanticScores((k, oh, ow), band, plan)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -493,10 +783,16 @@ def postprocess(
     """Run one task's post-processing on raw network outputs of one image, in upstream's order.
 
     mask_logits [Q, h, w] are at stride 4 of the padded input (padded_hw); image_hw is the resized image
-    inside the padding; output_hw the size the result is wanted at. Returns {"sem_seg": float32 [K,OH,OW]},
+    inside the padding; output_hw the size the result is wanted at. Returns {"sem_seg": [K,OH,OW]},
     {"panoptic_seg": int32 [OH,OW], "segments_info": [...]} or {"instances": {...}} for task semantic,
     panoptic or instance. class_scores [Q, K] (semantic only) replaces softmax(class_logits) without void:
     ZegFormer's CLIP-fused scores (runtime.zegformer.fuse_scores).
+
+    Bounded memory at any output size: everything is streamed in row bands (`Resampler`, `row_bands`) and
+    no [Q or K, OH, OW] float tensor is held. sem_seg is a `SemanticScores` (label map computed here, scores
+    on demand, np.asarray gives upstream's array) and instances' pred_masks a `PackedMasks` (bit-packed);
+    both read like upstream's arrays. Values equal `masks_to_output` + the full-tensor functions above bit
+    for bit (tests/test_postprocess_memory.py).
 
     Configs with panoptic or instance on resize the mask logits to the output size first and infer there.
     Semantic-only configs (PADing semantic, ZegFormer) take the sigmoid at the padded input size, then the
@@ -528,22 +824,27 @@ def postprocess(
         )
 
     if meta.sem_seg_postprocess_before_inference:
-        masks = masks_to_output(mask_logits, padded_hw, image_hw, output_hw)
+        # Logits resampled straight to the output size (upstream: to the padded size, crop, to the output),
+        # streamed in row bands: no [Q, OH, OW] tensor is ever held.
+        rs = Resampler(*_crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, output_hw))
         if task == "semantic":
-            return {"sem_seg": semantic_inference(class_logits, masks, class_scores)}
+            sem = semantic_streamed(_class_scores(class_logits, class_scores), mask_logits, rs)
+            return {"sem_seg": sem.compute_labels()}
         if task == "panoptic":
-            seg, info = panoptic_inference(
+            seg, info = panoptic_streamed(
                 class_logits,
-                masks,
+                mask_logits,
+                rs,
                 thing_ids=meta.thing_ids,
                 object_mask_threshold=meta.object_mask_threshold,
                 overlap_threshold=meta.overlap_threshold,
             )
             return {"panoptic_seg": seg, "segments_info": info}
         return {
-            "instances": instance_inference(
+            "instances": instance_streamed(
                 class_logits,
-                masks,
+                mask_logits,
+                rs,
                 num_classes=meta.num_classes,
                 topk=meta.detections_per_image,
                 # upstream keeps only thing classes when panoptic is on for the config
@@ -555,16 +856,9 @@ def postprocess(
     # the element-wise sigmoid, so only the image part is upsampled; the resize commutes with the einsum.
     if task != "semantic":  # unreachable: before_inference is forced on for panoptic/instance configs
         raise AssertionError("panoptic/instance post-processing requires sem_seg_postprocess_before_inference")
-    ih, iw = image_hw
-    ry, rx = _crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, image_hw)
-    probs = _sigmoid(_apply_separable(mask_logits, ry, rx))  # [Q, ih, iw]
-    cls = _class_scores(class_logits, class_scores)
-    q, k = cls.shape
-    if (ih, iw) == tuple(output_hw):
-        sem = (cls.T @ probs.reshape(q, -1)).reshape(k, ih, iw)
-    elif q <= k:  # resize the fewer maps
-        probs = resize_bilinear(probs, output_hw)
-        sem = (cls.T @ probs.reshape(q, -1)).reshape(k, *output_hw)
-    else:
-        sem = resize_bilinear((cls.T @ probs.reshape(q, -1)).reshape(k, ih, iw), output_hw)
-    return {"sem_seg": sem.astype(np.float32, copy=False)}
+    to_image = Resampler(*_crop_resize_matrices(mask_logits.shape[-2:], padded_hw, image_hw, image_hw))
+    then = None
+    if tuple(image_hw) != tuple(output_hw):
+        then = Resampler(bilinear_matrix(image_hw[0], output_hw[0]), bilinear_matrix(image_hw[1], output_hw[1]))
+    sem = semantic_streamed(_class_scores(class_logits, class_scores), mask_logits, to_image, then)
+    return {"sem_seg": sem.compute_labels()}

@@ -17,7 +17,7 @@ from PIL import Image
 
 from .errors import ZsdError
 
-__all__ = ["Batch", "resized_shape", "resize_shortest_edge", "preprocess"]
+__all__ = ["Batch", "resized_shape", "fit_shape", "resize_shortest_edge", "preprocess"]
 
 
 @dataclass
@@ -68,6 +68,16 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int | None) -> tupl
     return int(newh + 0.5), int(neww + 0.5)
 
 
+def fit_shape(h: int, w: int, canvas_hw: tuple[int, int]) -> tuple[int, int]:
+    """(new_h, new_w): an (h, w) image scaled, aspect ratio kept, to the largest size inside `canvas_hw`.
+
+    Each side is rounded (int(x + 0.5)), at least 1 pixel and never larger than the canvas.
+    """
+    ch, cw = int(canvas_hw[0]), int(canvas_hw[1])
+    scale = min(ch / h, cw / w)
+    return max(1, min(ch, int(h * scale + 0.5))), max(1, min(cw, int(w * scale + 0.5)))
+
+
 def _check_rgb(rgb: np.ndarray, what: str) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         desc = f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
@@ -76,17 +86,22 @@ def _check_rgb(rgb: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} is empty: shape {rgb.shape}")
 
 
-def resize_shortest_edge(rgb: np.ndarray, short_edge: int, max_size: int | None) -> np.ndarray:
+def resize_shortest_edge(rgb: np.ndarray, short_edge: int, max_size: int | None,
+                         fit_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Resize a uint8 (H, W, 3) RGB image like detectron2's ResizeShortestEdge at test time.
 
     The output size is `resized_shape(...)`; the pixels come from PIL `Image.resize(BILINEAR)` on the uint8
     image, which is exactly what detectron2's ResizeTransform does for uint8 input (PIL's bilinear
     filter widens its support when downscaling, i.e. it antialiases — a plain bilinear interpolation would not
-    match). `short_edge == 0` returns the input unchanged (no copy).
+    match). `short_edge == 0` returns the input unchanged (no copy). `fit_hw`: a static model's canvas; a size
+    that does not fit it is scaled to the largest size that does (aspect ratio kept, see `fit_shape`).
     """
     _check_rgb(rgb, "rgb")
     h, w = int(rgb.shape[0]), int(rgb.shape[1])
     newh, neww = resized_shape(h, w, short_edge, max_size)
+    if fit_hw is not None and (newh > fit_hw[0] or neww > fit_hw[1]):
+        # From the original size, not the rounded upstream one: one rounding, the image's own aspect ratio.
+        newh, neww = fit_shape(h, w, fit_hw)
     if (newh, neww) == (h, w):
         return rgb
     if newh < 1 or neww < 1:
@@ -111,6 +126,7 @@ def preprocess(
     size_divisibility: int = 32,
     pixel_mean: Sequence[float],
     fixed_hw: tuple[int, int] | None = None,
+    fit: bool = False,
 ) -> Batch:
     """Resize and batch uint8 RGB images into a float32 (B, 3, H, W) model input.
 
@@ -119,11 +135,14 @@ def preprocess(
     height/width in the batch, rounded up to a multiple of `size_divisibility` (detectron2
     ImageList.from_tensors), or exactly `fixed_hw` for a model exported with a static input shape.
 
+    `fit` (only with `fixed_hw`): an image whose resized size does not fit the canvas is scaled down further,
+    aspect ratio kept, until it does (instead of being refused); images that fit are resized exactly as upstream.
+
     Note: a static canvas larger than upstream's multiple-of-32 padding changes results slightly, because the
     model's sine position encoding is normalised over the padded extent.
 
     Raises:
-        ZsdError: with `fixed_hw`, when a resized image does not fit the model's input size.
+        ZsdError: with `fixed_hw` and not `fit`, when a resized image does not fit the model's input size.
         ValueError: malformed arguments (programming errors).
     """
     if len(images) == 0:
@@ -134,12 +153,13 @@ def preprocess(
     if size_divisibility < 0:
         raise ValueError(f"size_divisibility must be >= 0, got {size_divisibility}")
 
+    fit_hw = (int(fixed_hw[0]), int(fixed_hw[1])) if fit and fixed_hw is not None else None
     resized: list[np.ndarray] = []
     original_sizes: list[tuple[int, int]] = []
     for i, img in enumerate(images):
         _check_rgb(img, f"images[{i}]")
         original_sizes.append((int(img.shape[0]), int(img.shape[1])))
-        resized.append(resize_shortest_edge(img, short_edge, max_size))
+        resized.append(resize_shortest_edge(img, short_edge, max_size, fit_hw))
     image_sizes = [(int(r.shape[0]), int(r.shape[1])) for r in resized]
 
     if fixed_hw is not None:

@@ -35,6 +35,8 @@ from .prompts import class_text_embeddings, templates_for, validate_class_names
 BUNDLE_FILE = "bundle.json"
 GRAPHS = ("segmenter", "text_encoder", "crop_classifier")
 CACHE_DIR = ".vocab_cache"
+#: Embedding more prompts than this (two text-encoder batches) shows a progress bar.
+EMBED_PROGRESS_MIN_PROMPTS = 512
 # ZegFormer's fixed ensembling weight (upstream `ensembling_weight`).
 ENSEMBLING_LAMBDA = 2.0 / 3.0
 
@@ -150,9 +152,10 @@ class ZegFormerBundle:
 
     def __init__(self, path: str | os.PathLike, *, plugin_lib: str | None = None, threads: int | None = None,
                  prefer_engines: bool = True, say: Callable[[str], None] | None = None,
-                 backends: dict[str, Backend] | None = None) -> None:
+                 backends: dict[str, Backend] | None = None, backend: str = "auto", precision: str = "f32") -> None:
         """backends: graph name -> an already built backend to use instead of the bundle's file (e.g. the PyTorch
-        reference of the segmenter for benchmarks); other graphs load from the bundle."""
+        reference of the segmenter for benchmarks); other graphs load from the bundle. backend / precision: as in
+        load_backend, for every graph (onnxruntime / openvino never use the .plan files)."""
         root = bundle_root(path)
         if root is None:
             raise ZsdError(f"{path} is not a ZegFormer bundle (no {BUNDLE_FILE}).",
@@ -163,6 +166,9 @@ class ZegFormerBundle:
         if "segmenter" not in self.files:
             raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
         self._plugin_lib, self._threads, self._prefer_engines = plugin_lib, threads, prefer_engines
+        self._backend_choice, self._precision = backend, precision
+        if backend in ("onnxruntime", "openvino"):
+            self._prefer_engines = False
         self._say = say or (lambda m: print(m, file=sys.stderr))
         self._backends: dict[str, Backend] = dict(backends or {})
         self.segmenter = self.backend("segmenter")
@@ -182,13 +188,16 @@ class ZegFormerBundle:
                 import_tensorrt()
                 return plan
             except ZsdError as e:
-                self._say(f"note: {plan.name} is ignored ({e.problem}); using {onnx_path.name} with ONNX Runtime.")
+                self._say(f"note: {plan.name} is ignored ({e.problem}); using {onnx_path.name} instead.")
         return onnx_path
 
     def backend(self, graph: str) -> Backend:
         if graph not in self._backends:
+            # the text encoder stays f32: it runs once per vocabulary and its embeddings are cached for all runs
             self._backends[graph] = load_backend(self.graph_path(graph), plugin_lib=self._plugin_lib,
-                                                 threads=self._threads)
+                                                 threads=self._threads, backend=self._backend_choice,
+                                                 precision="f32" if graph == "text_encoder" else self._precision,
+                                                 say=self._say)
         return self._backends[graph]
 
     def close(self) -> None:
@@ -230,20 +239,31 @@ class ZegFormerBundle:
         tokenizer = ClipTokenizer(bpe_path)
         encoder = self.backend("text_encoder")
 
-        def encode(ids: np.ndarray) -> np.ndarray:
-            return encoder.infer({"token_ids": ids.astype(np.int64)})["text_embeddings"]
+        from tqdm import tqdm
 
         self._say(f"embedding {len(vocab.names)} class name(s) x {len(templates)} prompt template(s) "
                   f"({kind}) with {encoder.name}")
-        arr = check_text_embeddings(class_text_embeddings(vocab.names, templates, tokenizer.tokenize, encode),
-                                    len(vocab.names), self.text_dim, "the text encoder")
+        n_prompts = len(vocab.names) * len(templates)
+        # A long vocabulary (thousands of names x ~80 prompts) takes minutes: show progress over the prompts.
+        bar = tqdm(total=n_prompts, unit="prompt", desc=f"embedding {kind}", file=sys.stderr, mininterval=1.0,
+                   disable=n_prompts <= EMBED_PROGRESS_MIN_PROMPTS)
+
+        def encode(ids: np.ndarray) -> np.ndarray:
+            out = encoder.infer({"token_ids": ids.astype(np.int64)})["text_embeddings"]
+            bar.update(len(ids))
+            return out
+
+        with bar:
+            arr = check_text_embeddings(class_text_embeddings(vocab.names, templates, tokenizer.tokenize, encode),
+                                        len(vocab.names), self.text_dim, "the text encoder")
         if use_cache:
             try:
                 cache.parent.mkdir(exist_ok=True)
                 _atomic_write(cache, lambda f: np.savez(f, names=np.array(vocab.names), embeddings=arr))
-            except OSError as e:
-                self._say(f"note: could not cache the embeddings in {cache.parent} ({e}); they are recomputed "
-                          "next time.")
+            except (OSError, ZsdError) as e:  # read-only bundle, disk full, ...: run without a cache
+                why = e.problem.rstrip(".") if isinstance(e, ZsdError) else (e.strerror or str(e))
+                self._say(f"note: the embeddings could not be cached in {cache.parent} ({why}); continuing "
+                          "without a cache (they are recomputed next time; --no-cache skips this attempt).")
         return arr
 
     def _cache_path(self, names: Sequence[str], templates: Sequence[str]) -> Path:
@@ -365,12 +385,14 @@ def open_zegformer(path: str | os.PathLike, *, classes: str | None = None, class
                    text_embeddings_file: str | None = None, bpe_path: str | os.PathLike | None = None,
                    plugin_lib: str | None = None, threads: int | None = None, use_cache: bool = True,
                    task: str | None = None, short_edge: int | None = None,
-                   say: Callable[[str], None] | None = None) -> ZegFormerSegmenter:
+                   say: Callable[[str], None] | None = None, backend: str = "auto",
+                   precision: str = "f32") -> ZegFormerSegmenter:
     """One call for the CLI and the Python API: a bundle + a vocabulary (default, --classes or --classes-file) ->
     a ready ZegFormerSegmenter."""
     if classes is not None and classes_file is not None:
         raise ZsdError("--classes and --classes-file were both given.", "give one of them.")
-    bundle = ZegFormerBundle(path, plugin_lib=plugin_lib, threads=threads, say=say)
+    bundle = ZegFormerBundle(path, plugin_lib=plugin_lib, threads=threads, say=say, backend=backend,
+                             precision=precision)
     if classes is not None:
         vocab = make_vocabulary(parse_class_names(classes), bundle.info, "--classes")
     elif classes_file is not None:

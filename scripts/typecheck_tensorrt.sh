@@ -35,7 +35,7 @@ fi
 
 "$PY" scripts/fix_tensorrt_stubs.py
 
-FILES=(runtime/engine.py runtime/build_cli.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
+FILES=(runtime/engine.py runtime/engine_precision.py runtime/build_cli.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
 
 # The project is imported as `zsdeploy.runtime` (package-dir mapping); mypy needs no install for it because the
 # files are passed by path and use relative imports. A throwaway config keeps the flags in one place.

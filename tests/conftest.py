@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Keep CPU tests predictable on 2-core CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# OpenVINO's compiled-model cache (and other zsdeploy caches) go to a per-session temp folder, not ~/.cache.
+os.environ.setdefault("ZSD_CACHE_DIR", tempfile.mkdtemp(prefix="zsd-test-cache-"))
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:

@@ -132,8 +132,10 @@ def test_coco_panoptic_bad_inputs_give_clear_errors(coco_dir: Path) -> None:
     with pytest.raises(ZsdError, match="has category 999, which is not in the JSON's categories"):
         next(iter(open_dataset(f"coco-panoptic:{d / 'cat.json'},{d / 'panoptic'},{d / 'images'}")))
     (d / "panoptic" / "000000000000.png").rename(d / "panoptic" / "moved.png")
-    with pytest.raises(ZsdError, match="000000000000.png does not exist"):
-        next(iter(open_dataset(_spec(d))))
+    # A missing file is found when the dataset is opened, before any sample runs.
+    with pytest.raises(ZsdError, match=r"1 of 2 panoptic PNGs named in the JSON are missing .*"
+                                       r"\(e.g. 000000000000.png\)"):
+        open_dataset(_spec(d))
     Image.fromarray(np.zeros((H // 2, W, 3), np.uint8)).save(d / "panoptic" / "000000000000.png")
     with pytest.raises(ZsdError, match="differ in size"):
         next(iter(open_dataset(_spec(d))))
@@ -338,3 +340,80 @@ def test_semantic_label_pngs(tmp_path: Path) -> None:
         next(iter(open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'lab'}")))
     with pytest.raises(ZsdError, match="no image in .* has a label PNG"):
         open_dataset(f"semantic:{tmp_path / 'img'},{tmp_path / 'img'}")
+
+
+# ------------------------------------------------------------------------------------------------ zsd-bench CLI
+def _bench(*args: str, env: dict | None = None, cwd: Path | None = None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})}, cwd=cwd, check=False)
+
+
+def _break(doc: dict, how: str) -> dict:
+    if how == "no_segments_info":
+        del doc["annotations"][1]["segments_info"]
+    elif how == "id_is_text":
+        doc["annotations"][0]["segments_info"][2]["category_id"] = "person"
+    elif how == "annotations_not_a_list":
+        doc["annotations"] = {"0": doc["annotations"][0]}
+    elif how == "top_level_list":
+        return [doc]  # type: ignore[return-value]
+    return doc
+
+
+@pytest.mark.parametrize("how, match", [
+    ("no_segments_info", "annotations[1] has no 'segments_info' field"),
+    ("id_is_text", "segments_info[2].category_id is 'person', not an integer"),
+    ("annotations_not_a_list", "the 'annotations' list is dict, not a list"),
+    ("top_level_list", "no top-level object"),
+    ("truncated", "is not JSON"),
+    ("missing_image", "1 of 2 images named in the JSON are missing"),
+])
+def test_zsd_bench_malformed_dataset_is_a_user_error_not_a_regression(coco_dir: Path, tmp_path: Path, how, match):
+    """Exit 2 (not 1, a regression) with the record and field named; checked before the model is even opened
+    (the model file here is garbage: loading it first would give another error); no report is written."""
+    js = coco_dir / "panoptic.json"
+    if how == "truncated":
+        js.write_text(js.read_text()[:200])
+    elif how == "missing_image":
+        (coco_dir / "images" / "000000000001.png").unlink()
+    else:
+        js.write_text(json.dumps(_break(json.loads(js.read_text()), how)))
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"garbage")
+    out = tmp_path / "report"
+    r = _bench("accuracy", "--model", str(model), "--dataset", _spec(coco_dir), "--output", str(out))
+    assert r.returncode == 2, r.stderr
+    [error] = [ln for ln in r.stderr.splitlines() if ln.startswith("zsd-bench: error: ")]
+    assert match in error and "Fix:" in error and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_zsd_bench_missing_optional_package_names_its_extra(tmp_path: Path) -> None:
+    """pycocotools shadowed by an empty package of that name: `from pycocotools import mask` really fails."""
+    d = _coco_instances_dir(tmp_path / "ds")
+    fake = tmp_path / "shadow" / "pycocotools"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"garbage")
+    r = _bench("accuracy", "--model", str(model), "--dataset", f"coco-instances:{d / 'instances.json'},{d / 'images'}",
+               "--output", str(tmp_path / "out"), env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert r.returncode == 2, r.stderr
+    assert "pycocotools" in r.stderr and "pip install 'zsdeploy[bench]'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"gate": {"speedup": {"onnxruntime/128x160/b1": "fast"}, "accuracy": {}}}', "are not numbers"),
+    ('[1, 2]', "no 'gate' section"),
+    ('{"gate": {"speedup": {}, "accuracy": {}}}', "no speed-up or accuracy values"),
+])
+def test_zsd_bench_check_malformed_reports_exit_2(tmp_path: Path, content, match) -> None:
+    bad = tmp_path / "r.json"
+    bad.write_text(content)
+    r = _bench("check", "--baseline", str(bad), "--current", str(bad))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert match in r.stderr and "Traceback" not in r.stderr

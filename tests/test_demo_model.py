@@ -217,6 +217,13 @@ def test_training_refuses_bad_output_and_foreign_resume(tmp_path):
     r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(run), "--iters", "1", "--resume")
     assert r.returncode == 2 and "another config" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["last.pth"]
+    # --init-from weights of another architecture names the keys and writes nothing
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": {"backbone.stem.conv1.weight": torch.zeros(32, 3, 7, 7)}}, foreign)
+    r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(tmp_path / "new"), "--iters", "1",
+             "--init-from", str(foreign))
+    assert r.returncode == 2 and "does not match" in r.stderr and "missing key" in r.stderr
+    assert not list((tmp_path / "new").glob("*.pth"))
     # an existing run without --resume is not overwritten
     r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(run), "--iters", "1")
     assert r.returncode == 2 and "--resume" in r.stderr

@@ -162,6 +162,36 @@ def test_fp16_emulation(ext, name):
     assert err.max().item() < 1e-3  # |out| < 4 here, half an ulp is <= 2^-10
 
 
+@pytest.mark.parametrize("name", ["pading-config-nonsquare-batch2", "D6-vec2", "D5-scalar"])
+def test_fp16_value_with_fp32_locations_and_weights(ext, name):
+    """The mixed mode of strongly typed fp16 graphs: value/output fp16, sampling locations and weights fp32."""
+    n, shapes, m, d, p, lq = CASES[name]
+    v16, ss, lsi, _, _ = make_inputs(n, shapes, m, d, p, lq, seed=12, dtype=torch.float16)
+    _, _, _, loc32, attn32 = make_inputs(n, shapes, m, d, p, lq, seed=12, dtype=torch.float32)
+    out = mk.ms_deform_attn_forward(v16, ss, lsi, loc32, attn32)
+    assert out.dtype == torch.float16 and out.shape == (n, lq, m * d)
+    # exactly the fp32 kernel on the fp16 value (as float) and the fp32 locations, rounded once to fp16
+    assert torch.equal(out, mk.ms_deform_attn_forward(v16.float(), ss, lsi, loc32, attn32).half())
+    ref64 = mk.ms_deform_attn_reference(*as64((v16, ss, lsi, loc32, attn32)))
+    err = (out.double() - ref64).abs()
+    assert bool((err <= 0.5 * _ulp16(ref64.abs() + 1e-5) + 1e-5).all())
+    with pytest.raises(TypeError, match="share one dtype"):  # weights must follow the locations
+        mk.ms_deform_attn_forward(v16, ss, lsi, loc32, attn32.half())
+
+
+def test_fp32_locations_keep_positions_on_wide_levels(ext):
+    """On PADing's 100x152 level an fp16 location is good to ~0.04 px; fp32 locations remove that error."""
+    v, ss, lsi, loc, attn = make_inputs(1, PADING_SHAPES, 8, 32, 4, 300, seed=4, lo=0.0, hi=1.0, borders=False)
+    v16 = v.half()
+    ref64 = mk.ms_deform_attn_reference(*as64((v16, ss, lsi, loc, attn)))
+    mixed = mk.ms_deform_attn_forward(v16, ss, lsi, loc, attn)
+    all16 = mk.ms_deform_attn_forward(v16, ss, lsi, loc.half(), attn.half())
+    e_mixed = (mixed.double() - ref64).abs().mean().item()
+    e_all16 = (all16.double() - ref64).abs().mean().item()
+    assert e_mixed < 2e-4  # only the final fp16 rounding of |out| ~ 0.5
+    assert e_all16 > 3 * e_mixed, (e_all16, e_mixed)
+
+
 def test_half_conversions_match_ieee(ext):
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
     decoded = ext.half_bits_to_float(bits)

@@ -191,6 +191,32 @@ def test_fixed_hw_too_small_says_how_to_fix() -> None:
     assert e.fix is not None and "--height/--width" in e.fix and "800x1088" in e.fix and "--dynamic" in e.fix
 
 
+@pytest.mark.parametrize("h, w", [(480, 640), (640, 480), (1080, 1920), (3000, 40), (40, 3000), (60, 75)])
+def test_fit_keeps_the_aspect_ratio_and_fills_the_canvas(h: int, w: int) -> None:
+    """fit=True: upstream's size where it fits, else scaled down to touch the canvas on one side, aspect ratio
+    kept to the rounding; the pixels are PIL bilinear of the original (one resize), the rest is the pixel mean."""
+    im = _img(h, w, seed=h + w)
+    canvas = (128, 160)
+    b = preprocess([im], short_edge=800, max_size=1333, pixel_mean=MEAN, fixed_hw=canvas, fit=True)
+    rh, rw = b.image_sizes[0]
+    assert b.padded_hw == canvas and b.original_sizes == [(h, w)]
+    scale = min(128 / h, 160 / w)  # as large as the canvas allows, each side rounded once
+    assert abs(rh - h * scale) <= 0.5 + 1e-9 and abs(rw - w * scale) <= 0.5 + 1e-9 and (rh == 128 or rw == 160)
+    ref = np.asarray(Image.fromarray(im).resize((rw, rh), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+    assert np.array_equal(b.tensor[0, :, :rh, :rw], ref.astype(np.float32))
+    pad = np.ones((128, 160), bool)
+    pad[:rh, :rw] = False
+    for c in range(3):
+        assert np.all(b.tensor[0, c][pad] == np.float32(MEAN[c]))
+
+
+def test_fit_leaves_images_that_fit_exactly_as_upstream() -> None:
+    im = _img(60, 75)
+    kw = dict(short_edge=100, max_size=1333, pixel_mean=MEAN, fixed_hw=(128, 160))
+    a, b = preprocess([im], **kw), preprocess([im], **kw, fit=True)
+    assert a.image_sizes == b.image_sizes == [(100, 125)] and np.array_equal(a.tensor, b.tensor)
+
+
 def test_golden_input_without_resize() -> None:
     chw = np.load(GOLDEN)["image"]  # (3, 256, 320) uint8, fed to upstream without resizing
     b = preprocess([np.ascontiguousarray(chw.transpose(1, 2, 0))], short_edge=0, max_size=None, pixel_mean=MEAN)

@@ -249,6 +249,33 @@ def test_trt_infer_new_vocabulary_end_to_end(zegformer_bundle, image_file, tmp_p
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b" / "scene_semantic.png")), labels)
 
 
+@needs_bpe
+def test_unwritable_vocabulary_cache_degrades_to_no_cache_and_long_vocabularies_show_progress(
+        zegformer_bundle, image_file, tmp_path):
+    """The bundle's files behind symlinks, its .vocab_cache pointing into /proc (no new files there, even for root):
+    the run goes on without a cache and says so once per embedding; 20 names x 32 CLIP prompts show progress."""
+    src = zegformer_bundle[0]
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for f in src.iterdir():
+        if not f.name.startswith("."):
+            (bundle / f.name).symlink_to(f)
+    (bundle / ".vocab_cache").symlink_to("/proc/self")
+    words = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "metal", "plastic", "glass", "paper",
+             "stone", "striped", "dotted", "shiny", "broken", "folded", "round", "square"]
+    names = [f"{w} box" for w in words]
+    out = tmp_path / "out"
+    r = _trt_infer("--model", str(bundle), "--input", str(image_file), "--output", str(out), "--short-edge", "256",
+                   "--classes", ",".join(names), "--clip-bpe", str(BPE))
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if "could not be cached" in ln]
+    assert len(notes) == 2 and all("continuing without a cache" in n for n in notes)
+    assert "640/640" in r.stderr and "embedding text_embeddings_clip" in r.stderr  # the progress bar's last state
+    assert "20/20" not in r.stderr  # 20 prompts: too few for a bar
+    assert json.loads((out / "scene.json").read_text())["vocabulary"]["names"] == names
+    assert "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize("args, match", [
     (("--classes", ""), "--classes is empty"),
     (("--classes", "cat,dog,Cat"), "duplicate class name"),

@@ -193,6 +193,8 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
         if pts:
             ax[1].plot(*zip(*pts), marker="o", label=label)
     ax[1].set_xlabel("iteration")
+    ax[1].set_xlim(0, max(it[-1] if it else 1, 1))
+    ax[1].set_ylim(0, 100)
     ax[1].set_ylabel("PQ vs ground truth")
     ax[1].set_title(f"held-out scenes ({ev[-1]['scenes'] if ev else 0})")
     ax[1].grid(alpha=0.3)
@@ -262,6 +264,9 @@ def train(args: argparse.Namespace) -> Path:
     elif last.is_file() and not args.resume:
         raise ZsdError(f"{last} exists: this --output holds a run already.",
                        "pass --resume to continue it, or choose a new --output.")
+    if args.init_from and start == 0:
+        init_from(model, Path(args.init_from))
+        say(f"initialised from {args.init_from} (new optimiser and schedule)")
     bf16 = {"auto": bf16_supported(), "on": True, "off": False}[args.bf16]
     say(f"training {config_path.name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
         f"batch {args.batch}, {args.iters} iterations, lr {args.lr}, bf16 autocast {'on' if bf16 else 'off'}, "
@@ -321,6 +326,20 @@ def train(args: argparse.Namespace) -> Path:
     return out
 
 
+def init_from(model: nn.Module, path: Path) -> None:
+    """Start from trained weights (e.g. the shipped fp16 demo checkpoint, to continue training in a later session
+    without the optimiser state): every inference key must be present with its shape."""
+    from ...export.checkpoint import key_problems, read_state_dict
+
+    state = read_state_dict(path)
+    expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    problems = key_problems(state, expected, [k for k in state if k not in expected])
+    if problems:
+        raise ZsdError(f"--init-from {path} does not match the config's model: " + "; ".join(problems) + ".",
+                       "pass weights trained with this config (e.g. the shipped demo weights).")
+    model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()}, strict=False)
+
+
 def package(checkpoint: Path, output: Path) -> Path:
     """Write a training checkpoint's model as the shipped weights: detectron2 layout {'model': fp16 tensors}."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -352,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-scenes", type=int, default=16)
     p.add_argument("--ckpt-every", type=int, default=50)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pth")
+    p.add_argument("--init-from", metavar="WEIGHTS",
+                   help="start a new run from trained weights (e.g. weights/demo_panoptic.pth) with a new schedule")
     p.add_argument("--package", metavar="CKPT", help="write CKPT's model as the shipped fp16 weights and exit")
     p.add_argument("--package-output", default=str(Path(__file__).resolve().parent / "weights" / "demo_panoptic.pth"))
     return p

@@ -85,14 +85,15 @@ struct HostArgs
     ZsdMSDAProblem problem;
 };
 
-template <int VEC, typename IO>
+template <int VEC, typename IO, typename LocIO>
 void runRowsTyped(HostArgs const& a, int64_t rowBegin, int64_t rowEnd)
 {
     using Elem = typename IO::Elem;
+    using LocElem = typename LocIO::Elem;
     ZsdMSDAProblem const& p = a.problem;
     auto const* value = static_cast<Elem const*>(a.value);
-    auto const* loc = static_cast<Elem const*>(a.samplingLocations);
-    auto const* attn = static_cast<Elem const*>(a.attentionWeights);
+    auto const* loc = static_cast<LocElem const*>(a.samplingLocations);
+    auto const* attn = static_cast<LocElem const*>(a.attentionWeights);
     auto* out = static_cast<Elem*>(a.output);
 
     int64_t const spatialStride = static_cast<int64_t>(p.numHeads) * p.channels;
@@ -108,7 +109,7 @@ void runRowsTyped(HostArgs const& a, int64_t rowBegin, int64_t rowEnd)
         {
             int64_t const head = row * p.numHeads + m;
             std::fill(acc.begin(), acc.end(), 0.0f);
-            sampleHead<VEC, IO>(value + n * batchStride + static_cast<int64_t>(m) * p.channels, spatialStride,
+            sampleHead<VEC, IO, LocIO>(value + n * batchStride + static_cast<int64_t>(m) * p.channels, spatialStride,
                 a.levels, p.numLevels, p.numPoints, loc + head * samplesPerHead * 2, attn + head * samplesPerHead,
                 numGroups, acc.data());
             Elem* outHead = out + head * p.channels;
@@ -120,17 +121,17 @@ void runRowsTyped(HostArgs const& a, int64_t rowBegin, int64_t rowEnd)
     }
 }
 
-template <typename IO>
+template <typename IO, typename LocIO>
 void runRowsDispatch(HostArgs const& a, int64_t rowBegin, int64_t rowEnd)
 {
     switch (zsdMSDeformAttnHostVectorWidth(a.problem.channels))
     {
-    case 32: runRowsTyped<32, IO>(a, rowBegin, rowEnd); break;
-    case 16: runRowsTyped<16, IO>(a, rowBegin, rowEnd); break;
-    case 8: runRowsTyped<8, IO>(a, rowBegin, rowEnd); break;
-    case 4: runRowsTyped<4, IO>(a, rowBegin, rowEnd); break;
-    case 2: runRowsTyped<2, IO>(a, rowBegin, rowEnd); break;
-    default: runRowsTyped<1, IO>(a, rowBegin, rowEnd); break;
+    case 32: runRowsTyped<32, IO, LocIO>(a, rowBegin, rowEnd); break;
+    case 16: runRowsTyped<16, IO, LocIO>(a, rowBegin, rowEnd); break;
+    case 8: runRowsTyped<8, IO, LocIO>(a, rowBegin, rowEnd); break;
+    case 4: runRowsTyped<4, IO, LocIO>(a, rowBegin, rowEnd); break;
+    case 2: runRowsTyped<2, IO, LocIO>(a, rowBegin, rowEnd); break;
+    default: runRowsTyped<1, IO, LocIO>(a, rowBegin, rowEnd); break;
     }
 }
 
@@ -138,11 +139,15 @@ void runRows(HostArgs const& a, int32_t dtype, int64_t rowBegin, int64_t rowEnd)
 {
     if (dtype == kZSD_MSDA_HOST_FLOAT32)
     {
-        runRowsDispatch<HostFloatIO>(a, rowBegin, rowEnd);
+        runRowsDispatch<HostFloatIO, HostFloatIO>(a, rowBegin, rowEnd);
+    }
+    else if (dtype == kZSD_MSDA_HOST_FLOAT16)
+    {
+        runRowsDispatch<HostHalfIO, HostHalfIO>(a, rowBegin, rowEnd);
     }
     else
     {
-        runRowsDispatch<HostHalfIO>(a, rowBegin, rowEnd);
+        runRowsDispatch<HostHalfIO, HostFloatIO>(a, rowBegin, rowEnd);
     }
 }
 
@@ -157,7 +162,8 @@ int32_t prepare(void const* value, int32_t const* spatialShapes, int32_t const* 
     {
         return kZSD_MSDA_HOST_INVALID_ARGUMENT;
     }
-    if (dtype != kZSD_MSDA_HOST_FLOAT32 && dtype != kZSD_MSDA_HOST_FLOAT16)
+    if (dtype != kZSD_MSDA_HOST_FLOAT32 && dtype != kZSD_MSDA_HOST_FLOAT16
+        && dtype != kZSD_MSDA_HOST_FLOAT16_FP32_COORDS)
     {
         return kZSD_MSDA_HOST_INVALID_ARGUMENT;
     }

@@ -22,10 +22,13 @@ enum ZsdMSDAHostStatus : int32_t
 //!   kZSD_MSDA_HOST_FLOAT32: value / locations / weights / output are float.
 //!   kZSD_MSDA_HOST_FLOAT16: they are IEEE binary16 bit patterns (uint16_t); math is fp32, the output is rounded
 //!                           to fp16 once (round-to-nearest-even) — an emulation of the CUDA fp16 path.
+//!   kZSD_MSDA_HOST_FLOAT16_FP32_COORDS: value and output are fp16 bit patterns, sampling locations and attention
+//!                           weights are float (the mixed mode of strongly typed fp16 graphs).
 enum ZsdMSDAHostDataType : int32_t
 {
     kZSD_MSDA_HOST_FLOAT32 = 0,
-    kZSD_MSDA_HOST_FLOAT16 = 1
+    kZSD_MSDA_HOST_FLOAT16 = 1,
+    kZSD_MSDA_HOST_FLOAT16_FP32_COORDS = 2
 };
 
 //! Problem sizes: value [N,S,M,D], spatial_shapes [L,2], level_start_index [L], sampling_locations [N,Lq,M,L,P,2],

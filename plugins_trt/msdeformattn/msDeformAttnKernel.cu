@@ -179,10 +179,11 @@ struct DeviceHalfIO
     }
 };
 
-template <typename IO, int VEC>
+template <typename IO, typename LocIO, int VEC>
 __global__ void __launch_bounds__(kBlockSize) msDeformAttnForwardKernel(typename IO::Elem const* __restrict__ value,
     int32_t const* __restrict__ spatialShapes, int32_t const* __restrict__ levelStartIndex,
-    typename IO::Elem const* __restrict__ samplingLocations, typename IO::Elem const* __restrict__ attentionWeights,
+    typename LocIO::Elem const* __restrict__ samplingLocations,
+    typename LocIO::Elem const* __restrict__ attentionWeights,
     typename IO::Elem* __restrict__ output, int32_t batch, int32_t spatialSize, int32_t numHeads, int32_t channels,
     int32_t numLevels, int32_t numQueries, int32_t numPoints)
 {
@@ -218,7 +219,7 @@ __global__ void __launch_bounds__(kBlockSize) msDeformAttnForwardKernel(typename
         {
             acc[c] = 0.0f;
         }
-        sampleHead<VEC, IO>(valueHead, spatialStride, sLevels, numLevels, numPoints,
+        sampleHead<VEC, IO, LocIO>(valueHead, spatialStride, sLevels, numLevels, numPoints,
             samplingLocations + head * samplesPerHead * 2, attentionWeights + head * samplesPerHead, 1, acc);
         IO::template store<VEC>(output + head * channels + static_cast<int64_t>(group) * VEC, acc);
     }
@@ -229,20 +230,21 @@ bool isAligned(void const* p, size_t bytes)
     return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
-template <typename IO, int VEC>
+template <typename IO, typename LocIO, int VEC>
 cudaError_t launch(void const* value, int32_t const* spatialShapes, int32_t const* levelStartIndex,
     void const* samplingLocations, void const* attentionWeights, void* output, int32_t batch, int32_t spatialSize,
     int32_t numHeads, int32_t channels, int32_t numLevels, int32_t numQueries, int32_t numPoints, cudaStream_t stream)
 {
     using Elem = typename IO::Elem;
+    using LocElem = typename LocIO::Elem;
     int64_t const numWork = static_cast<int64_t>(batch) * numQueries * numHeads * (channels / VEC);
     int64_t const maxBlocks = 0x7fffffff;
     int64_t blocks = (numWork + kBlockSize - 1) / kBlockSize;
     blocks = blocks < maxBlocks ? blocks : maxBlocks;
     size_t const sharedBytes = static_cast<size_t>(numLevels) * sizeof(LevelDesc);
-    msDeformAttnForwardKernel<IO, VEC><<<static_cast<unsigned int>(blocks), kBlockSize, sharedBytes, stream>>>(
-        static_cast<Elem const*>(value), spatialShapes, levelStartIndex, static_cast<Elem const*>(samplingLocations),
-        static_cast<Elem const*>(attentionWeights), static_cast<Elem*>(output), batch, spatialSize, numHeads,
+    msDeformAttnForwardKernel<IO, LocIO, VEC><<<static_cast<unsigned int>(blocks), kBlockSize, sharedBytes, stream>>>(
+        static_cast<Elem const*>(value), spatialShapes, levelStartIndex, static_cast<LocElem const*>(samplingLocations),
+        static_cast<LocElem const*>(attentionWeights), static_cast<Elem*>(output), batch, spatialSize, numHeads,
         channels, numLevels, numQueries, numPoints);
     return cudaGetLastError();
 }
@@ -258,7 +260,10 @@ int32_t zsdMSDeformAttnVectorWidth(void const* value, void const* output, int32_
     {
         return 0;
     }
-    size_t const elemBytes = dtype == kZSD_MSDA_FLOAT32 ? 4 : (dtype == kZSD_MSDA_FLOAT16 ? 2 : 0);
+    // value/output element size (the vector loads and stores are on value and output only)
+    size_t const elemBytes = dtype == kZSD_MSDA_FLOAT32
+        ? 4
+        : ((dtype == kZSD_MSDA_FLOAT16 || dtype == kZSD_MSDA_FLOAT16_FP32_COORDS) ? 2 : 0);
     if (elemBytes == 0)
     {
         return 0;
@@ -287,7 +292,7 @@ int zsdMSDeformAttnForward(void const* value, int32_t const* spatialShapes, int3
     {
         return static_cast<int>(cudaErrorInvalidValue);
     }
-    if (dtype != kZSD_MSDA_FLOAT32 && dtype != kZSD_MSDA_FLOAT16)
+    if (dtype != kZSD_MSDA_FLOAT32 && dtype != kZSD_MSDA_FLOAT16 && dtype != kZSD_MSDA_FLOAT16_FP32_COORDS)
     {
         return static_cast<int>(cudaErrorInvalidValue);
     }
@@ -302,8 +307,8 @@ int zsdMSDeformAttnForward(void const* value, int32_t const* spatialShapes, int3
     }
 
     int32_t const vec = zsdMSDeformAttnVectorWidth(value, output, channels, dtype);
-#define ZSD_MSDA_LAUNCH(IO_, VEC_)                                                                                    \
-    launch<IO_, VEC_>(value, spatialShapes, levelStartIndex, samplingLocations, attentionWeights, output, batch,      \
+#define ZSD_MSDA_LAUNCH(IO_, LOCIO_, VEC_)                                                                            \
+    launch<IO_, LOCIO_, VEC_>(value, spatialShapes, levelStartIndex, samplingLocations, attentionWeights, output, batch,      \
         spatialSize, numHeads, channels, numLevels, numQueries, numPoints, stream)
 
     cudaError_t status = cudaErrorInvalidValue;
@@ -311,19 +316,29 @@ int zsdMSDeformAttnForward(void const* value, int32_t const* spatialShapes, int3
     {
         switch (vec)
         {
-        case 4: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, 4); break;
-        case 2: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, 2); break;
-        default: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, 1); break;
+        case 4: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, DeviceFloatIO, 4); break;
+        case 2: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, DeviceFloatIO, 2); break;
+        default: status = ZSD_MSDA_LAUNCH(DeviceFloatIO, DeviceFloatIO, 1); break;
         }
     }
-    else
+    else if (dtype == kZSD_MSDA_FLOAT16)
     {
         switch (vec)
         {
-        case 8: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, 8); break;
-        case 4: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, 4); break;
-        case 2: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, 2); break;
-        default: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, 1); break;
+        case 8: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceHalfIO, 8); break;
+        case 4: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceHalfIO, 4); break;
+        case 2: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceHalfIO, 2); break;
+        default: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceHalfIO, 1); break;
+        }
+    }
+    else // fp16 value/output, fp32 sampling locations and attention weights
+    {
+        switch (vec)
+        {
+        case 8: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceFloatIO, 8); break;
+        case 4: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceFloatIO, 4); break;
+        case 2: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceFloatIO, 2); break;
+        default: status = ZSD_MSDA_LAUNCH(DeviceHalfIO, DeviceFloatIO, 1); break;
         }
     }
 #undef ZSD_MSDA_LAUNCH

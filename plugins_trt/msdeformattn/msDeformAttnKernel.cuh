@@ -174,9 +174,12 @@ ZSD_HD ZSD_INLINE void accumulateTaps(typename IO::Elem const* levelBase, int64_
 //!   locHead   : &sampling_locations[n][q][m][0][0][0]
 //!   attnHead  : &attention_weights[n][q][m][0][0]
 //!   acc       : numGroups * VEC floats, zero-initialised by the caller
-template <int VEC, typename IO>
+//! IO reads value; LocIO reads sampling locations and attention weights. They differ in the mixed mode of
+//! reduced-precision graphs: fp16 value with fp32 locations and weights (an fp16 location at x ~ 150 px is only
+//! good to ~0.06 px, so strongly typed fp16 graphs keep that math in fp32).
+template <int VEC, typename IO, typename LocIO = IO>
 ZSD_HD ZSD_INLINE void sampleHead(typename IO::Elem const* valueHead, int64_t spatialStride, LevelDesc const* levels,
-    int32_t numLevels, int32_t numPoints, typename IO::Elem const* locHead, typename IO::Elem const* attnHead,
+    int32_t numLevels, int32_t numPoints, typename LocIO::Elem const* locHead, typename LocIO::Elem const* attnHead,
     int32_t numGroups, float* acc)
 {
     for (int32_t l = 0; l < numLevels; ++l)
@@ -186,9 +189,9 @@ ZSD_HD ZSD_INLINE void sampleHead(typename IO::Elem const* valueHead, int64_t sp
         for (int32_t p = 0; p < numPoints; ++p)
         {
             int32_t const sample = l * numPoints + p;
-            float const locX = IO::loadScalar(locHead + 2 * sample);
-            float const locY = IO::loadScalar(locHead + 2 * sample + 1);
-            float const attn = IO::loadScalar(attnHead + sample);
+            float const locX = LocIO::loadScalar(locHead + 2 * sample);
+            float const locY = LocIO::loadScalar(locHead + 2 * sample + 1);
+            float const attn = LocIO::loadScalar(attnHead + sample);
             BilinearTaps taps;
             if (!computeBilinearTaps(locX, locY, lv.height, lv.width, taps))
             {

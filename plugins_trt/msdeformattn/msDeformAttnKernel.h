@@ -7,11 +7,12 @@
 #include <cuda_runtime_api.h>
 #include <stdint.h>
 
-//! Element type of value / sampling_locations / attention_weights / output.
+//! Element types of (value, output) and (sampling_locations, attention_weights).
 enum ZsdMSDADataType : int32_t
 {
-    kZSD_MSDA_FLOAT32 = 0,
-    kZSD_MSDA_FLOAT16 = 1
+    kZSD_MSDA_FLOAT32 = 0,            //!< all four fp32
+    kZSD_MSDA_FLOAT16 = 1,            //!< all four fp16
+    kZSD_MSDA_FLOAT16_FP32_COORDS = 2 //!< value and output fp16; sampling_locations and attention_weights fp32
 };
 
 //! Largest number of levels the CUDA kernel accepts (level descriptors live in shared memory).
@@ -20,8 +21,8 @@ constexpr int32_t kZSD_MSDA_MAX_LEVELS = 1024;
 //! Launch the MSDeformAttn forward kernel on `stream` (asynchronous; nothing is synchronised).
 //!
 //! All pointers are device pointers in the layouts of msDeformAttnKernel.cuh; value, samplingLocations,
-//! attentionWeights and output have the element type given by `dtype`; spatialShapes [L,2] and levelStartIndex [L]
-//! are int32. The level table is read from device memory inside the kernel, so N, Lq and the level shapes may change
+//! attentionWeights and output have the element types given by `dtype` (ZsdMSDADataType); spatialShapes [L,2] and
+//! levelStartIndex [L] are int32. The level table is read from device memory inside the kernel, so N, Lq and the level shapes may change
 //! between launches without any host-side state. A level whose (H, W, start) does not fit into spatialSize is treated
 //! as empty (its samples contribute 0) instead of being read out of bounds.
 //!

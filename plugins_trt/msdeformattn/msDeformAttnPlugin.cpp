@@ -57,6 +57,23 @@ bool isFloatIo(DataType t)
     return t == DataType::kFLOAT || t == DataType::kHALF;
 }
 
+//! Supported (value, sampling locations + attention weights) types: both fp32, both fp16, or fp16 value with fp32
+//! locations and weights (strongly typed fp16 graphs keep the sampling math in fp32; see msDeformAttnKernel.cuh).
+bool isSupportedTypePair(DataType valueType, DataType coordType)
+{
+    return isFloatIo(valueType) && (coordType == valueType || (valueType == DataType::kHALF
+        && coordType == DataType::kFLOAT));
+}
+
+int32_t kernelDataType(DataType valueType, DataType coordType)
+{
+    if (valueType == DataType::kFLOAT)
+    {
+        return kZSD_MSDA_FLOAT32;
+    }
+    return coordType == DataType::kFLOAT ? kZSD_MSDA_FLOAT16_FP32_COORDS : kZSD_MSDA_FLOAT16;
+}
+
 //! Equal unless one side is still unknown (-1 during the build phase).
 bool compatible(int64_t a, int64_t b)
 {
@@ -179,7 +196,13 @@ int32_t MSDeformAttnPlugin::getOutputDataTypes(
             "expected 5 inputs and 1 output, got " + std::to_string(nbInputs) + " and " + std::to_string(nbOutputs));
         ZSD_PLUGIN_CHECK(isFloatIo(inputTypes[kVALUE]),
             std::string("value must be fp32 or fp16, got ") + typeName(inputTypes[kVALUE]));
-        outputTypes[0] = inputTypes[kVALUE];
+        ZSD_PLUGIN_CHECK(isSupportedTypePair(inputTypes[kVALUE], inputTypes[kSAMPLING_LOCATIONS])
+                && inputTypes[kATTENTION_WEIGHTS] == inputTypes[kSAMPLING_LOCATIONS],
+            std::string("unsupported types: value ") + typeName(inputTypes[kVALUE]) + ", sampling_locations "
+                + typeName(inputTypes[kSAMPLING_LOCATIONS]) + ", attention_weights "
+                + typeName(inputTypes[kATTENTION_WEIGHTS])
+                + " (supported: all fp32, all fp16, or fp16 value with fp32 locations and weights)");
+        outputTypes[0] = inputTypes[kVALUE]; // the output follows value (fp16 in the mixed mode)
         return kSTATUS_SUCCESS;
     }
     ZSD_PLUGIN_CATCH("MSDeformAttnPlugin::getOutputDataTypes")
@@ -228,7 +251,10 @@ bool MSDeformAttnPlugin::supportsFormatCombination(
         case kSPATIAL_SHAPES:
         case kLEVEL_START_INDEX: return desc.type == DataType::kINT32;
         case kVALUE: return isFloatIo(desc.type);
-        default: // sampling_locations, attention_weights, output: same type as value (decided at pos 0)
+        // value's type is decided at pos 0: locations as value, or fp32 with an fp16 value (mixed mode)
+        case kSAMPLING_LOCATIONS: return isSupportedTypePair(inOut[kVALUE].desc.type, desc.type);
+        case kATTENTION_WEIGHTS: return desc.type == inOut[kSAMPLING_LOCATIONS].desc.type;
+        default: // output: same type as value
             return desc.type == inOut[kVALUE].desc.type;
         }
     }
@@ -286,9 +312,10 @@ int32_t MSDeformAttnPlugin::onShapeChange(
         ZSD_PLUGIN_CHECK(o.nbDims == 3 && o.d[0] == s.batch && o.d[1] == s.numQueries
                 && o.d[2] == s.numHeads * s.channels,
             "output dims " + dimsToString(o) + " do not match [N, Lq, M*D]");
-        ZSD_PLUGIN_CHECK(isFloatIo(in[kVALUE].type) && in[kSAMPLING_LOCATIONS].type == in[kVALUE].type
-                && in[kATTENTION_WEIGHTS].type == in[kVALUE].type && out[0].type == in[kVALUE].type,
-            "value, sampling_locations, attention_weights and output must all be fp32 or all fp16");
+        ZSD_PLUGIN_CHECK(isSupportedTypePair(in[kVALUE].type, in[kSAMPLING_LOCATIONS].type)
+                && in[kATTENTION_WEIGHTS].type == in[kSAMPLING_LOCATIONS].type && out[0].type == in[kVALUE].type,
+            "value, sampling_locations, attention_weights and output must be all fp32, all fp16, or fp16 value and "
+            "output with fp32 sampling_locations and attention_weights");
         ZSD_PLUGIN_CHECK(in[kSPATIAL_SHAPES].type == DataType::kINT32 && in[kLEVEL_START_INDEX].type == DataType::kINT32,
             "spatial_shapes and level_start_index must be int32");
         return kSTATUS_SUCCESS;
@@ -311,9 +338,19 @@ int32_t MSDeformAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
         }
         Sizes const s = checkInputDims(dims, /*allowUnknown=*/false);
         DataType const type = inputDesc[kVALUE].type;
-        ZSD_PLUGIN_CHECK(isFloatIo(type) && outputDesc[0].type == type,
-            std::string("unsupported I/O type ") + typeName(type));
-        int32_t const dtype = type == DataType::kFLOAT ? kZSD_MSDA_FLOAT32 : kZSD_MSDA_FLOAT16;
+        DataType const coordType = inputDesc[kSAMPLING_LOCATIONS].type;
+        ZSD_PLUGIN_CHECK(isSupportedTypePair(type, coordType) && inputDesc[kATTENTION_WEIGHTS].type == coordType
+                && outputDesc[0].type == type,
+            std::string("unsupported I/O types: value ") + typeName(type) + ", sampling_locations "
+                + typeName(coordType));
+        int32_t const dtype = kernelDataType(type, coordType);
+        // An error left pending by an earlier layer (or the application) would otherwise be returned by the
+        // launch check below and blamed on this plugin: name it as what it is and stop.
+        cudaError_t const pending = cudaPeekAtLastError();
+        ZSD_PLUGIN_CHECK(pending == cudaSuccess,
+            std::string("a CUDA error was already pending before MSDeformAttn ran (raised by an earlier layer or "
+                        "the application, not by this plugin): ")
+                + cudaGetErrorName(pending) + ": " + cudaGetErrorString(pending));
         int const status = zsdMSDeformAttnForward(inputs[kVALUE], static_cast<int32_t const*>(inputs[kSPATIAL_SHAPES]),
             static_cast<int32_t const*>(inputs[kLEVEL_START_INDEX]), inputs[kSAMPLING_LOCATIONS],
             inputs[kATTENTION_WEIGHTS], outputs[0], static_cast<int32_t>(s.batch), static_cast<int32_t>(s.spatialSize),

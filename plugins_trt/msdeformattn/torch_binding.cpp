@@ -62,9 +62,12 @@ Problem checkInputs(at::Tensor const& value, at::Tensor const& spatialShapes, at
 
     auto const st = value.scalar_type();
     TORCH_CHECK(st == at::kFloat || st == at::kHalf, "MSDeformAttn kernel supports float32 and float16, got ", st);
-    TORCH_CHECK(samplingLocations.scalar_type() == st && attentionWeights.scalar_type() == st,
-        "MSDeformAttn: value, sampling_locations and attention_weights must have the same dtype, got ", st, ", ",
-        samplingLocations.scalar_type(), ", ", attentionWeights.scalar_type());
+    auto const locType = samplingLocations.scalar_type();
+    bool const mixed = st == at::kHalf && locType == at::kFloat; // fp16 value, fp32 locations and weights
+    TORCH_CHECK(attentionWeights.scalar_type() == locType && (locType == st || mixed),
+        "MSDeformAttn: value, sampling_locations and attention_weights must have the same dtype (or fp16 value with "
+        "fp32 sampling_locations and attention_weights), got ", st, ", ", locType, ", ",
+        attentionWeights.scalar_type());
     TORCH_CHECK(spatialShapes.scalar_type() == at::kInt && levelStartIndex.scalar_type() == at::kInt,
         "MSDeformAttn: spatial_shapes and level_start_index must be int32 (convert in Python)");
     for (auto const* t : {&value, &spatialShapes, &levelStartIndex, &samplingLocations, &attentionWeights})
@@ -80,7 +83,9 @@ Problem checkInputs(at::Tensor const& value, at::Tensor const& spatialShapes, at
     pr.p.numLevels = checkedInt32(l, "L");
     pr.p.numQueries = checkedInt32(lq, "Lq");
     pr.p.numPoints = checkedInt32(p, "P");
-    pr.dtype = st == at::kFloat ? kZSD_MSDA_HOST_FLOAT32 : kZSD_MSDA_HOST_FLOAT16;
+    pr.dtype = st == at::kFloat ? kZSD_MSDA_HOST_FLOAT32
+        : mixed                 ? kZSD_MSDA_HOST_FLOAT16_FP32_COORDS
+                                : kZSD_MSDA_HOST_FLOAT16;
     return pr;
 }
 
@@ -105,7 +110,10 @@ void forwardCuda(at::Tensor const& value, at::Tensor const& spatialShapes, at::T
     int const status = zsdMSDeformAttnForward(value.data_ptr(), spatialShapes.data_ptr<int32_t>(),
         levelStartIndex.data_ptr<int32_t>(), samplingLocations.data_ptr(), attentionWeights.data_ptr(),
         out.data_ptr(), pr.p.batch, pr.p.spatialSize, pr.p.numHeads, pr.p.channels, pr.p.numLevels,
-        pr.p.numQueries, pr.p.numPoints, pr.dtype == kZSD_MSDA_HOST_FLOAT32 ? kZSD_MSDA_FLOAT32 : kZSD_MSDA_FLOAT16,
+        pr.p.numQueries, pr.p.numPoints,
+        pr.dtype == kZSD_MSDA_HOST_FLOAT32 ? kZSD_MSDA_FLOAT32
+            : pr.dtype == kZSD_MSDA_HOST_FLOAT16 ? kZSD_MSDA_FLOAT16
+                                                 : kZSD_MSDA_FLOAT16_FP32_COORDS,
         c10::cuda::getCurrentCUDAStream(value.device().index()).stream());
     TORCH_CHECK(status == 0, "MSDeformAttn CUDA kernel launch failed: ",
         cudaGetErrorString(static_cast<cudaError_t>(status)));

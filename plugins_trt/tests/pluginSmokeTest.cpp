@@ -508,6 +508,15 @@ int main(int argc, char** argv)
         DataType outType;
         check(build->getOutputDataTypes(&outType, 1, inTypes, 5) != 0, "getOutputDataTypes rejects int8 value");
     }
+    {
+        DataType inTypes[5] = {DataType::kHALF, DataType::kINT32, DataType::kINT32, DataType::kFLOAT, DataType::kFLOAT};
+        DataType outType = DataType::kINT8;
+        check(build->getOutputDataTypes(&outType, 1, inTypes, 5) == 0 && outType == DataType::kHALF,
+            "fp16 value with fp32 locations/weights gives an fp16 output");
+        inTypes[4] = DataType::kHALF;
+        check(build->getOutputDataTypes(&outType, 1, inTypes, 5) != 0, "getOutputDataTypes rejects fp32 loc + fp16 "
+                                                                       "weights");
+    }
 
     ExprPool pool;
     ExprBuilder eb(pool);
@@ -568,7 +577,10 @@ int main(int argc, char** argv)
     DataType const F = DataType::kFLOAT, H = DataType::kHALF, I = DataType::kINT32;
     check(combo(F, I, I, F, F, F), "supports all-fp32 + int32 shapes");
     check(combo(H, I, I, H, H, H), "supports all-fp16 + int32 shapes");
-    check(!combo(F, I, I, H, F, F), "rejects mixed fp32/fp16");
+    check(!combo(F, I, I, H, F, F), "rejects fp32 value with fp16 locations");
+    check(combo(H, I, I, F, F, H), "supports fp16 value/output with fp32 locations and weights");
+    check(!combo(H, I, I, F, H, H), "rejects weights typed unlike the locations");
+    check(!combo(H, I, I, F, F, F), "rejects an fp32 output with an fp16 value");
     check(!combo(H, I, I, H, H, F), "rejects fp16 in / fp32 out");
     check(!combo(F, F, I, F, F, F), "rejects float spatial_shapes");
     check(!combo(F, I, DataType::kINT64, F, F, F), "rejects int64 level_start_index");

@@ -1,0 +1,153 @@
+"""OpenVINO backend (CPU): runs our .onnx graphs directly, f32 or bf16, with a checked compiled-model cache.
+
+Precision: OpenVINO's CPU plugin silently runs bf16 on CPUs with AMX by default, so the hint is always set
+explicitly. `f32` matches ONNX Runtime (rel L2 ~1e-6); `bf16` is used only where /proc/cpuinfo lists amx_bf16 or
+avx512_bf16 (elsewhere OpenVINO would emulate it slowly or ignore it): on other CPUs it falls back to f32 with a
+note rather than failing, so one command line works on every machine and says what it did. Q/DQ (int8) graphs
+need no setting: OpenVINO runs their quantised ops in int8 as they are.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ZsdError
+from ..metadata import ModelInfo
+from .base import Backend
+from .onnxruntime_backend import check_shape, read_onnx_metadata
+from .ov_cache import CompiledModelCache, entry_key
+
+PRECISIONS = ("f32", "bf16")
+HINTS = ("LATENCY", "THROUGHPUT")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+INSTALL_HINT = 'pip install "zsdeploy[openvino]"'
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise ZsdError(f"the OpenVINO backend needs the openvino package, which is not installed ({e}).",
+                       f'{INSTALL_HINT} (or pip install "openvino>=2025.1"), or choose --backend onnxruntime.') \
+            from None
+    return openvino
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is no /proc)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_support() -> tuple[bool, str]:
+    """(whether this CPU computes bf16 natively, the flags that say so or the reason not)."""
+    have = [f for f in BF16_FLAGS if f in cpu_flags()]
+    if have:
+        return True, "CPU flags " + ", ".join(have)
+    return False, f"this CPU lists neither {' nor '.join(BF16_FLAGS)} in /proc/cpuinfo"
+
+
+def _say_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "f32", threads: int | None = None,
+                 streams: int | None = None, hint: str = "LATENCY", cache_dir: str | os.PathLike | None | bool = None,
+                 say: Callable[[str], None] | None = None) -> None:
+        """cache_dir: None = the default cache (ov_cache.default_cache_root), False = no cache, else a directory.
+        threads: INFERENCE_NUM_THREADS (default: $OMP_NUM_THREADS like the ONNX Runtime backend, else all
+        cores); streams: NUM_STREAMS (default: what the performance hint picks, 1 for LATENCY)."""
+        ov = import_openvino()
+        self.say = say or _say_stderr
+        path = Path(path)
+        self.info = ModelInfo.from_metadata(read_onnx_metadata(path), str(path))
+        if precision not in PRECISIONS:
+            raise ZsdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.", "pass f32 or bf16.")
+        if hint not in HINTS:
+            raise ZsdError(f"performance hint {hint!r} is not one of {', '.join(HINTS)}.", "pass LATENCY.")
+        self.requested_precision = precision
+        if precision == "bf16":
+            ok, why = bf16_support()
+            if not ok:
+                self.say(f"note: bf16 was asked for but {why} (no AMX / AVX512-BF16); running f32 instead.")
+                precision = "f32"
+        self.precision = precision
+        threads = threads or (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None)
+        config: dict[str, str] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        if streams:
+            config["NUM_STREAMS"] = str(streams)
+        self.config = dict(config)
+        self.core = ov.Core()
+        self.cache: CompiledModelCache | None = None
+        if cache_dir is not False:
+            key = entry_key(path, {**config, "openvino": ov.get_version()})
+            root = None if cache_dir is None or cache_dir is True else Path(cache_dir)
+            self.cache = CompiledModelCache.open(root, key, self.say)
+        self.compiled = self._compile(path, config)
+        self.loaded_from_cache = bool(self._property("LOADED_FROM_CACHE", False))
+        if self.cache is not None:
+            self.cache.seal(compiled_now=not self.loaded_from_cache)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = tuple(p.get_any_name() for p in self.compiled.inputs)
+        self.output_names = tuple(p.get_any_name() for p in self.compiled.outputs)
+        self._shapes = {p.get_any_name(): tuple(d.get_length() if d.is_static else None for d in p.get_partial_shape())
+                        for p in self.compiled.inputs}
+
+    def _compile(self, path: Path, config: dict[str, str]):
+        if self.cache is not None:
+            self.cache.verify()
+            try:
+                # compiling from the path (not a read Model) lets a cache hit skip reading the ONNX file
+                return self.core.compile_model(str(path), "CPU", {**config, "CACHE_DIR": str(self.cache.dir)})
+            except Exception as e:  # noqa: BLE001 (OpenVINO raises RuntimeError subclasses of its own)
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                self.say(f"note: compiling with the model cache {self.cache.dir} failed ({first}); the cache entry "
+                         "is dropped and the model compiled without it.")
+                self.cache.invalidate()
+                self.cache = None
+        try:
+            return self.core.compile_model(str(path), "CPU", config)
+        except Exception as e:  # noqa: BLE001
+            msg = " ".join(str(e).split())[:400]
+            hint = ("this graph contains TensorRT plugin nodes (exported with --msda plugin/nvidia), which OpenVINO "
+                    "cannot run. Build an engine with build-engine, or export with --msda gridsample.") \
+                if "MSDeformAttn" in msg or "MultiscaleDeformable" in msg else \
+                "re-export the model with export-model, or try --backend onnxruntime."
+            raise ZsdError(f"OpenVINO cannot load {path}: {msg}.", hint) from None
+
+    def _property(self, name: str, default):
+        try:
+            return self.compiled.get_property(name)
+        except Exception:  # noqa: BLE001 (an older OpenVINO without the property)
+            return default
+
+    def input_shape(self, name: str) -> tuple[int | str | None, ...]:
+        return self._shapes[name]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name in self.input_names:
+            if name not in feeds:
+                raise ZsdError(f"input {name!r} was not given.", f"feed {list(self.input_names)}.")
+            check_shape(name, feeds[name].shape, self._shapes[name])
+        # share_inputs: no copy in; outputs are copied out, so results stay valid after the next call
+        res = self.request.infer({k: np.ascontiguousarray(feeds[k]) for k in self.input_names}, share_inputs=True)
+        return {name: res[port] for name, port in zip(self.output_names, self.compiled.outputs)}
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None

@@ -1,0 +1,67 @@
+"""`export-triton`: write a Triton Inference Server model repository for a zsdeploy export."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ZsdError
+from .repository import BACKENDS, DEFAULT_MAX_BATCH, RepositoryOptions, write_repository
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="export-triton",
+        description="Write a Triton model repository for a PADing export: an ensemble IMAGE (encoded image bytes) "
+                    "-> pre-processing -> network -> post-processing -> id_map (int32 label/panoptic/instance ids) "
+                    "+ segments (the JSON trt-infer writes). Pre/post-processing run zsdeploy.runtime in Triton's "
+                    "Python backend, so served results equal trt-infer's. An existing repository written by "
+                    "export-triton at --output is replaced as a whole.",
+        epilog="Example: export-triton --model pading_panoptic.onnx --output triton_repo --backend python "
+               "--dynamic-batching",
+    )
+    p.add_argument("--model", required=True, help="a PADing .onnx (export-model) or .plan (build-engine; its .json "
+                                                  "sidecar must be next to it)")
+    p.add_argument("--output", required=True, help="the model repository directory to write")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="how Triton runs the network: tensorrt (platform tensorrt_plan, GPU), onnxruntime or "
+                        "openvino (Triton's CPU backends), python (zsdeploy's own backend inside the Python "
+                        "backend, for Triton builds without a native one). Default: tensorrt for .plan, "
+                        "onnxruntime for .onnx")
+    p.add_argument("--max-batch", type=int,
+                   help=f"max_batch_size (dynamic exports: default {DEFAULT_MAX_BATCH}; static exports: their batch)")
+    p.add_argument("--instances", type=int, default=1, help="instance_group count of every model (default 1)")
+    p.add_argument("--dynamic-batching", action="store_true",
+                   help="let Triton batch concurrent requests of the same shape on the network model")
+    p.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="dynamic batching: how long a request may wait for others (default 0)")
+    p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
+                   help="post-processing to serve (default: the model's task)")
+    p.add_argument("--name", help="name of the ensemble to request (default <model>_<task>, e.g. pading_panoptic)")
+    p.add_argument("--threads", type=int, help="CPU threads of the network (onnxruntime, openvino, python)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = RepositoryOptions(backend=args.backend, max_batch=args.max_batch, instances=args.instances,
+                             dynamic_batching=args.dynamic_batching, max_queue_delay_us=args.max_queue_delay_us,
+                             task=args.task, name=args.name, threads=args.threads)
+    try:
+        out = write_repository(args.model, args.output, opts)
+    except ZsdError as e:
+        print(f"export-triton: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("export-triton: interrupted (nothing was written).", file=sys.stderr)
+        return 130
+    import json
+
+    marker = json.loads((out / ".zsdeploy-triton.json").read_text())
+    print(f"export-triton: wrote {out}: ensemble {marker['models']['ensemble']!r} (network: "
+          f"{marker['network_backend']}, max_batch_size {marker['max_batch_size']}, task {marker['task']}). "
+          f"Input IMAGE (encoded image bytes, BYTES [B,1]); outputs id_map (INT32 [B,H,W]) and segments (JSON).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Write a Triton model repository for a zsdeploy export: ensemble IMAGE -> pre-processing -> network ->
+post-processing -> (id_map, segments).
+
+Layout for `--name pading_panoptic` (the default name is `<model>_<task>`):
+    REPO/pading_panoptic/               ensemble: IMAGE (encoded bytes) -> id_map, segments (JSON)
+    REPO/pading_panoptic_preprocess/    Python backend: zsdeploy.runtime pre-processing (resize, pad)
+    REPO/pading_panoptic_network/       tensorrt_plan | onnxruntime | openvino | Python backend running zsdeploy's own
+    REPO/pading_panoptic_postprocess/   Python backend: upstream post-processing + trt-infer's JSON
+    REPO/.zsdeploy-triton.json          what the repository was written from (also marks it as ours)
+The repository is built in a temporary directory next to REPO and renamed into place, so a repository written over
+an existing one is replaced as a whole (never half old, half new).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ZsdError
+from ..metadata import ModelInfo
+from .pbtxt import EnsembleStep, ModelConfig, Tensor
+from .steps import IMAGE_INFO, STEP_FORMAT, step_segmenter
+
+BACKENDS = ("python", "onnxruntime", "openvino", "tensorrt")
+MARKER = ".zsdeploy-triton.json"
+MARKER_FORMAT = "zsdeploy-triton/1"
+DEFAULT_MAX_BATCH = 8
+
+# Triton's Python stub embeds an isolated interpreter that ignores PYTHONPATH; the generated model.py honours it,
+# so a server started with PYTHONPATH=<site-packages holding zsdeploy> works without a conda-pack environment.
+# site.addsitedir (not sys.path.append) also runs the .pth files of editable installs.
+_SHIM = '''"""zsdeploy {role} step, written by export-triton; the code lives in zsdeploy.runtime.serving.models."""
+import os
+import site
+
+for _d in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    if _d:
+        site.addsitedir(_d)
+
+from zsdeploy.runtime.serving.models import {cls} as TritonPythonModel  # noqa: E402,F401
+'''
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    """What export-triton's flags choose (None = follow the export)."""
+
+    backend: str | None = None  # default: tensorrt for a .plan, onnxruntime for an .onnx
+    max_batch: int | None = None  # dynamic exports: default 8; static exports: their batch
+    instances: int = 1  # instance_group count of every step
+    dynamic_batching: bool = False  # on the network model
+    max_queue_delay_us: int = 0
+    task: str | None = None  # post-processing to serve (default: the export's task)
+    name: str | None = None  # ensemble name (default: <model>_<task>)
+    threads: int | None = None  # CPU threads of the network (onnxruntime / openvino / python)
+
+
+def _load_export(model: Path) -> tuple[ModelInfo, str]:
+    """(metadata, kind) of a PADing export; kind is "onnx" or "plan"."""
+    from ..backends import ENGINE_SUFFIXES
+
+    if not model.exists():
+        raise ZsdError(f"model {model} does not exist.",
+                       "pass an .onnx from export-model or a .plan from build-engine.")
+    if model.is_dir():
+        raise ZsdError(f"{model} is a directory (a ZegFormer bundle?); export-triton serves PADing exports only so "
+                       "far: ZegFormer bundles (per-request vocabulary) are not supported yet.",
+                       "pass a PADing .onnx (export-model --model pading) or its .plan (build-engine).")
+    if model.suffix == ".onnx":
+        from ..backends.onnxruntime_backend import read_onnx_metadata
+
+        meta, kind = read_onnx_metadata(model), "onnx"
+    elif model.suffix in ENGINE_SUFFIXES:
+        from ..engine import read_sidecar
+
+        meta, kind = read_sidecar(model).metadata, "plan"
+    else:
+        raise ZsdError(f"{model} is neither an ONNX model (.onnx) nor a TensorRT engine "
+                       f"({', '.join(ENGINE_SUFFIXES)}).",
+                       "pass the file export-model or build-engine wrote.")
+    info = ModelInfo.from_metadata(meta, str(model))
+    if info.model == "zegformer":
+        raise ZsdError(f"{model} is a graph of a ZegFormer bundle; export-triton serves PADing exports only so far.",
+                       "pass a PADing .onnx or .plan.")
+    return info, kind
+
+
+def _int(meta: dict[str, str], key: str) -> int:
+    try:
+        return int(meta[key])
+    except (KeyError, ValueError):
+        return -1  # older exports: let Triton take the dim from the model
+
+
+def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: Path) -> tuple[str, int]:
+    """(backend, max_batch_size) after checking the flags against the export."""
+    backend = opts.backend or ("tensorrt" if kind == "plan" else "onnxruntime")
+    if backend not in BACKENDS:
+        raise ZsdError(f"--backend {backend} is not one of {', '.join(BACKENDS)}.", "choose one of them.")
+    if backend == "tensorrt" and kind != "plan":
+        raise ZsdError(f"--backend tensorrt needs a TensorRT engine, {model.name} is an ONNX model.",
+                       "build one with build-engine --onnx M.onnx --output M.plan, or serve the ONNX with --backend "
+                       "onnxruntime, openvino or python.")
+    if backend in ("onnxruntime", "openvino") and kind != "onnx":
+        raise ZsdError(f"--backend {backend} runs ONNX models, {model.name} is a TensorRT engine.",
+                       "pass the .onnx the engine was built from, or use --backend tensorrt.")
+    for flag, v, low in (("--instances", opts.instances, 1), ("--max-batch", opts.max_batch, 1),
+                         ("--threads", opts.threads, 1), ("--max-queue-delay-us", opts.max_queue_delay_us, 0)):
+        if v is not None and v < low:
+            raise ZsdError(f"{flag} {v} must be >= {low}.", f"pass {flag} {low} or more.")
+    if opts.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", opts.name):
+        raise ZsdError(f"--name {opts.name!r} is not a usable Triton model name.",
+                       "use letters, digits, '_', '.' and '-' (starting with a letter or digit).")
+    if info.dynamic:
+        return backend, opts.max_batch or DEFAULT_MAX_BATCH
+    sb = info.static_batch or 1
+    if opts.max_batch is not None and opts.max_batch != sb:
+        raise ZsdError(f"--max-batch {opts.max_batch}: {model.name} was exported with a static batch of {sb}.",
+                       f"drop --max-batch (it follows the export), or re-export with --batch {opts.max_batch} or "
+                       "--dynamic.")
+    if sb > 1 and backend != "python":
+        # Native backends would get fewer images than the graph's fixed batch; zsdeploy's backend fills it.
+        raise ZsdError(f"{model.name} has a static batch of {sb}, which Triton's {backend} backend cannot fill for "
+                       "smaller requests.", "use --backend python, or re-export with --batch 1 or --dynamic.")
+    return backend, sb
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _check_output(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ZsdError(f"--output {out} is a file, not a directory.", "pass a directory for the model repository.")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        # Replacing a directory as a whole must never delete something export-triton did not write.
+        raise ZsdError(f"--output {out} exists and is not a repository written by export-triton; it is left alone.",
+                       "pass a new or empty directory, or one that export-triton wrote before (it is replaced).")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished repository into place. An old one is swapped out in one step where the system can (a
+    server polling the repository never sees it missing or mixed), else renamed away first; then deleted."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old repository
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.rename(out, old / "repo")
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old / "repo", out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[str],
+                     options: RepositoryOptions | None = None) -> Path:
+    """Write the Triton repository for a PADing export (.onnx / .plan) to `output`; returns its path.
+
+    Raises ZsdError for a missing/foreign model, flags that do not fit the export, or an `output` that exists but
+    was not written by export-triton. Nothing partial is left: the repository appears complete or not at all.
+    """
+    opts = options or RepositoryOptions()
+    model, out = Path(model), Path(output)
+    info, kind = _load_export(model)
+    backend, max_batch = _check_options(opts, info, kind, model)
+    task = step_segmenter(info, opts.task or info.task).task  # checks that the export can post-process `task`
+    name = opts.name or f"{info.model}_{task}"
+    _check_output(out)
+
+    meta = info.raw
+    h, w = info.static_hw if info.static_hw else (-1, -1)
+    stride = _int(meta, "mask_stride")
+    mh, mw = (h // stride, w // stride) if h > 0 and stride > 0 else (-1, -1)
+    q, k1 = _int(meta, "num_queries"), info.num_classes + 1
+    image = Tensor("IMAGE", "bytes", (1,))
+    images = Tensor("images", "fp32", (3, h, w))
+    image_info = Tensor("image_info", "int32", (len(IMAGE_INFO),))
+    class_logits = Tensor("class_logits", "fp32", (q, k1))
+    mask_logits = Tensor("mask_logits", "fp32", (q, mh, mw))
+    id_map = Tensor("id_map", "int32", (-1, -1))
+    segments = Tensor("segments", "bytes", (1,))
+    names = {s: f"{name}_{s}" for s in ("preprocess", "network", "postprocess")}
+    step_doc = json.dumps({"format": STEP_FORMAT, "task": task, "metadata": meta}, indent=1) + "\n"
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        def python_step(role: str, cls: str, ins: list[Tensor], outs: list[Tensor]) -> None:
+            d = tmp / names[role]
+            _write(d / "config.pbtxt", ModelConfig(names[role], max_batch, ins, outs, backend="python",
+                                                   instance_count=opts.instances).text())
+            _write(d / "1" / "model.py", _SHIM.format(role=role, cls=cls))
+            _write(d / "1" / "zsdeploy_step.json", step_doc)
+
+        python_step("preprocess", "PreprocessModel", [image], [images, image_info])
+        python_step("postprocess", "PostprocessModel", [class_logits, mask_logits, image_info], [id_map, segments])
+
+        net_dir = tmp / names["network"] / "1"
+        net_dir.mkdir(parents=True)
+        model_file = f"model{'.onnx' if kind == 'onnx' else '.plan'}"
+        shutil.copyfile(model, net_dir / model_file)
+        if kind == "plan":  # the sidecar travels with the engine (zsdeploy's TensorRT backend reads it)
+            shutil.copyfile(model.with_name(model.name + ".json"), net_dir / (model_file + ".json"))
+        params: dict[str, str] = {}
+        net = ModelConfig(names["network"], max_batch, [images], [class_logits, mask_logits],
+                          instance_count=opts.instances, dynamic_batching=opts.dynamic_batching,
+                          max_queue_delay_us=opts.max_queue_delay_us, default_model_filename=model_file)
+        if backend == "tensorrt":
+            net.platform, net.instance_kind = "tensorrt_plan", "KIND_GPU"
+        elif backend == "onnxruntime":
+            net.backend = "onnxruntime"
+            if opts.threads:
+                params["intra_op_thread_count"] = str(opts.threads)
+        elif backend == "openvino":
+            net.backend = "openvino"
+            if opts.threads:
+                params["INFERENCE_NUM_THREADS"] = str(opts.threads)
+        else:
+            net.backend, net.default_model_filename = "python", None
+            net.instance_kind = "KIND_GPU" if kind == "plan" else "KIND_CPU"
+            params["model_file"] = model_file
+            if opts.threads:
+                params["threads"] = str(opts.threads)
+            _write(net_dir / "model.py", _SHIM.format(role="network", cls="NetworkModel"))
+        net.parameters = params
+        _write(tmp / names["network"] / "config.pbtxt", net.text())
+
+        ensemble = ModelConfig(name, max_batch, [image], [id_map, segments], platform="ensemble", steps=[
+            EnsembleStep(names["preprocess"], {"IMAGE": "IMAGE"}, {"images": "images", "image_info": "image_info"}),
+            EnsembleStep(names["network"], {"images": "images"},
+                         {"class_logits": "class_logits", "mask_logits": "mask_logits"}),
+            EnsembleStep(names["postprocess"], {"class_logits": "class_logits", "mask_logits": "mask_logits",
+                                                "image_info": "image_info"},
+                         {"id_map": "id_map", "segments": "segments"}),
+        ])
+        _write(tmp / name / "config.pbtxt", ensemble.text())
+        (tmp / name / "1").mkdir()  # Triton wants a version directory for ensembles too
+        _write(tmp / MARKER, json.dumps({
+            "format": MARKER_FORMAT, "source": str(model.resolve()), "source_sha256": _sha256(model),
+            "kind": kind, "network_backend": backend, "max_batch_size": max_batch, "task": task,
+            "models": {"ensemble": name, **names}, "options": asdict(opts)}, indent=1) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served repository is read by other users too
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,420 @@
+"""export-triton + a real Triton server: the tritonserver binary of the nvidia-pytriton wheel (Triton 2.51, Python
+backend only) serves the repository of a small PADing export on 127.0.0.1; requests go over HTTP and gRPC through
+tritonclient and must equal trt-infer's results on the same images.
+
+Skipped, with the reason, when the `serve` extra (tritonclient) or the server wheel is not installed."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+INSTALL = ('install the `serve` extra and the server binary: pip install -e ".[serve]" && '
+           "pip install --no-deps nvidia-pytriton")
+httpclient = pytest.importorskip("tritonclient.http", reason=f"tritonclient is not installed; {INSTALL}")
+grpcclient = pytest.importorskip("tritonclient.grpc", reason=f"tritonclient[grpc] is not installed; {INSTALL}")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from zsdeploy.runtime.errors import ZsdError  # noqa: E402
+from zsdeploy.runtime.serving import local_server  # noqa: E402
+
+try:
+    local_server.find_wheel_server()
+except ZsdError as e:
+    pytest.skip(f"no tritonserver binary ({e.problem}); {INSTALL}", allow_module_level=True)
+
+# The trt-infer reference and the served pre/post-processing run different numpy builds (the Python backend stub
+# needs numpy<2, see local_server.ensure_stub_env); scores must still agree to the README's 1e-5.
+SCORE_TOL = 1e-5
+SIZES = [(128, 160), (100, 150), (240, 200), (90, 300)]  # exact canvas, smaller, larger (fitted), elongated
+CLIENTS, REQUESTS_PER_CLIENT = 4, 5  # 8 x 20 takes minutes on the shared 2-core CI machine (~0.8 s per request)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    mod = {"export-model": "zsdeploy.export.cli", "trt-infer": "zsdeploy.runtime.cli",
+           "export-triton": "zsdeploy.runtime.serving.cli"}[args[0]]
+    return subprocess.run([sys.executable, "-m", mod, *args[1:]], capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("triton")
+
+
+@pytest.fixture(scope="module")
+def export(work: Path) -> Path:
+    """A static 128x160 PADing panoptic export whose stand-in weights give non-empty segments and instances."""
+    out = work / "pading.onnx"
+    r = run_cli("export-model", "--model", "pading", "--standin", "diverse", "--height", "128", "--width", "160",
+                "--output", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(work: Path) -> Path:
+    """Synthetic scenes (flat background + rectangles) of several sizes, PNG and JPEG."""
+    from PIL import Image
+
+    d = work / "images"
+    d.mkdir()
+    rng = np.random.default_rng(12)
+    for i, (h, w) in enumerate(SIZES):
+        a = np.empty((h, w, 3), np.uint8)
+        a[:] = rng.integers(0, 256, 3)
+        for _ in range(8):
+            y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+            a[y:y + int(rng.integers(4, h // 2)), x:x + int(rng.integers(4, w // 2))] = rng.integers(0, 256, 3)
+        Image.fromarray(a).save(d / f"scene{i}.{'png' if i % 2 == 0 else 'jpg'}", quality=95)
+    return d
+
+
+def reference(export: Path, images: Path, out: Path, task: str) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """trt-infer's id map and JSON per image name."""
+    from zsdeploy.runtime.imageio import read_png, rgb_to_id
+
+    r = run_cli("trt-infer", "--model", str(export), "--input", str(images), "--output", str(out), "--task", task,
+                "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    refs = {}
+    for p in sorted(images.iterdir()):
+        doc = json.loads((out / f"{p.stem}.json").read_text())
+        label = read_png(out / doc["label_png"])
+        refs[p.name] = (rgb_to_id(label) if label.ndim == 3 else label.astype(np.int64), doc)
+    return refs
+
+
+@pytest.fixture(scope="module")
+def expected(export: Path, images: Path, work: Path) -> dict[str, dict[str, tuple[np.ndarray, dict[str, Any]]]]:
+    return {task: reference(export, images, work / f"ref_{task}", task) for task in ("panoptic", "instance")}
+
+
+@pytest.fixture(scope="module")
+def repos(export: Path, work: Path) -> dict[str, Path]:
+    """CPU repositories served by the wheel's server (network in the Python backend), plus the native-backend
+    repositories whose configs Triton parses without being able to run them (no TensorRT / ORT backend here)."""
+    from zsdeploy.runtime.serving import RepositoryOptions, write_repository
+
+    out = {"panoptic": work / "repo_panoptic"}
+    r = run_cli("export-triton", "--model", str(export), "--output", str(out["panoptic"]), "--backend", "python",
+                "--dynamic-batching", "--max-queue-delay-us", "500")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ensemble 'pading_panoptic'" in r.stdout
+    # The rest through the Python API (the same code; saves a process start each on the shared CI machine).
+    out["instance"] = write_repository(export, work / "repo_instance", RepositoryOptions(backend="python",
+                                                                                         task="instance"))
+    out["onnxruntime"] = write_repository(export, work / "repo_ort", RepositoryOptions(name="ort_check", threads=1,
+                                                                                       instances=2))
+    out["openvino"] = write_repository(export, work / "repo_ov", RepositoryOptions(name="ov_check", backend="openvino"))
+    out["plan"] = write_repository(fake_plan(export, work), work / "repo_plan", RepositoryOptions(name="plan_check"))
+    return out
+
+
+def fake_plan(export: Path, work: Path) -> Path:
+    """A .plan + sidecar as build-engine writes them, with the export's metadata. The engine bytes are not a real
+    engine (no TensorRT here): only the repository written for it and its config are checked."""
+    from zsdeploy.runtime.backends.onnxruntime_backend import read_onnx_metadata
+    from zsdeploy.runtime.engine import SIDECAR_FORMAT
+
+    plan = work / "pading.plan"
+    plan.write_bytes(b"not a real TensorRT engine")
+    side = {"format": SIDECAR_FORMAT, "metadata": read_onnx_metadata(export), "tensorrt_version": "10.13.0",
+            "gpu_name": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
+            "profiles": [{"images": {"min": [1, 3, 128, 160], "opt": [1, 3, 128, 160], "max": [1, 3, 128, 160]}}],
+            "plugins": [], "plugin_library": None}
+    plan.with_name(plan.name + ".json").write_text(json.dumps(side))
+    return plan
+
+
+@pytest.fixture(scope="module")
+def served(repos: dict[str, Path], work: Path):
+    """One tritonserver on 127.0.0.1 (free ports), explicit model control: the two served ensembles are loaded at
+    start, the native-backend repositories are loaded one by one by the test that checks their configs."""
+    try:
+        local_server.ensure_stub_env()
+    except ZsdError as e:  # made once per machine with pip (numpy<2 for the Python backend stub)
+        pytest.skip(f"no numpy<2 environment for Triton's Python backend stub: {e.problem}")
+    server = local_server.LocalTritonServer(
+        repos["panoptic"], work / "server",
+        extra_args=[f"--model-repository={repos[k]}" for k in ("instance", "onnxruntime", "openvino", "plan")]
+        + ["--model-control-mode=explicit", "--load-model=pading_panoptic", "--load-model=pading_instance"])
+    try:
+        server.start(timeout_s=180)
+    except ZsdError as e:
+        pytest.fail(f"tritonserver did not start: {e}")
+    yield server
+    server.stop()
+
+
+def shows_server_log(test: Callable[..., None]) -> Callable[..., None]:
+    """On failure, print the server log's tail (pytest shows it under 'Captured stdout call')."""
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            test(*args, **kwargs)
+        except BaseException:
+            print("---------------- tritonserver log (tail) ----------------")
+            print(kwargs["served"].log()[-6000:])
+            raise
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+def image_input(module: Any, blobs: list[bytes]) -> Any:
+    inp = module.InferInput("IMAGE", [len(blobs), 1], "BYTES")
+    inp.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(-1, 1))
+    return inp
+
+
+def infer(client: Any, module: Any, model: str, blob: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    r = client.infer(model, [image_input(module, [blob])])
+    id_map, segments = r.as_numpy("id_map"), r.as_numpy("segments")
+    assert id_map.dtype == np.int32 and id_map.ndim == 3 and segments.shape == (1, 1)
+    return id_map[0], json.loads(segments[0, 0])
+
+
+def assert_same(got: tuple[np.ndarray, dict[str, Any]], want: tuple[np.ndarray, dict[str, Any]], task: str) -> None:
+    (gmap, gdoc), (wmap, wdoc) = got, want
+    assert gmap.shape == wmap.shape, (gmap.shape, wmap.shape)
+    np.testing.assert_array_equal(gmap, wmap)
+    assert (gdoc["height"], gdoc["width"]) == (wdoc["height"], wdoc["width"])
+    key = "segments_info" if task == "panoptic" else "instances"
+    g, w = gdoc[key], wdoc[key]
+    assert len(g) == len(w) > 0
+    for a, b in zip(g, w):
+        assert {k: v for k, v in a.items() if k != "score" and "bbox_xyxy" not in k} == \
+               {k: v for k, v in b.items() if k != "score" and "bbox_xyxy" not in k}
+        if "score" in b:
+            assert abs(a["score"] - b["score"]) <= SCORE_TOL
+        if "bbox_xyxy" in b:
+            np.testing.assert_allclose(a["bbox_xyxy"], b["bbox_xyxy"], atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ repository (no server)
+
+
+def test_repository_configs_parse_with_tritons_schema(repos: dict[str, Path]) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    for kind, repo in repos.items():
+        marker = json.loads((repo / ".zsdeploy-triton.json").read_text())
+        configs = {}
+        for f in sorted(repo.glob("*/config.pbtxt")):
+            configs[f.parent.name] = text_format.Parse(f.read_text(), mc.ModelConfig())  # raises on any bad field
+            assert configs[f.parent.name].name == f.parent.name
+        ens = configs[marker["models"]["ensemble"]]
+        net = configs[marker["models"]["network"]]
+        assert set(configs) == set(marker["models"].values()), kind
+        assert ens.platform == "ensemble" and [s.model_name for s in ens.ensemble_scheduling.step] == \
+            [marker["models"][k] for k in ("preprocess", "network", "postprocess")]
+        # A static batch-1 128x160 export: batch and dims follow it.
+        assert {c.max_batch_size for c in configs.values()} == {1}
+        assert list(net.input[0].dims) == [3, 128, 160]
+        assert [list(o.dims) for o in net.output] == [[100, 134], [100, 32, 40]]
+        expect = {"panoptic": ("python", ""), "instance": ("python", ""), "onnxruntime": ("onnxruntime", ""),
+                  "openvino": ("openvino", ""), "plan": ("", "tensorrt_plan")}[kind]
+        assert (net.backend, net.platform) == expect
+    assert set(repos) == {"panoptic", "instance", "onnxruntime", "openvino", "plan"}
+    pan = text_format.Parse((repos["panoptic"] / "pading_panoptic_network" / "config.pbtxt").read_text(),
+                            mc.ModelConfig())
+    assert pan.HasField("dynamic_batching") and pan.dynamic_batching.max_queue_delay_microseconds == 500
+    inst = text_format.Parse((repos["onnxruntime"] / "ort_check_preprocess" / "config.pbtxt").read_text(),
+                             mc.ModelConfig())
+    assert inst.instance_group[0].count == 2 and inst.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    plan = text_format.Parse((repos["plan"] / "plan_check_network" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert plan.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert (repos["plan"] / "plan_check_network" / "1" / "model.plan.json").is_file()
+
+
+def test_rewrite_replaces_repository_as_a_whole(export: Path, work: Path, monkeypatch) -> None:
+    from zsdeploy.runtime.serving import repository
+    from zsdeploy.runtime.serving.repository import RepositoryOptions, write_repository
+
+    repo = work / "rewrite"
+    write_repository(export, repo, RepositoryOptions(backend="python", name="old_name"))
+    (repo / "old_name_network" / "1" / "stale.txt").write_text("from the old repository")
+    write_repository(export, repo, RepositoryOptions(backend="python", task="semantic"))
+    assert sorted(p.name for p in repo.iterdir()) == [".zsdeploy-triton.json", "pading_semantic",
+                                                      "pading_semantic_network", "pading_semantic_postprocess",
+                                                      "pading_semantic_preprocess"]
+    assert not list(work.glob(".rewrite.*")), "temporary directories were left behind"
+
+    # A write that fails halfway leaves the previous repository untouched and no temporary directory.
+    def broken_copy(*a: Any, **k: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(repository.shutil, "copyfile", broken_copy)
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+    with pytest.raises(OSError):
+        write_repository(export, repo, RepositoryOptions(backend="python", name="other"))
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+    assert not list(work.glob(".rewrite.*"))
+
+
+def test_cli_refuses_bad_requests_with_one_paragraph(export: Path, work: Path) -> None:
+    foreign = work / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    bundle_like = work / "some_dir_model"
+    bundle_like.mkdir(exist_ok=True)
+    cases = [
+        (["--model", str(export), "--output", str(foreign)], "not a repository written by export-triton"),
+        (["--model", str(export), "--output", str(work / "r1"), "--backend", "tensorrt"], "needs a TensorRT engine"),
+        (["--model", str(export), "--output", str(work / "r2"), "--max-batch", "4"], "static batch of 1"),
+        (["--model", str(work / "missing.onnx"), "--output", str(work / "r3")], "does not exist"),
+        (["--model", str(bundle_like), "--output", str(work / "r4")], "ZegFormer bundles"),
+        (["--model", str(export), "--output", str(work / "r5"), "--instances", "0"], "--instances 0 must be >= 1"),
+    ]
+    for args, problem in cases:
+        r = run_cli("export-triton", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.startswith("export-triton: error: ") and problem in r.stderr and " Fix: " in r.stderr
+        assert "Traceback" not in r.stderr
+    assert (foreign / "keep.txt").read_text() == "user data" and len(list(foreign.iterdir())) == 1
+    assert not any((work / f"r{i}").exists() for i in range(1, 6))
+
+
+# ------------------------------------------------------------------------------------------ against a server
+
+
+@shows_server_log
+def test_http_and_grpc_results_equal_trt_infer(served, images: Path, expected) -> None:
+    http = httpclient.InferenceServerClient(served.http_url)
+    grpc = grpcclient.InferenceServerClient(served.grpc_url)
+    for task, clients in (("panoptic", ((http, httpclient), (grpc, grpcclient))), ("instance", ((http, httpclient),))):
+        for p in sorted(images.iterdir()):
+            blob = p.read_bytes()
+            for client, module in clients:
+                assert_same(infer(client, module, f"pading_{task}", blob), expected[task][p.name], task)
+    http.close()
+    grpc.close()
+
+
+@shows_server_log
+def test_concurrent_clients_all_get_correct_results(served, images: Path, expected) -> None:
+    names = sorted(p.name for p in images.iterdir())
+    blobs = {n: (images / n).read_bytes() for n in names}
+
+    def client_run(k: int) -> int:
+        module = httpclient if k % 2 == 0 else grpcclient
+        client = module.InferenceServerClient(served.http_url if module is httpclient else served.grpc_url)
+        for j in range(REQUESTS_PER_CLIENT):
+            name = names[(k + j) % len(names)]
+            assert_same(infer(client, module, "pading_panoptic", blobs[name]), expected["panoptic"][name],
+                        "panoptic")
+        client.close()
+        return REQUESTS_PER_CLIENT
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        assert sum(pool.map(client_run, range(CLIENTS))) == CLIENTS * REQUESTS_PER_CLIENT
+
+
+@shows_server_log
+def test_bad_input_gets_a_triton_error_and_the_server_keeps_serving(served, images: Path, expected) -> None:
+    http = httpclient.InferenceServerClient(served.http_url)
+    grpc = grpcclient.InferenceServerClient(served.grpc_url)
+    good = sorted(images.iterdir())[0]
+    text = good.read_bytes()
+
+    def fp32(module: Any) -> Any:
+        inp = module.InferInput("IMAGE", [1, 1], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 1), np.float32))
+        return [inp]
+
+    def wide(module: Any) -> Any:
+        inp = module.InferInput("IMAGE", [1, 2], "BYTES")
+        inp.set_data_from_numpy(np.array([[text, text]], dtype=np.object_))
+        return [inp]
+
+    cases: list[tuple[Callable[[Any], Any], str]] = [
+        (fp32, "expects 'BYTES'"),  # wrong dtype: refused by Triton itself
+        (wide, "shape"),  # wrong shape
+        (lambda m: [image_input(m, [b"GIF89a but not really an image"])], "could not be read as an image"),
+        (lambda m: [image_input(m, [text[: len(text) // 2]])], "image #0 of the request"),  # truncated
+        (lambda m: [image_input(m, [b""])], "empty"),
+        (lambda m: [image_input(m, [text, text])], "batch-size must be <= 1"),  # > max_batch_size
+    ]
+    for client, module in ((http, httpclient), (grpc, grpcclient)):
+        for make, message in cases:
+            with pytest.raises(InferenceServerException) as err:
+                client.infer("pading_panoptic", make(module))
+            assert message in str(err.value), str(err.value)
+            if module is httpclient:  # ... and the next request is served correctly (gRPC: once, below)
+                assert_same(infer(client, module, "pading_panoptic", text), expected["panoptic"][good.name],
+                            "panoptic")
+    assert_same(infer(grpc, grpcclient, "pading_panoptic", text), expected["panoptic"][good.name], "panoptic")
+    assert http.is_server_live() and http.is_model_ready("pading_panoptic")
+    http.close()
+    grpc.close()
+
+
+@shows_server_log
+def test_native_backend_configs_pass_tritons_own_parsing(served) -> None:
+    """The wheel's server has no TensorRT, ONNX Runtime or OpenVINO backend: loading those network models must fail
+    on the missing backend library, i.e. only after Triton has parsed and accepted the config. Their Python pre/post
+    steps load and become ready."""
+    http = httpclient.InferenceServerClient(served.http_url)
+    for name, backend in (("plan_check", "tensorrt"), ("ort_check", "onnxruntime"), ("ov_check", "openvino")):
+        for step in ("preprocess", "postprocess") if name == "plan_check" else ():  # the ORT repo's are the same
+            http.load_model(f"{name}_{step}")
+            assert http.is_model_ready(f"{name}_{step}")
+        with pytest.raises(InferenceServerException) as err:
+            http.load_model(f"{name}_network")
+        msg = str(err.value)
+        assert f"libtriton_{backend}.so" in msg or f"backend '{backend}'" in msg, msg
+        assert "pbtxt" not in msg and "parse" not in msg.lower(), msg
+    for step in ("preprocess", "postprocess"):
+        http.unload_model(f"plan_check_{step}")
+    http.close()
+
+
+def test_batch_and_dims_follow_the_exports_metadata(export: Path, work: Path) -> None:
+    """Dynamic exports get variable H/W and --max-batch (default 8); a static batch > 1 only serves with zsdeploy's
+    own backend (Triton's would get fewer images than the graph's fixed batch). Copies of the export with edited
+    metadata stand in for those exports: the writer reads nothing else."""
+    import onnx
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from zsdeploy.runtime.serving import RepositoryOptions, write_repository
+
+    def variant(name: str, **meta: str) -> Path:
+        proto = onnx.load(str(export))
+        for p in proto.metadata_props:
+            if p.key in meta:
+                p.value = meta[p.key]
+        path = work / f"{name}.onnx"
+        onnx.save(proto, str(path))
+        return path
+
+    def network(repo: Path) -> Any:
+        return text_format.Parse(next(repo.glob("*_network/config.pbtxt")).read_text(), mc.ModelConfig())
+
+    dyn = variant("dynamic", dynamic="true")
+    net = network(write_repository(dyn, work / "repo_dyn"))
+    assert net.max_batch_size == 8 and list(net.input[0].dims) == [3, -1, -1]
+    assert [list(o.dims) for o in net.output] == [[100, 134], [100, -1, -1]]
+    assert network(write_repository(dyn, work / "repo_dyn", RepositoryOptions(max_batch=3))).max_batch_size == 3
+
+    b2 = variant("static_b2", static_batch="2")
+    with pytest.raises(ZsdError, match="static batch of 2"):
+        write_repository(b2, work / "repo_b2")
+    assert not (work / "repo_b2").exists()
+    assert network(write_repository(b2, work / "repo_b2", RepositoryOptions(backend="python"))).max_batch_size == 2
