@@ -46,7 +46,7 @@ def accuracy_table(report: dict[str, Any], side: str) -> str:
     return "\n".join(rows)
 
 
-def write_card(run: Path, accuracy: Path, output: Path) -> Path:
+def write_card(run: Path, accuracy: Path, output: Path, status: str = "") -> Path:
     last = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
     best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
     rep = json.loads(accuracy.read_text())
@@ -56,13 +56,14 @@ def write_card(run: Path, accuracy: Path, output: Path) -> Path:
     evals = "\n".join(f"| {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
                       + " |" for e in hist["eval"])
     agree = rep["vs_reference"]["all"]
+    status_block = f"\n## Status\n{status}\n" if status else ""
     text = f"""# Model card: zsdeploy demo PADing (`export-model --model pading --weights demo`)
 
 A reduced PADing-architecture network (Mask2Former meta-architecture with PADing's `new_fc` classifier) trained by
 zsdeploy on procedurally generated small-target scenes, so that the README's main job segments for real. It is a
 demonstration and benchmarking model, **not** a COCO model: it knows the 17 classes the scene generator draws (11
 things, 6 stuff, named after COCO-panoptic classes) and nothing about photographs.
-
+{status_block}
 ## Architecture and config
 `configs/pading/demo_panoptic.yaml` (upstream key schema; the same model code as the released configs):
 ResNet-50 at half width (WIDTH_PER_GROUP 32, RES2_OUT_CHANNELS 128), MSDeformAttn pixel decoder (3 encoder layers,
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="training run directory (last.pth, best.pth, curves.png)")
     p.add_argument("--accuracy", required=True, help="zsd-bench accuracy report.json on held-out scenes")
     p.add_argument("--output", default=str(WEIGHTS_DIR / "MODEL_CARD.md"))
+    p.add_argument("--status", default="", help="a paragraph on where training stands (goes under ## Status)")
     a = p.parse_args(argv)
-    print(write_card(Path(a.run), Path(a.accuracy), Path(a.output)))
+    print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status))
     return 0
 
 
