@@ -2,7 +2,6 @@
 executing code, with every key accounted for: used by the model, or on an explicit training-only drop list."""
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -46,11 +45,9 @@ class LoadReport:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..runtime.imageio import file_sha256
+
+    return file_sha256(path)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> Path:
 def run_zegformer(args: argparse.Namespace) -> Path:
     from .zegformer_export import export_zegformer
 
-    from .onnx_export import check_shape_flags, install_sigterm_as_interrupt
+    from ..runtime.errors import install_sigterm_as_interrupt
+    from .onnx_export import check_shape_flags
 
     install_sigterm_as_interrupt()
     check_shape_flags(args.height, args.width, args.batch, args.dynamic)
@@ -121,7 +122,8 @@ def run_zegformer(args: argparse.Namespace) -> Path:
 def run_pading(args: argparse.Namespace) -> Path:
     from .pading_export import build_pading, pading_metadata
 
-    from .onnx_export import check_shape_flags, install_sigterm_as_interrupt
+    from ..runtime.errors import install_sigterm_as_interrupt
+    from .onnx_export import check_shape_flags
 
     install_sigterm_as_interrupt()
     check_shape_flags(args.height, args.width, args.batch, args.dynamic)

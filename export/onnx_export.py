@@ -59,18 +59,6 @@ def check_shape_flags(height: int | None, width: int | None, batch: int, dynamic
                        "drop --batch (dynamic) or --dynamic (static batch).")
 
 
-def install_sigterm_as_interrupt() -> None:
-    """`kill` (SIGTERM) unwinds like Ctrl-C: temporary files are removed and the CLI says what was written."""
-    import signal
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (embedded use): keep the default
-        pass
-
 
 class Progress:
     """Numbered steps with elapsed time on stderr-free stdout (long steps say they are running)."""

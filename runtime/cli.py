@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ZsdError
+from .errors import ZsdError, install_sigterm_as_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,22 +217,9 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     return 0
 
 
-def _interrupt_on_sigterm() -> None:
-    """`kill` (SIGTERM) unwinds like Ctrl-C, so temporary files are removed and the summary is printed."""
-    import signal
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (embedded use): leave the default
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _interrupt_on_sigterm()
+    install_sigterm_as_interrupt()
     state = _RunState(0, Path(args.output))
     try:
         return run(args, state)

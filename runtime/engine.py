@@ -12,7 +12,6 @@ library; `read_sidecar` is what the TensorRT backend checks before it deserialis
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import sys
@@ -728,11 +727,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .imageio import file_sha256
+
+    return file_sha256(path)
 
 
 def make_sidecar(plan: BuildPlan, tensorrt_version: str, gpu: DeviceInfo, loaded_by: str | None,

@@ -13,3 +13,16 @@ class ZsdError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if not fix else f"{problem} Fix: {fix}")
+
+
+def install_sigterm_as_interrupt() -> None:
+    """`kill` (SIGTERM) unwinds like Ctrl-C: temporary files are removed and the CLI says what was written."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): keep the default
+        pass

@@ -481,3 +481,14 @@ def write_json_atomic(
         f.write(data)
 
     return _atomic_write(path, _write)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks (checkpoints, engines and caches can be GBs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -58,12 +58,18 @@ class OnnxRuntimeBackend(Backend):
         return self._shapes[name]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name in self.input_names:
-            if name not in feeds:
-                raise ZsdError(f"input {name!r} was not given.", f"feed {list(self.input_names)}.")
-            check_shape(name, feeds[name].shape, self._shapes[name])
+        check_feeds(feeds, self.input_names, self._shapes)
         outputs = self.session.run(list(self.output_names), {k: np.ascontiguousarray(feeds[k]) for k in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+
+def check_feeds(feeds: dict[str, np.ndarray], input_names: tuple[str, ...],
+                shapes: dict[str, tuple[int | str | None, ...]]) -> None:
+    """Every input given, every static dim matching (shared by the ONNX Runtime and OpenVINO runners)."""
+    for name in input_names:
+        if name not in feeds:
+            raise ZsdError(f"input {name!r} was not given.", f"feed {list(input_names)}.")
+        check_shape(name, feeds[name].shape, shapes[name])
 
 
 def check_shape(name: str, got: tuple[int, ...], declared: tuple[int | str | None, ...]) -> None:

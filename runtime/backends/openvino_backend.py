@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ZsdError
 from ..metadata import ModelInfo
 from .base import Backend
-from .onnxruntime_backend import check_shape, read_onnx_metadata
+from .onnxruntime_backend import check_feeds, read_onnx_metadata
 from .ov_cache import CompiledModelCache, entry_key
 
 PRECISIONS = ("f32", "bf16")
@@ -140,10 +140,7 @@ class OpenVINOBackend(Backend):
         return self._shapes[name]
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name in self.input_names:
-            if name not in feeds:
-                raise ZsdError(f"input {name!r} was not given.", f"feed {list(self.input_names)}.")
-            check_shape(name, feeds[name].shape, self._shapes[name])
+        check_feeds(feeds, self.input_names, self._shapes)
         # share_inputs: no copy in; outputs are copied out, so results stay valid after the next call
         res = self.request.infer({k: np.ascontiguousarray(feeds[k]) for k in self.input_names}, share_inputs=True)
         return {name: res[port] for name, port in zip(self.output_names, self.compiled.outputs)}

@@ -36,11 +36,9 @@ def entry_key(model: Path, settings: dict[str, str]) -> str:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..imageio import file_sha256
+
+    return file_sha256(path)
 
 
 class CompiledModelCache:

@@ -13,7 +13,6 @@ an existing one is replaced as a whole (never half old, half new).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -133,11 +132,9 @@ def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: P
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from ..imageio import file_sha256
+
+    return file_sha256(path)
 
 
 def _write(path: Path, text: str) -> None:
