@@ -183,7 +183,9 @@ def test_unwritable_cache_is_skipped_with_a_note(onnx_exports, tmp_path):
 
 
 def test_backend_choice(onnx_exports, tmp_path):
-    assert resolve_backend(onnx_exports["dynamic"]) == "openvino"  # installed, no CUDA EP here
+    assert resolve_backend(onnx_exports["dynamic"]) == "onnxruntime"  # the default for .onnx: starts at once
+    assert resolve_backend(onnx_exports["dynamic"], precision="bf16") == "openvino"  # the only bf16 backend
+    assert resolve_backend(onnx_exports["dynamic"], "openvino") == "openvino"
     assert resolve_backend(onnx_exports["dynamic"], "onnxruntime") == "onnxruntime"
     with pytest.raises(ZsdError, match="bf16 is an OpenVINO setting"):
         resolve_backend(onnx_exports["dynamic"], "onnxruntime", "bf16")
