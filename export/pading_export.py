@@ -53,7 +53,7 @@ def build_pading(task: str, config_path: str | Path | None = None, weights: str 
     if standin not in STANDIN_VARIANTS:
         raise ZsdError(f"unknown stand-in variant {standin!r}.",
                        f"choose --standin from {', '.join(STANDIN_VARIANTS)}.")
-    if weights is not None and str(weights) == DEMO_WEIGHTS_NAME and not Path(str(weights)).exists():
+    if weights is not None and str(weights) == DEMO_WEIGHTS_NAME and not Path(str(weights)).is_file():
         weights = demo_weights_path()
         if not weights.is_file():
             raise ZsdError(f"the demo weights are missing from this installation ({weights}).",

@@ -20,8 +20,8 @@ from zsdeploy.benchmarks.demo_model.train import DEMO_CONFIG, build_training_mod
 HELDOUT_PQ_FLOOR = 20.0
 
 
-def _run(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+def _run(*args, timeout=900, cwd=None):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 def _demo_weights() -> Path:
@@ -136,9 +136,11 @@ def test_shipped_weights_load_with_every_key_accounted_for():
 
 @pytest.fixture(scope="module")
 def demo_export(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo.onnx"
+    work = tmp_path_factory.mktemp("demo")
+    (work / "demo").mkdir()  # as scripts/demo.sh has: a folder named like the weights must not shadow them
+    out = work / "demo.onnx"
     r = _run("zsdeploy.export.cli", "--model", "pading", "--weights", "demo", "--height", "256", "--width", "256",
-             "--output", str(out))
+             "--output", str(out), cwd=work)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "stand-in" not in r.stdout.lower()
     return out
