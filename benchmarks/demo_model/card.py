@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from ...export.pading_export import demo_weights_path
 from .data import HELDOUT_SEED, SCENE_OBJECT_SIZES, SCENE_OBJECTS, SCENE_SIZE, TRAIN_SEED
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = demo_weights_path().parent
 METRICS = (("panoptic.pq", "PQ"), ("panoptic.sq", "SQ"), ("panoptic.rq", "RQ"), ("instance.ap", "mask AP"),
            ("semantic.miou", "mIoU"), ("panoptic.segments", "GT segments"))
 

@@ -24,15 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...export.config import released_config
+from ...export.pading_export import DEMO_CONFIG_NAME, demo_weights_path
 from ...runtime.errors import ZsdError
 from .criterion import LossWeights, set_criterion
 from .data import TRAIN_SEED, heldout_scene, heldout_seeds, training_sample
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pading" / "demo_panoptic.yaml"
-if not DEMO_CONFIG.is_file():  # installed (non-editable)
-    import zsdeploy.configs as _configs_pkg
-
-    DEMO_CONFIG = Path(_configs_pkg.__file__).resolve().parent / "pading" / "demo_panoptic.yaml"
+DEMO_CONFIG = released_config("pading", DEMO_CONFIG_NAME)
 
 
 def say(msg: str) -> None:
@@ -131,8 +129,9 @@ class _Batches(torch.utils.data.IterableDataset):
 
 
 # ---------------------------------------------------------------------------------------------- held-out
-def heldout_pq(model: nn.Module, spec: Any, n: int) -> dict[str, float | None]:
-    """Panoptic quality vs ground truth on the first `n` held-out scenes, through the runtime's post-processing."""
+def heldout_pq(model: nn.Module, spec: Any, cfg: Any, config_path: Path, n: int) -> dict[str, float | None]:
+    """Panoptic quality vs ground truth on the first `n` held-out scenes, through the runtime's post-processing
+    with the test settings of the config being trained."""
     from ...export.pading_export import BuiltModel, pading_metadata
     from ...export.onnx_export import ExportShape
     from ...export.torch_backend import TorchBackend
@@ -140,8 +139,7 @@ def heldout_pq(model: nn.Module, spec: Any, n: int) -> dict[str, float | None]:
     from ...runtime.pipeline import Segmenter
     from ..metrics import PanopticQuality
 
-    cfg = config_mod.load_config(DEMO_CONFIG)
-    built = BuiltModel(model, spec, config_mod.test_settings(cfg), "panoptic", DEMO_CONFIG, "training", "", [])
+    built = BuiltModel(model, spec, config_mod.test_settings(cfg), "panoptic", config_path, "training", "", [])
     seg = Segmenter(TorchBackend(model, pading_metadata(built, ExportShape(dynamic=True), opset=0, msda="torch")),
                     task="panoptic")
     pq = PanopticQuality()
@@ -305,7 +303,7 @@ def train(args: argparse.Namespace) -> Path:
                 f"{rate:.3f} it/s  ETA {eta / 3600:.1f} h")
         if it % args.eval_every == 0 or it == args.iters:
             model.eval()
-            res = heldout_pq(eval_model(inference_state(model), spec), spec, args.eval_scenes)
+            res = heldout_pq(eval_model(inference_state(model), spec), spec, cfg, config_path, args.eval_scenes)
             model.train()
             history["eval"].append({"iter": it, "scenes": args.eval_scenes, **res})
             best = max((e["pq_all"] or 0.0) for e in history["eval"])
@@ -374,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="WEIGHTS",
                    help="start a new run from trained weights (e.g. weights/demo_panoptic.pth) with a new schedule")
     p.add_argument("--package", metavar="CKPT", help="write CKPT's model as the shipped fp16 weights and exit")
-    p.add_argument("--package-output", default=str(Path(__file__).resolve().parent / "weights" / "demo_panoptic.pth"))
+    p.add_argument("--package-output", default=str(demo_weights_path()))
     return p
 
 

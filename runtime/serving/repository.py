@@ -12,16 +12,14 @@ an existing one is replaced as a whole (never half old, half new).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import shutil
-import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..atomic_dir import publish, staging_dir
 from ..errors import ZsdError
 from ..metadata import ModelInfo
 from .pbtxt import EnsembleStep, ModelConfig, Tensor
@@ -151,39 +149,6 @@ def _check_output(out: Path) -> None:
                        "pass a new or empty directory, or one that export-triton wrote before (it is replaced).")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):  # glibc < 2.28
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished repository into place. An old one is swapped out in one step where the system can (a
-    server polling the repository never sees it missing or mixed), else renamed away first; then deleted."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old repository
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "repo")
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old / "repo", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[str],
                      options: RepositoryOptions | None = None) -> Path:
     """Write the Triton repository for a PADing export (.onnx / .plan) to `output`; returns its path.
@@ -214,9 +179,7 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
     names = {s: f"{name}_{s}" for s in ("preprocess", "network", "postprocess")}
     step_doc = json.dumps({"format": STEP_FORMAT, "task": task, "metadata": meta}, indent=1) + "\n"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_dir(out) as tmp:
         def python_step(role: str, cls: str, ins: list[Tensor], outs: list[Tensor]) -> None:
             d = tmp / names[role]
             _write(d / "config.pbtxt", ModelConfig(names[role], max_batch, ins, outs, backend="python",
@@ -271,9 +234,5 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
             "format": MARKER_FORMAT, "source": str(model.resolve()), "source_sha256": _sha256(model),
             "kind": kind, "network_backend": backend, "max_batch_size": max_batch, "task": task,
             "models": {"ensemble": name, **names}, "options": asdict(opts)}, indent=1) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a served repository is read by other users too
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, out, "the model repository")
     return out
