@@ -114,3 +114,19 @@ def test_a_failed_bundle_write_leaves_nothing(tmp_path):
         (stage / "segmenter.onnx").write_bytes(b"half")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_inside_string_exec_still_exits_130(tmp_path):
+    """CPython under `python -m` turns any exit into "killed by SIGINT" (-2) once exactly KeyboardInterrupt has left
+    PyRun_String code (torch tracing runs some); the CLIs' SIGTERM/Ctrl-C handler raises a subclass instead."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "import os, signal, sys\n"
+        "from zsdeploy.runtime.errors import install_sigterm_as_interrupt\n"
+        "install_sigterm_as_interrupt()\n"
+        "try:\n"
+        "    exec('import os, signal, time\\nos.kill(os.getpid(), signal.SIGTERM)\\ntime.sleep(30)', {})\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n")
+    r = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 130, r.stderr
