@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.metadata import standin_variant_of
+from zsdeploy.runtime.families import family_of
 from zsdeploy.runtime.pipeline import Segmenter
 from zsdeploy.runtime.postprocess import masks_to_output
 from zsdeploy.runtime.preprocess import Batch, preprocess
@@ -171,7 +171,7 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     k = be.info.num_classes
     # Ground-truth class ids live in the dataset's class space; an open-vocabulary model's classes are its
     # vocabulary, so only the backend-vs-reference comparison is meaningful for it.
-    gt_comparable = dataset.has_gt and info.model != "zegformer"
+    gt_comparable = dataset.has_gt and not family_of(info).open_vocabulary
 
     mask_agree = {b: TensorAgreement() for b in BUCKET_ORDER}
     cls_agree = TensorAgreement()
@@ -190,17 +190,15 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         it = progress(it)
     for sample in it:
         images += 1
-        batch = be.preprocess([sample.image])
-        r_cls, r_masks = ref.infer(batch)
-        r_extra = ref.infer_extra(batch, r_cls, r_masks)
-        b_cls, b_masks = be.infer(batch)
-        b_extra = be.infer_extra(batch, b_cls, b_masks)
-        cls_agree.add(b_cls, r_cls)
-        for name, arr in b_extra.items():  # e.g. ZegFormer's clip_logits
-            extra_agree.setdefault(name, TensorAgreement()).add(arr, r_extra[name])
+        batch = be.prepare([sample.image])  # both pipelines see the same input tensor
+        r_raw, b_raw = ref.forward(batch), be.forward(batch)
+        r_masks, b_masks = r_raw.mask_logits, b_raw.mask_logits
+        cls_agree.add(b_raw.class_logits, r_raw.class_logits)
+        for name, arr in b_raw.extra.items():  # e.g. ZegFormer's clip_logits
+            extra_agree.setdefault(name, TensorAgreement()).add(arr, r_raw.extra[name])
         out_hw = batch.original_sizes[0]
-        r_res = {t: ref.postprocess(r_cls, r_masks, batch, 0, t, extra=r_extra) for t in tasks}
-        b_res = {t: be.postprocess(b_cls, b_masks, batch, 0, t, extra=b_extra) for t in tasks}
+        r_res = ref.finish(r_raw, batch, tasks)[0]
+        b_res = be.finish(b_raw, batch, tasks)[0]
 
         # Regions of the size buckets: ground-truth segments, else the reference's panoptic segments.
         if sample.has_gt:
@@ -259,7 +257,8 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
             vs_reference[ALL][f"{name}.{key}"] = e[key]
 
     notes = []
-    variant = standin_variant_of(info.raw) if info.standin_weights and info.model == "pading" else None
+    variant = (info.standin_variant if info.standin_weights and len(family_of(info).standin_variants) > 1
+               else None)
     if variant == "golden":
         notes.append("golden stand-in weights: the 100 queries are nearly identical, so panoptic/instance outputs are "
                      "often empty and PQ/AP against the reference are N/A; the raw-tensor and semantic metrics still "
@@ -277,7 +276,8 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         "kind": "accuracy",
         "model": {"model": info.model, "task": info.task, "weights": info.raw.get("weights"),
                   "standin_weights": info.standin_weights, "standin_variant": variant, "dynamic": info.dynamic,
-                  "static_hw": info.static_hw, "msda_lowering": info.raw.get("msda_lowering")},
+                  "static_hw": info.static_hw, "msda_lowering": info.raw.get("msda_lowering"),
+                  "precision": info.raw.get("precision") or "fp32"},
         "backend": backend.name,
         "reference": reference.name,
         "dataset": {"spec": dataset.spec, "kind": dataset.kind, "images": images, "ground_truth": dataset.has_gt},
@@ -339,7 +339,11 @@ def apply_tolerances(report: dict[str, Any], tol: dict[str, Any]) -> dict[str, A
     report["violations"] = violations
     report["passed"] = not violations
     report["flagged_buckets"] = list(dict.fromkeys(v["bucket"] for v in violations))
-    report["gate"] = {"accuracy": {f"{b}/{m}": v for b in BUCKET_ORDER for m, v in report["vs_reference"][b].items()
+    # Reduced-precision graphs gate under their own names (fp16:small/panoptic.pq), beside the fp32 graph's values.
+    precision = report.get("model", {}).get("precision") or "fp32"
+    prefix = "" if precision == "fp32" else f"{precision}:"
+    report["gate"] = {"accuracy": {f"{prefix}{b}/{m}": v for b in BUCKET_ORDER
+                                   for m, v in report["vs_reference"][b].items()
                                    if isinstance(v, float) and m in limits}}
     return report
 

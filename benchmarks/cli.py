@@ -49,20 +49,14 @@ def _write(out: Path, name: str, text: str) -> Path:
     return _atomic_write(p, lambda f: f.write(data))
 
 
-def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None):
-    """The PyTorch PADing reference: --weights, else the stand-in variant the export recorded in `meta`."""
+def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None, family: str = "pading"):
+    """The PyTorch reference of an export (its registered family's `torch_reference`)."""
+    from zsdeploy.runtime.families import MODELS
+
     if getattr(args, "reference", "pytorch") != "pytorch":
         raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
-    try:
-        from zsdeploy.export.torch_backend import TorchBackend
-        from zsdeploy.runtime.metadata import standin_variant_of
-    except ImportError as e:
-        raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-    weights = args.weights
-    if weights is None and (meta or {}).get("weights") == "demo":
-        weights = "demo"  # an export of the shipped demo model: its reference is the same demo checkpoint
-    return TorchBackend.pading(task, args.config, weights, standin=standin_variant_of(meta or {}),
-                               threads=args.threads)
+    return MODELS.get(family).torch_reference(task, meta, config=args.config, weights=args.weights,
+                                              threads=args.threads)
 
 
 def _load(path: str, threads: int | None, backend: str = "auto"):
@@ -101,16 +95,11 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         (_, backend, make_be), (_, reference, make_ref) = _zegformer_pair(args, "onnxruntime")
         segmenters = (make_be, make_ref)
     else:
+        from zsdeploy.runtime.families import family_for
+
+        family, _ = family_for(args.model)  # refuses a graph that runs only inside a bundle
         backend = _load(args.model, args.threads)
-        if backend.info.model != "pading":
-            raise ZsdError(f"{args.model} is one graph of a {backend.info.model} bundle.",
-                           "pass the bundle directory export-model wrote.")
-        if args.weights is None and not backend.info.standin_weights and backend.info.raw.get("weights") != "demo":
-            # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
-            raise ZsdError(f"{args.model} was exported with weights {backend.info.raw.get('weights')!r}, but no "
-                           "--weights was given, so the PyTorch reference would use stand-in weights.",
-                           "pass --weights with the checkpoint the model was exported from.")
-        reference = _reference(args, backend.info.task, backend.info.raw)
+        reference = _reference(args, backend.info.task, backend.info.raw, family.name)
     _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
                           progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
@@ -178,10 +167,9 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
     model = model or next((p.backend for p in peers if p.name.startswith("openvino")), None)
     if "torch" in names:
         info = model.info if model else None
-        if info is not None and info.model != "pading":
-            raise ZsdError("the torch baseline is PADing only.", "pass a PADing export.")
         task = info.task if info else (args.task or "panoptic")
-        backends.insert(0, NamedBackend("torch", _reference(args, task, info.raw if info else None)))
+        backends.insert(0, NamedBackend("torch", _reference(args, task, info.raw if info else None,
+                                                            info.model if info else "pading")))
     return backends, unavailable
 
 
@@ -205,7 +193,7 @@ def _zegformer_torch_bundle(args: argparse.Namespace):
     except ImportError as e:
         raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
     manifest = read_bundle_manifest(bundle_root(args.model))
-    twins = TorchBackend.zegformer({k: str(v) for k, v in manifest.items()}, args.weights, args.clip, args.config,
+    twins = TorchBackend.zegformer(manifest.made_from.as_metadata(), args.weights, args.clip, args.config,
                                    threads=args.threads)
     return ZegFormerBundle(args.model, backends=twins, say=_say)
 
@@ -248,7 +236,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
         unavailable.append({"backend": "torch-compile", "reason": "measured for PADing exports only"})
     if "tensorrt" in names:
         root = bundle_root(args.model)
-        segmenter_onnx = root / read_bundle_manifest(root)["bundle_files"]["segmenter"]
+        segmenter_onnx = root / read_bundle_manifest(root).graphs["segmenter"].file
         if not segmenter_onnx.with_suffix(".plan").is_file():
             unavailable.append({"backend": "tensorrt", "reason": f"no segmenter.plan in {root} (build-engine "
                                                                   "each bundle graph to <graph>.plan next to it)"})
@@ -418,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("inputs", nargs="+")
     m.add_argument("--output", required=True)
     m.set_defaults(func=cmd_merge)
+
+    # `zsd-bench serve`: Triton serving throughput / latency (its own module: benchmarks/serving_bench.py).
+    from zsdeploy.benchmarks.serving_bench import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+
+    # `zsd-bench video`: pipelined video frames/s vs sequential and the network alone (benchmarks/video_bench.py)
+    from zsdeploy.benchmarks.video_bench import add_parser as add_video_parser
+
+    add_video_parser(sub)
     return p
 
 

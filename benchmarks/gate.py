@@ -47,6 +47,8 @@ def compare(baseline: dict[str, dict[str, float]], current: dict[str, dict[str, 
     c = tol.get("check") or {}
     frac = float(c.get("speedup_min_fraction", 0.75))
     drops = c.get("accuracy_max_drop") or {}
+    # reduced-precision graphs (keys "fp16:small/...") may move more between CPUs (int8 kernels differ by ISA)
+    by_precision = c.get("accuracy_max_drop_by_precision") or {}
     factor = float(c.get("error_max_factor", 10.0))
     floor = float(c.get("error_floor", 1e-5))
     rows = []
@@ -67,7 +69,8 @@ def compare(baseline: dict[str, dict[str, float]], current: dict[str, dict[str, 
                          "status": "MISSING"})
             continue
         if higher_is_better(metric):
-            limit = base - float(drops.get(metric, 0.0))
+            precision = key.split("/", 1)[0].rpartition(":")[0]  # "" for fp32 graphs
+            limit = base - float({**drops, **(by_precision.get(precision) or {})}.get(metric, 0.0))
             ok, lim_txt = cur >= limit, f">= {limit:.6g}"
         else:
             limit = max(base * factor, floor)
@@ -77,9 +80,12 @@ def compare(baseline: dict[str, dict[str, float]], current: dict[str, dict[str, 
     return rows
 
 
-def _bucket_rank(key: str) -> tuple[int, str]:
+def _bucket_rank(key: str) -> tuple[str, int, str]:
+    """fp32 first, then each reduced precision; small bucket first within each."""
     order = {"small": 0, "medium": 1, "large": 2, "all": 3}
-    return order.get(key.split("/", 1)[0], 9), key
+    head = key.split("/", 1)[0]
+    precision, _, bucket = head.rpartition(":")
+    return precision, order.get(bucket, 9), key
 
 
 def table(rows: list[dict[str, Any]]) -> str:

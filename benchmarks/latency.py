@@ -287,33 +287,20 @@ def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batc
             imgs = [images[(it * batch + j) % k] for j in range(batch)]
             order = runnable[it % len(runnable):] + runnable[:it % len(runnable)]
             for nb in order:
-                seg = segs[nb.name]
-                t0 = time.perf_counter()
-                b = seg.preprocess(imgs)
-                t1 = time.perf_counter()
-                cls, masks = seg.infer(b)
-                extra = seg.infer_extra(b, cls, masks)
-                t2 = time.perf_counter()
-                for i in range(batch):
-                    seg.postprocess(cls, masks, b, i, extra=extra)
-                t3 = time.perf_counter()
-                padded = b.padded_hw
+                run = segs[nb.name].run(imgs)  # the Pipeline times its own steps
+                padded = run.batch.padded_hw
                 if it >= warmup:
                     tt = times[nb.name]
-                    tt["e2e"].append((t3 - t0) * 1e3)
-                    tt["infer"].append((t2 - t1) * 1e3)
-                    tt["pre"].append((t1 - t0) * 1e3)
-                    tt["post"].append((t3 - t2) * 1e3)
+                    tt["e2e"].append(run.e2e_ms)
+                    tt["infer"].append(run.timings_ms["infer"])
+                    tt["pre"].append(run.timings_ms["preprocess"])
+                    tt["post"].append(run.timings_ms["postprocess"])
                 if bar is not None:
                     bar.update(1)
         for nb in runnable:  # memory: one more untimed iteration per backend, peak reset before it
             reset_ok = reset_peak_rss()
             seg = segs[nb.name]
-            b = seg.preprocess(images[:batch])
-            cls, masks = seg.infer(b)
-            extra = seg.infer_extra(b, cls, masks)
-            for i in range(batch):
-                seg.postprocess(cls, masks, b, i, extra=extra)
+            seg.run(images[:batch])
             peak, _ = peak_rss_bytes()
             device_mib, device_note = None, nb.device_note
             if nb.device_baseline is not None:

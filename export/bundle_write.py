@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..runtime.artifacts.bundle_manifest import BUNDLE_FILE
 from ..runtime.atomic_dir import publish, staging_dir
 from ..runtime.errors import ZsdError
 from ..runtime.results_io import check_output_dir
 
 __all__ = ["check_bundle_target", "staging_dir", "publish"]
-
-MANIFEST = "bundle.json"
 
 
 def check_bundle_target(out: Path) -> None:
@@ -19,8 +18,8 @@ def check_bundle_target(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise ZsdError(f"--output {out} exists and is not a directory.", "choose a new directory name.")
-        if any(out.iterdir()) and not (out / MANIFEST).is_file():
-            raise ZsdError(f"--output {out} is a directory with other files in it (no {MANIFEST}: not a bundle); "
+        if any(out.iterdir()) and not (out / BUNDLE_FILE).is_file():
+            raise ZsdError(f"--output {out} is a directory with other files in it (no {BUNDLE_FILE}: not a bundle); "
                            "writing the bundle there would replace them.",
                            "choose a new or empty directory, or an existing bundle to replace.")
     check_output_dir(out.parent if str(out.parent) else Path("."))

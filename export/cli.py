@@ -6,10 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from ..runtime.errors import ZsdError
+from ..runtime.errors import ZsdError, install_sigterm_as_interrupt
+from ..runtime.families import MODELS, ExportRequest
 from .models.msdeformattn import LOWERINGS
-from .onnx_export import DEFAULT_OPSET, ExportShape, Progress, check_and_simplify, save_atomic, say, set_metadata, \
-    trace_to_onnx
+from .onnx_export import DEFAULT_OPSET, Progress, save_atomic, say
 from .precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAULT_ISLANDS, PRECISIONS, PrecisionOptions, \
     check_options, convert
 from .precision_islands import BY_NAME
@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: export-model --model pading --task panoptic --weights model_final.pth "
                "--height 800 --width 1216 --output pading_panoptic.onnx",
     )
-    p.add_argument("--model", choices=["pading", "zegformer"], help="model family (required unless --from-onnx)")
+    p.add_argument("--model", choices=MODELS.names(),
+                   help="model family (required unless --from-onnx): " + "; ".join(
+                       f"{n}: {MODELS.get(n).summary}" for n in MODELS.names()))
     p.add_argument("--task", choices=["panoptic", "instance", "semantic"],
                    help="PADing: released model to build (selects configs/pading/<task>.yaml and class list; "
                         "default panoptic); ZegFormer is semantic only")
@@ -81,95 +83,22 @@ def precision_options(args: argparse.Namespace) -> PrecisionOptions:
     return PrecisionOptions(args.precision, args.fp32_islands, args.calib, args.calib_scenes, args.calib_method)
 
 
+def export_request(args: argparse.Namespace) -> ExportRequest:
+    return ExportRequest(
+        output=Path(args.output), task=args.task, config=args.config, weights=args.weights, standin=args.standin,
+        height=args.height, width=args.width, batch=args.batch, dynamic=args.dynamic, opset=args.opset,
+        msda=args.msda, simplify=not args.no_simplify, clip=args.clip, clip_bpe=args.clip_bpe,
+        embed_defaults=not args.no_default_embeddings, precision=precision_options(args))
+
+
 def run(args: argparse.Namespace) -> Path:
     if args.from_onnx:
         return run_convert(args)
     if args.model is None:
-        raise ZsdError("--model is missing.", "pass --model pading|zegformer (or --from-onnx M.onnx to convert an "
-                                              "existing export).")
-    if args.model == "zegformer":
-        return run_zegformer(args)
-    return run_pading(args)
-
-
-def run_zegformer(args: argparse.Namespace) -> Path:
-    from .zegformer_export import export_zegformer
-
-    from ..runtime.errors import install_sigterm_as_interrupt
-    from .onnx_export import check_shape_flags
-
+        raise ZsdError("--model is missing.", f"pass --model {'|'.join(MODELS.names())} (or --from-onnx M.onnx to "
+                                              "convert an existing export).")
     install_sigterm_as_interrupt()
-    check_shape_flags(args.height, args.width, args.batch, args.dynamic)
-    if args.precision != "fp32" or args.fp32_islands or args.calib:
-        raise ZsdError(f"--precision {args.precision}: ZegFormer bundles are exported in fp32 only for now.",
-                       "drop --precision/--fp32-islands/--calib (build-engine --precision fp16 still builds fp16 "
-                       "engines from the fp32 bundle where the TensorRT version has the builder flag).")
-    if args.msda != "gridsample":
-        raise ZsdError(f"--msda {args.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
-                       "drop --msda for ZegFormer.")
-    if args.standin == "diverse":
-        raise ZsdError("--standin diverse is a PADing stand-in (diverse decoder queries for zsd-bench PQ/AP); "
-                       "ZegFormer has only the golden stand-in.", "drop --standin for ZegFormer.")
-    if args.task not in (None, "semantic"):
-        raise ZsdError(f"--task {args.task}: ZegFormer is a semantic segmentation model.", "drop --task.")
-    return export_zegformer(
-        args.output, config=args.config, weights=args.weights, clip=args.clip,
-        height=args.height or 640, width=args.width or 640, batch=args.batch, dynamic=args.dynamic,
-        opset=args.opset, simplify=not args.no_simplify, clip_bpe=args.clip_bpe,
-        embed_defaults=not args.no_default_embeddings, say=say)
-
-
-def run_pading(args: argparse.Namespace) -> Path:
-    from .pading_export import build_pading, pading_metadata
-
-    from ..runtime.errors import install_sigterm_as_interrupt
-    from .onnx_export import check_shape_flags
-
-    install_sigterm_as_interrupt()
-    check_shape_flags(args.height, args.width, args.batch, args.dynamic)
-    for flag, value in (("--clip", args.clip), ("--clip-bpe", args.clip_bpe)):
-        if value:
-            raise ZsdError(f"{flag} is a ZegFormer option; PADing has no CLIP.", f"drop {flag}.")
-    if args.standin and args.weights:
-        raise ZsdError(f"--standin {args.standin} picks stand-in weights, but --weights is given.",
-                       "drop --standin (or --weights).")
-    args.task = args.task or "panoptic"
-    args.height, args.width = args.height or 800, args.width or 1216
-    output = Path(args.output)
-    if output.suffix != ".onnx":
-        raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
-    shape = ExportShape(args.height, args.width, args.batch, args.dynamic)
-    shape.validate()
-    popts = precision_options(args)
-    check_options(popts)  # wrong precision flags fail now, not after a minute of tracing
-    progress = Progress(4 if popts.precision == "fp32" else 5, say)
-    standin = args.standin or "golden"
-    with progress.step(f"building PADing {args.task}" + ("" if args.weights else f" ({standin} stand-in)")):
-        built = build_pading(args.task, args.config, args.weights, standin=standin)
-    for note in built.notes:
-        say(f"  note: {note}")
-    if built.weights == "standin":
-        from .standin import STANDIN_WARNING
-
-        say(STANDIN_WARNING)
-    dims = "dynamic batch/H/W" if shape.dynamic else f"{shape.batch}x3x{shape.height}x{shape.width}"
-    with progress.step(f"tracing to ONNX ({dims}, opset {args.opset}, MSDeformAttn as {args.msda}; ~1 min)"):
-        proto = trace_to_onnx(built.model, shape, opset=args.opset, msda=args.msda)
-    with progress.step("checking, inferring shapes" + ("" if args.no_simplify else " and simplifying (onnxslim)")):
-        proto = check_and_simplify(proto, simplify=not args.no_simplify)
-    set_metadata(proto, pading_metadata(built, shape, opset=args.opset, msda=args.msda))
-    if popts.precision == "fp32":
-        proto = convert(proto, popts)  # records precision fp32
-    else:
-        with progress.step(f"converting to {popts.precision}"):
-            proto = convert(proto, popts, where="the exported graph", say=say)
-    with progress.step(f"writing {output}"):
-        save_atomic(proto, output)
-    size_mb = output.stat().st_size / 2**20
-    say(f"exported {output} ({size_mb:.1f} MiB, {len(proto.graph.node)} nodes)")
-    if built.weights == "standin":
-        say(STANDIN_WARNING)
-    return output
+    return MODELS.get(args.model).export(export_request(args), say)
 
 
 def run_convert(args: argparse.Namespace) -> Path:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
@@ -164,13 +163,10 @@ def check_and_simplify(proto: onnx.ModelProto, simplify: bool = True) -> onnx.Mo
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, object]) -> None:
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key = key
-        entry.value = value if isinstance(value, str) else json.dumps(value)
-    proto.producer_name = "zsdeploy"
-    proto.producer_version = EXPORTER_VERSION
+    """Write an export's metadata through the artifact contract (runtime.artifacts.onnx_metadata)."""
+    from ..runtime.artifacts.onnx_metadata import write_onnx_metadata
+
+    write_onnx_metadata(proto, metadata, producer_version=EXPORTER_VERSION)
 
 
 def save_atomic(proto: onnx.ModelProto, output: Path) -> None:

@@ -1,6 +1,7 @@
 """PADing: build from config + checkpoint, and describe the exported graph (metadata_props)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def build_pading(task: str, config_path: str | Path | None = None, weights: str 
 
 
 def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: str) -> dict[str, object]:
+    from ..runtime.imageio import file_sha256
+
     classes, class_note = classes_for(built.task, built.spec.num_classes)
     s = built.settings
     meta: dict[str, object] = {
@@ -90,6 +93,7 @@ def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: 
         # which stand-in rule, so `zsd-bench accuracy` rebuilds the same reference (absent in older exports: golden)
         "standin_variant": (built.standin or "golden") if built.weights == "standin" else "",
         "config": built.config_path.name,
+        "config_sha256": file_sha256(built.config_path),
         "input_name": "images",
         "input_format": "RGB",
         "input_range": "0..255 float32, not normalised (normalisation is in the graph); pad with pixel_mean",
@@ -129,3 +133,49 @@ def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: 
 
 def _b(v: bool) -> str:
     return "true" if v else "false"
+
+
+def export_pading(output: str | Path, *, task: str = "panoptic", config: str | Path | None = None,
+                  weights: str | Path | None = None, standin: str = "golden", height: int = 800, width: int = 1216,
+                  batch: int = 1, dynamic: bool = False, opset: int | None = None, msda: str = "gridsample",
+                  simplify: bool = True, precision: object = None, say: Callable[[str], None] = print) -> Path:
+    """Build PADing (checkpoint or stand-in), trace it to ONNX with its metadata, convert it to `precision`
+    (an export.precision.PrecisionOptions; None = fp32) and write `output` atomically. What `export-model
+    --model pading` runs; returns the written path."""
+    from ..runtime.errors import ZsdError
+    from .onnx_export import DEFAULT_OPSET, Progress, check_and_simplify, save_atomic, set_metadata, trace_to_onnx
+    from .precision import PrecisionOptions, check_options, convert
+    from .standin import STANDIN_WARNING
+
+    output = Path(output)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if output.suffix != ".onnx":
+        raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
+    shape = ExportShape(height, width, batch, dynamic)
+    shape.validate()
+    popts = precision if isinstance(precision, PrecisionOptions) else PrecisionOptions()
+    check_options(popts)  # wrong precision flags fail now, not after a minute of tracing
+    progress = Progress(4 if popts.precision == "fp32" else 5, say)
+    with progress.step(f"building PADing {task}" + ("" if weights else f" ({standin} stand-in)")):
+        built = build_pading(task, config, weights, standin=standin)
+    for note in built.notes:
+        say(f"  note: {note}")
+    if built.weights == "standin":
+        say(STANDIN_WARNING)
+    dims = "dynamic batch/H/W" if shape.dynamic else f"{shape.batch}x3x{shape.height}x{shape.width}"
+    with progress.step(f"tracing to ONNX ({dims}, opset {opset}, MSDeformAttn as {msda}; ~1 min)"):
+        proto = trace_to_onnx(built.model, shape, opset=opset, msda=msda)
+    with progress.step("checking, inferring shapes" + (" and simplifying (onnxslim)" if simplify else "")):
+        proto = check_and_simplify(proto, simplify=simplify)
+    set_metadata(proto, pading_metadata(built, shape, opset=opset, msda=msda))
+    if popts.precision == "fp32":
+        proto = convert(proto, popts)  # records precision fp32
+    else:
+        with progress.step(f"converting to {popts.precision}"):
+            proto = convert(proto, popts, where="the exported graph", say=say)
+    with progress.step(f"writing {output}"):
+        save_atomic(proto, output)
+    say(f"exported {output} ({output.stat().st_size / 2**20:.1f} MiB, {len(proto.graph.node)} nodes)")
+    if built.weights == "standin":
+        say(STANDIN_WARNING)
+    return output

@@ -36,7 +36,8 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ZsdError
-from ..runtime.metadata import ModelInfo
+from ..runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
+from ..runtime.artifacts.onnx_metadata import update_onnx_metadata as update_metadata
 from .precision_islands import island_nodes, parse_islands
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -67,10 +68,6 @@ class CalibrationData:
 
 
 # ------------------------------------------------------------------------------------------ checks
-
-
-def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
 
 
 def has_qdq(model: onnx.ModelProto) -> bool:
@@ -438,12 +435,3 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
     return out
 
 
-def update_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
-    """Set `values` in metadata_props, keeping every other key (and the keys' order)."""
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in values.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value

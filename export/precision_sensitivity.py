@@ -18,7 +18,6 @@ checkpoint).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -80,10 +79,9 @@ def run_sensitivity(fp32_onnx: str | Path, precision: str, *, scenes: int = 4, s
         raise ZsdError(f"--onnx {fp32} does not exist.", "pass an fp32 .onnx written by export-model.")
     model = onnx.load(str(fp32))
     check_source(model, precision, str(fp32))
-    meta = {p.key: p.value for p in model.metadata_props}
-    from ..runtime.metadata import ModelInfo
+    from ..runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
 
-    info = ModelInfo.from_metadata(meta, str(fp32))
+    info = ModelInfo.from_metadata(metadata_of(model), str(fp32))
     if scene_size is None:
         scene_size = "x".join(map(str, info.static_hw)) if info.static_hw else "256x320"
     tol = DEFAULT_TOLERANCE[precision] if tolerance is None else float(tolerance)

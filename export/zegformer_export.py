@@ -8,14 +8,14 @@ A bundle is a directory of self-describing ONNX graphs:
 - `crop_classifier.onnx` (configs with CLIP_CLASSIFICATION, "gzss"): images, image_sizes [B,2], the segmenter's
   mask_logits and text_embeddings_clip [C,512] -> clip_logits [B,Q,C] (see models/zegformer_clip.py); the fusion
   with class_logits is post-processing (`models.zegformer_clip.semantic_inference` is its PyTorch reference).
-- `bundle.json`: what the bundle holds and how to use it (graphs, default vocabulary, prompt templates, fusion
-  settings) -- the same facts as the graphs' metadata.
+- `bundle.json`: what the bundle holds and how to use it (graphs and embeddings with their sizes and sha256s,
+  default vocabulary, prompt templates, fusion settings, what it was made from): format "zsdeploy-bundle/2",
+  written and read only by runtime.artifacts.bundle_manifest.
 - `text_embeddings.npy` (+ `text_embeddings_clip.npy` for gzss configs): the default vocabulary embedded with the
   config's prompt ensemble, when CLIP's BPE vocabulary file is available at export time.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +26,19 @@ import numpy as np
 import onnx
 import torch
 
+from ..runtime.artifacts.bundle_manifest import (
+    EMBEDDINGS,
+    BundleClasses,
+    BundleClip,
+    BundleExporter,
+    BundleFusion,
+    BundleInput,
+    BundleManifest,
+    BundlePrompts,
+    BundleSource,
+    describe_file,
+    write_bundle_manifest,
+)
 from ..runtime.errors import ZsdError
 from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from . import checkpoint
@@ -644,8 +657,7 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
             save_atomic(crop, stage / files["crop_classifier"])
         for name, arr in embeddings.items():
             np.save(stage / files[name], arr)
-        manifest = zegformer_metadata(built, shape, graph="bundle", opset=opset, files=files)
-        _write_json_atomic(stage / "bundle.json", manifest)
+        write_bundle_manifest(stage, zegformer_bundle_manifest(built, shape, opset=opset, stage=stage, files=files))
         interrupted = publish(stage, out)
     if interrupted:
         say(f"  note: an interrupt arrived while the bundle was put in place; it was held until {out} was complete.")
@@ -655,7 +667,34 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
     return out
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def zegformer_bundle_manifest(built: BuiltZegFormer, shape: ExportShape, *, opset: int, stage: Path,
+                              files: dict[str, str]) -> BundleManifest:
+    """The bundle.json of a bundle whose `files` (graph or embeddings name -> file name) are written in `stage`
+    (their sizes and sha256s are taken now)."""
+    s, c = built.settings, built.classes
+    standin, standin_clip = built.weights == "standin", built.clip_source == "standin"
+    described = {name: describe_file(stage, file) for name, file in files.items()}
+    return BundleManifest(
+        graphs={g: f for g, f in described.items() if g not in EMBEDDINGS},
+        embeddings={k: f for k, f in described.items() if k in EMBEDDINGS},
+        classes=BundleClasses(names=c.names, seen_ids=c.seen, unseen_ids=c.unseen, thing_ids=c.thing_ids,
+                              colors=c.colors, source=c.source),
+        prompts=BundlePrompts(ensemble_type=s.prompt_ensemble_type,
+                              templates=tuple(TEMPLATE_SETS[s.prompt_ensemble_type]),
+                              clip_templates=tuple(TEMPLATE_SETS["clip"])),
+        fusion=BundleFusion(clip_classification=s.clip_classification, ensembling=s.ensembling,
+                            ensembling_all_cls=s.ensembling_all_cls, ensembling_lambda=2.0 / 3.0,
+                            gzero_calibrate=s.gzero_calibrate),
+        input=BundleInput(dynamic=shape.dynamic, batch=None if shape.dynamic else shape.batch,
+                          height=None if shape.dynamic else shape.height,
+                          width=None if shape.dynamic else shape.width),
+        clip=BundleClip(model=s.clip_pretrained, text_dim=built.spec.text_dim,
+                        context_length=built.clip_spec.context_length if built.clip_spec else 77,
+                        tokenizer="clip-bpe-49408"),
+        made_from=BundleSource(config=built.config_path.name,
+                               weights="standin" if standin else Path(built.weights).name, standin_weights=standin,
+                               weights_sha256=built.sha256 or None,
+                               clip_weights="standin" if standin_clip else Path(built.clip_source).name,
+                               standin_clip=standin_clip, clip_sha256=built.clip_sha256 or None),
+        exporter=BundleExporter(version=EXPORTER_VERSION, torch_version=torch.__version__, opset=opset),
+    )

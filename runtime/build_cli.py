@@ -1,6 +1,7 @@
 """`build-engine`: build a TensorRT engine (.plan + .plan.json sidecar) from an exported ONNX model.
 
-A thin layer over `zsdeploy.runtime.engine.build_engine` (Polygraphy style: the CLI only parses arguments).
+A thin layer over `zsdeploy.runtime.tensorrt.builder.build_engine` (Polygraphy style: the CLI only parses
+arguments).
 """
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from .engine import PLUGIN_LIBRARY_NAME, PRECISIONS, BuildOptions, build_engine, parse_profile
+from .artifacts.bundle_manifest import is_bundle
 from .errors import ZsdError
+from .tensorrt.builder import build_engine
+from .tensorrt.plugins import PLUGIN_LIBRARY_NAME
+from .tensorrt.precision import PRECISIONS
+from .tensorrt.preflight import BuildOptions
+from .tensorrt.profiles import parse_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +82,6 @@ def _say(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    from .zegformer import is_bundle
-
     try:
         if is_bundle(args.onnx):
             from .bundle_engines import build_bundle

@@ -1,17 +1,21 @@
 """TensorRT engines for a whole ZegFormer bundle: one `<graph>.plan` (+ sidecar) next to each `<graph>.onnx`.
 
-`trt-infer --model BUNDLE` then runs the plans (it prefers them when TensorRT is importable). Every graph is
-checked (`engine.preflight`: metadata, profiles, output paths) before TensorRT builds the first one, so a wrong
-`--profile` fails in a second, not after a 10-minute segmenter build.
+`trt-infer --model BUNDLE` then runs the plans (it prefers them when TensorRT is importable, and refuses a plan
+whose graph was re-exported since: artifacts.sidecar.check_plan_source). Every graph is checked (`preflight`:
+metadata, profiles, output paths) before TensorRT builds the first one, so a wrong `--profile` fails in a second,
+not after a 10-minute segmenter build.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from .engine import BuildOptions, BuildResult, Say, build_engine, inspect_onnx, preflight
+from .artifacts.bundle_manifest import GRAPHS, read_bundle_manifest
 from .errors import ZsdError
-from .zegformer import BUNDLE_FILE, GRAPHS, read_bundle_manifest
+from .tensorrt.builder import BuildResult, build_engine
+from .tensorrt.loader import Say
+from .tensorrt.onnx_inspect import inspect_onnx
+from .tensorrt.preflight import BuildOptions, preflight
 
 
 def bundle_jobs(opts: BuildOptions) -> list[tuple[str, BuildOptions]]:
@@ -26,13 +30,10 @@ def bundle_jobs(opts: BuildOptions) -> list[tuple[str, BuildOptions]]:
         raise ZsdError("--precision int8 is not supported for ZegFormer bundles: calibration feeds images only, "
                        "but the segmenter also takes the vocabulary's text embeddings.",
                        "build the bundle with --precision fp16 (or fp32).")
-    files: dict[str, str] = manifest.get("bundle_files") or {}
-    graphs = [g for g in GRAPHS if g in files]
-    if "segmenter" not in graphs:
-        raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
+    graphs = [g for g in GRAPHS if g in manifest.graphs]  # the manifest parser guarantees a segmenter
     jobs, used = [], set()
     for g in graphs:
-        onnx_path = root / files[g]
+        onnx_path = manifest.graph_file(root, g, verify=True)  # a plan built from a changed graph is silently wrong
         inputs = set(inspect_onnx(onnx_path).inputs)
         mine = {k: v for k, v in opts.profile.items() if k in inputs}
         used |= set(mine)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import ZsdError, install_sigterm_as_interrupt
+from .families import OpenOptions, open_pipeline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True,
                    help=".onnx (export-model) or .plan (build-engine), or a ZegFormer bundle directory")
-    p.add_argument("--input", required=True, help="an image file or a directory of images")
+    p.add_argument("--input", required=True, help="an image file or a directory of images; or a video file (.mp4 "
+                                                  ".avi .mov .mkv .webm .m4v), camera index (0) or stream URL")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
                    help="post-processing to run (default: the model's task)")
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                    help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    v = p.add_argument_group("video files, cameras and streams (frame_NNNNNN.json per frame; --vis: <name>_vis.mp4)")
+    v.add_argument("--max-frames", type=int, help="stop after this many frames (exit 0)")
+    v.add_argument("--every", type=int, help="process every N-th frame of the source (default 1)")
     z = p.add_argument_group("ZegFormer bundles (open vocabulary)")
     z.add_argument("--classes", help='the vocabulary, comma-separated, e.g. "corgi,fire truck,traffic cone" '
                                      "(default: the bundle's). Names the model was trained on count as seen, all "
@@ -55,33 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def open_options(args: argparse.Namespace) -> OpenOptions:
+    return OpenOptions(task=args.task, short_edge=args.short_edge, backend=args.backend, precision=args.precision,
+                       threads=args.threads, plugin_lib=args.plugin_lib, classes=args.classes,
+                       classes_file=args.classes_file, text_embeddings=args.text_embeddings, clip_bpe=args.clip_bpe,
+                       use_cache=not args.no_cache)
+
+
 def open_segmenter(args: argparse.Namespace):
-    """A Segmenter for --model: a ZegFormer bundle (with its vocabulary) or a single PADing graph/engine."""
-    from .pipeline import Segmenter
-    from .zegformer import bundle_root, open_zegformer
-
-    if bundle_root(args.model) is not None:
-        return open_zegformer(args.model, classes=args.classes, classes_file=args.classes_file,
-                              text_embeddings_file=args.text_embeddings, bpe_path=args.clip_bpe,
-                              plugin_lib=args.plugin_lib, threads=args.threads, use_cache=not args.no_cache,
-                              task=args.task, short_edge=args.short_edge, backend=args.backend,
-                              precision=args.precision)
-    zeg_only = [f for f, v in (("--classes", args.classes), ("--classes-file", args.classes_file),
-                               ("--text-embeddings", args.text_embeddings), ("--clip-bpe", args.clip_bpe),
-                               ("--no-cache", args.no_cache or None)) if v is not None]
-    from .backends import load_backend
-
-    backend = load_backend(args.model, plugin_lib=args.plugin_lib, threads=args.threads, backend=args.backend,
-                           precision=args.precision)
-    if backend.info.model == "zegformer":
-        graph = backend.info.raw.get("graph", "?")
-        raise ZsdError(f"{args.model} is the {graph} graph of a ZegFormer bundle, which runs only with the rest of "
-                       "the bundle (bundle.json, text encoder, vocabulary embeddings).",
-                       "pass the bundle directory export-model --model zegformer wrote.")
-    if zeg_only:
-        raise ZsdError(f"{', '.join(zeg_only)}: a {backend.info.model} model has a fixed class list; only ZegFormer "
-                       "bundles take a vocabulary at run time.", f"drop {', '.join(zeg_only)}.")
-    return Segmenter(backend, args.task, args.short_edge)
+    """The Pipeline for --model, opened by its registered model family (runtime.families)."""
+    return open_pipeline(args.model, open_options(args))
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -125,6 +113,11 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     from .results_io import check_output_dir, output_stems, write_outputs
 
     _check_options(args)
+    from .video import is_video_source, refuse_video_options, run_video
+
+    if is_video_source(args.input):  # a video file, camera index or stream URL: the pipelined video path
+        return run_video(args, state if state is not None else _RunState(0, Path(args.output)), open_segmenter)
+    refuse_video_options(args)
     paths = list_images(args.input)
     single = len(paths) == 1  # one image: its failure is the run's error (exit 2), not a partial result
     out_dir = check_output_dir(args.output)  # before the (slow) model load: a bad --output fails at once

@@ -1,4 +1,11 @@
-"""Image -> pre-processing -> backend -> upstream post-processing, for any backend (torch, ORT, TensorRT)."""
+"""The Pipeline: images -> pre-processing -> one or more backends -> upstream post-processing.
+
+It is the unit every CLI and benchmark runs (trt-infer, zsd-bench accuracy and latency, Triton's Python backend):
+`prepare` (resize, pad, batch), `forward` (the network, plus further networks such as ZegFormer's CLIP crop
+classifier, on the main outputs), `finish` (post-processing per image and task). `run` times the three steps; the
+benchmarks read those timings instead of re-stating the order. Model families (runtime.families) open artifacts as
+Pipelines; ZegFormer's subclass adds the vocabulary.
+"""
 from __future__ import annotations
 
 import time
@@ -30,7 +37,34 @@ class Segmentation:
     extra_raw: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. ZegFormer's clip_logits
 
 
-class Segmenter:
+@dataclass
+class RawOutputs:
+    """What the networks returned for a batch: [B, ...] arrays."""
+
+    class_logits: np.ndarray
+    mask_logits: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. ZegFormer's clip_logits
+
+
+@dataclass
+class PipelineRun:
+    """One timed pass: the batch, the raw outputs, per image {task: results}, and each step's wall time (whole
+    batch, ms)."""
+
+    batch: Batch
+    raw: RawOutputs
+    results: list[dict[str, dict[str, Any]]]
+    timings_ms: dict[str, float]
+
+    @property
+    def e2e_ms(self) -> float:
+        return sum(self.timings_ms.values())
+
+
+STEPS = ("preprocess", "infer", "postprocess")
+
+
+class Pipeline:
     """Runs a loaded backend with the exact upstream pre/post-processing described by its metadata."""
 
     def __init__(self, backend: Backend, task: str | None = None, short_edge: int | None = None,
@@ -42,7 +76,7 @@ class Segmenter:
             raise ZsdError(f"--short-edge {short_edge} must be >= 0.", "pass 0 (no resize) or a size in pixels.")
         self.short_edge, self.max_size = short_edge, max_size
         self.info = backend.info
-        self.post = PostprocessConfig.from_metadata(self.info.raw)
+        self.post = PostprocessConfig.from_metadata(self.info.raw, self.info.model)
         enabled = self.enabled_tasks()
         self.task = task or self.info.task
         if self.task not in enabled:
@@ -104,22 +138,40 @@ class Segmenter:
         return postprocess(class_logits[i], mask_logits[i], task=task or self.task, padded_hw=batch.padded_hw,
                            image_hw=batch.image_sizes[i], output_hw=batch.original_sizes[i], meta=self.post)
 
-    def __call__(self, images: list[np.ndarray]) -> list[Segmentation]:
-        t0 = time.perf_counter()
-        batch = self.preprocess(images)
-        t1 = time.perf_counter()
+    # -------------------------------------------------------------------------------------------- the steps
+    def prepare(self, images: list[np.ndarray]) -> Batch:
+        return self.preprocess(images)
+
+    def forward(self, batch: Batch) -> RawOutputs:
         cls, masks = self.infer(batch)
-        extra = self.infer_extra(batch, cls, masks)
+        return RawOutputs(cls, masks, self.infer_extra(batch, cls, masks))
+
+    def finish(self, raw: RawOutputs, batch: Batch, tasks: list[str] | None = None) -> list[dict[str, dict[str, Any]]]:
+        """Post-processing of every image of the batch for each of `tasks` (default: the pipeline's task)."""
+        return [{t: self.postprocess(raw.class_logits, raw.mask_logits, batch, i, t, extra=raw.extra)
+                 for t in (tasks or [self.task])} for i in range(len(batch.image_sizes))]
+
+    def run(self, images: list[np.ndarray], tasks: list[str] | None = None) -> PipelineRun:
+        """prepare -> forward -> finish, each timed."""
+        t0 = time.perf_counter()
+        batch = self.prepare(images)
+        t1 = time.perf_counter()
+        raw = self.forward(batch)
         t2 = time.perf_counter()
-        out = []
-        for i in range(len(images)):
-            t3 = time.perf_counter()
-            results = self.postprocess(cls, masks, batch, i, extra=extra)
-            out.append(Segmentation(
-                self.task, batch.original_sizes[i], results, cls[i], masks[i], batch.image_sizes[i],
-                batch.padded_hw,
-                {"preprocess": (t1 - t0) * 1e3 / len(images), "infer": (t2 - t1) * 1e3 / len(images),
-                 "postprocess": (time.perf_counter() - t3) * 1e3},
-                {k: v[i] for k, v in extra.items()},
-            ))
-        return out
+        results = self.finish(raw, batch, tasks)
+        t3 = time.perf_counter()
+        return PipelineRun(batch, raw, results, {"preprocess": (t1 - t0) * 1e3, "infer": (t2 - t1) * 1e3,
+                                                 "postprocess": (t3 - t2) * 1e3})
+
+    def __call__(self, images: list[np.ndarray]) -> list[Segmentation]:
+        r = self.run(images)
+        n, b = len(images), r.batch
+        per_image = {k: v / n for k, v in r.timings_ms.items()}
+        return [Segmentation(self.task, b.original_sizes[i], r.results[i][self.task], r.raw.class_logits[i],
+                             r.raw.mask_logits[i], b.image_sizes[i], b.padded_hw, dict(per_image),
+                             {k: v[i] for k, v in r.raw.extra.items()})
+                for i in range(n)]
+
+
+#: The name the runtime used before the Pipeline had its step API (kept: the Python API and tests use it).
+Segmenter = Pipeline

@@ -16,7 +16,6 @@ This module must not import torch: it runs on deployment targets that only have 
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
@@ -686,13 +685,6 @@ def semantic_streamed(cls: np.ndarray, mask_logits: np.ndarray, to_output: Resam
 _REEXPORT = "re-export the model with `export-model` from this zsdeploy version."
 
 
-def _parse_bool(key: str, value: str) -> bool:
-    v = str(value).strip().lower()
-    if v not in ("true", "false"):
-        raise ZsdError(f"Model metadata '{key}' must be 'true' or 'false', got {value!r}.", _REEXPORT)
-    return v == "true"
-
-
 @dataclass(frozen=True)
 class PostprocessConfig:
     """What post-processing needs from the model config (stored in the ONNX metadata_props).
@@ -741,32 +733,28 @@ class PostprocessConfig:
             raise ValueError(f"thing_ids outside [0, {self.num_classes}): {bad}")
 
     @classmethod
-    def from_metadata(cls, meta: Mapping[str, str]) -> "PostprocessConfig":
-        """Read the config from ONNX metadata_props (all values strings; thing_ids a JSON list)."""
-        missing = [k for k in cls.KEYS if k not in meta]
-        if missing:
-            raise ZsdError(f"Model metadata lacks the post-processing keys {missing}.", _REEXPORT)
+    def from_metadata(cls, meta: Mapping[str, str], source: str = "the model") -> "PostprocessConfig":
+        """Read the config from ONNX metadata_props (the artifact contract's strict parsing; all keys required)."""
+        from .artifacts.onnx_metadata import fields
+
+        f = fields(meta, source)
+        for key in cls.KEYS:
+            f.text(key)  # missing -> ZsdError naming it
         try:
-            thing_ids = json.loads(meta["thing_ids"])
-            if not isinstance(thing_ids, list) or not all(isinstance(t, int) for t in thing_ids):
-                raise ValueError("not a JSON list of integers")
             return cls(
-                num_classes=int(meta["num_classes"]),
-                thing_ids=tuple(thing_ids),
-                object_mask_threshold=float(meta["object_mask_threshold"]),
-                overlap_threshold=float(meta["overlap_threshold"]),
-                detections_per_image=int(meta["detections_per_image"]),
-                semantic_on=_parse_bool("semantic_on", meta["semantic_on"]),
-                instance_on=_parse_bool("instance_on", meta["instance_on"]),
-                panoptic_on=_parse_bool("panoptic_on", meta["panoptic_on"]),
-                sem_seg_postprocess_before_inference=_parse_bool(
-                    "sem_seg_postprocess_before_inference", meta["sem_seg_postprocess_before_inference"]
-                ),
+                num_classes=f.integer("num_classes", minimum=1),
+                thing_ids=tuple(f.json_list("thing_ids", int)),
+                object_mask_threshold=f.number("object_mask_threshold"),
+                overlap_threshold=f.number("overlap_threshold"),
+                detections_per_image=f.integer("detections_per_image", minimum=1),
+                semantic_on=f.boolean("semantic_on"),
+                instance_on=f.boolean("instance_on"),
+                panoptic_on=f.boolean("panoptic_on"),
+                sem_seg_postprocess_before_inference=f.boolean("sem_seg_postprocess_before_inference"),
             )
-        except ZsdError:
-            raise
-        except ValueError as exc:  # bad number or JSON (json.JSONDecodeError is a ValueError)
-            raise ZsdError(f"Model metadata has an unreadable post-processing value: {exc}.", _REEXPORT) from exc
+        except ValueError as exc:  # __post_init__'s range checks
+            raise ZsdError(f"{source}: unusable post-processing metadata ({exc}).",
+                           "re-export the model with this version of export-model.") from None
 
 
 def postprocess(

@@ -2,7 +2,8 @@
 
 A bundle (written by `export-model --model zegformer`) holds `segmenter`, `text_encoder` and, for gzss configs,
 `crop_classifier` graphs, each as `.onnx` and optionally as a TensorRT `.plan` built next to it (used when present
-and TensorRT is importable), plus `bundle.json` and the default vocabulary's embeddings. The vocabulary is any
+and TensorRT is importable), plus `bundle.json` (runtime.artifacts.bundle_manifest: the typed contract that
+lists the files and says how to use them) and the default vocabulary's embeddings. The vocabulary is any
 list of class names: it is embedded once with the bundle's text encoder and prompt ensembles, cached in
 `<bundle>/.vocab_cache/`, and fed to the segmenter (and crop classifier) as `text_embeddings`.
 
@@ -22,6 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from .artifacts.bundle_manifest import (  # noqa: F401  (BUNDLE_FILE, is_bundle: public names of this module too)
+    BUNDLE_FILE,
+    GRAPHS,
+    REEXPORT,
+    BundleManifest,
+    bundle_root,
+    is_bundle,
+    read_bundle_manifest,
+)
 from .backends import load_backend
 from .backends.base import Backend
 from .errors import ZsdError
@@ -30,37 +40,13 @@ from .metadata import ModelInfo
 from .pipeline import Segmenter
 from .postprocess import _softmax, postprocess
 from .preprocess import Batch
-from .prompts import class_text_embeddings, templates_for, validate_class_names
+from .prompts import class_text_embeddings, validate_class_names
 
-BUNDLE_FILE = "bundle.json"
-GRAPHS = ("segmenter", "text_encoder", "crop_classifier")
 CACHE_DIR = ".vocab_cache"
 #: Embedding more prompts than this (two text-encoder batches) shows a progress bar.
 EMBED_PROGRESS_MIN_PROMPTS = 512
 # ZegFormer's fixed ensembling weight (upstream `ensembling_weight`).
 ENSEMBLING_LAMBDA = 2.0 / 3.0
-
-
-def is_bundle(path: str | os.PathLike) -> bool:
-    return (Path(path) / BUNDLE_FILE).is_file()
-
-
-def bundle_root(path: str | os.PathLike) -> Path | None:
-    """The bundle directory of `path`: the directory itself, or the bundle a `segmenter.onnx/.plan` belongs to."""
-    p = Path(path)
-    if is_bundle(p):
-        return p
-    if p.is_file() and p.stem == "segmenter" and is_bundle(p.parent):
-        return p.parent
-    return None
-
-
-def read_bundle_manifest(root: Path) -> dict[str, Any]:
-    """bundle.json of the bundle directory `root` (what it holds: graph files, classes, settings)."""
-    try:
-        return json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ZsdError(f"{root / BUNDLE_FILE} is unreadable ({e}).", "re-export the bundle.") from None
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
@@ -152,19 +138,21 @@ class ZegFormerBundle:
 
     def __init__(self, path: str | os.PathLike, *, plugin_lib: str | None = None, threads: int | None = None,
                  prefer_engines: bool = True, say: Callable[[str], None] | None = None,
-                 backends: dict[str, Backend] | None = None, backend: str = "auto", precision: str = "f32") -> None:
+                 backends: dict[str, Backend] | None = None, backend: str = "auto", precision: str = "f32",
+                 verify: bool = False) -> None:
         """backends: graph name -> an already built backend to use instead of the bundle's file (e.g. the PyTorch
         reference of the segmenter for benchmarks); other graphs load from the bundle. backend / precision: as in
-        load_backend, for every graph (onnxruntime / openvino never use the .plan files)."""
+        load_backend, for every graph (onnxruntime / openvino never use the .plan files). verify: compare each
+        graph's sha256 with bundle.json when it is first opened (its size always is; see
+        runtime.artifacts.bundle_manifest for why hashing is opt-in)."""
         root = bundle_root(path)
         if root is None:
             raise ZsdError(f"{path} is not a ZegFormer bundle (no {BUNDLE_FILE}).",
                            "pass the directory export-model --model zegformer wrote.")
         self.root = root
-        self.manifest = read_bundle_manifest(root)
-        self.files: dict[str, str] = dict(self.manifest.get("bundle_files") or {})
-        if "segmenter" not in self.files:
-            raise ZsdError(f"{root / BUNDLE_FILE} names no segmenter graph.", "re-export the bundle.")
+        self.manifest: BundleManifest = read_bundle_manifest(root)
+        self._verify = verify
+        self._verified: set[str] = set()  # graphs whose sha256 was checked
         self._plugin_lib, self._threads, self._prefer_engines = plugin_lib, threads, prefer_engines
         self._backend_choice, self._precision = backend, precision
         if backend in ("onnxruntime", "openvino"):
@@ -173,22 +161,31 @@ class ZegFormerBundle:
         self._backends: dict[str, Backend] = dict(backends or {})
         self.segmenter = self.backend("segmenter")
         self.info: ModelInfo = self.segmenter.info
-        self.gzss = self.info.raw.get("clip_classification") == "true" and "crop_classifier" in self.files
-        self.text_dim = int(self.info.raw.get("text_dim", "512"))
+        self.gzss = self.manifest.gzss
+        self.text_dim = self.manifest.clip.text_dim
+
+    def _onnx_path(self, graph: str) -> Path:
+        """The graph's .onnx, checked against bundle.json (size; sha256 once when verifying)."""
+        verify = self._verify and graph not in self._verified
+        path = self.manifest.graph_file(self.root, graph, verify=verify)
+        if verify:
+            self._verified.add(graph)
+        return path
 
     def graph_path(self, graph: str) -> Path:
-        if graph not in self.files:
-            raise ZsdError(f"the bundle {self.root} has no {graph} graph.", "re-export the bundle.")
-        onnx_path = self.root / self.files[graph]
+        onnx_path = self._onnx_path(graph)
         plan = onnx_path.with_suffix(".plan")
         if self._prefer_engines and plan.is_file():
-            from .engine import import_tensorrt
+            from .artifacts.sidecar import check_plan_source, read_sidecar
+            from .tensorrt.loader import import_tensorrt
 
             try:
                 import_tensorrt()
-                return plan
             except ZsdError as e:
                 self._say(f"note: {plan.name} is ignored ({e.problem}); using {onnx_path.name} instead.")
+                return onnx_path
+            check_plan_source(read_sidecar(plan), bundle=self.root)  # a plan of an older export: refused
+            return plan
         return onnx_path
 
     def backend(self, graph: str) -> Backend:
@@ -207,10 +204,8 @@ class ZegFormerBundle:
 
     # -------------------------------------------------------------------------------------- text embeddings
     def templates(self, kind: str) -> tuple[str, ...]:
-        key = "clip_prompt_templates" if kind == "text_embeddings_clip" else "prompt_templates"
-        if key in self.manifest:
-            return templates_for(list(self.manifest[key]))
-        return templates_for("clip" if kind == "text_embeddings_clip" else self.info.raw["prompt_ensemble_type"])
+        prompts = self.manifest.prompts
+        return prompts.clip_templates if kind == "text_embeddings_clip" else prompts.templates
 
     def text_embeddings(self, vocab: Vocabulary, kind: str = "text_embeddings", *,
                         bpe_path: str | os.PathLike | None = None, use_cache: bool = True) -> np.ndarray:
@@ -218,13 +213,12 @@ class ZegFormerBundle:
         "text_embeddings_clip": the crop classifier's 32 templates): the bundle's stored default, the cache, or
         computed with the text encoder (then cached)."""
         templates = self.templates(kind)
-        if vocab.names == self.info.class_names and kind in self.files:
-            stored = self.root / self.files[kind]
+        if vocab.names == self.manifest.classes.names and kind in self.manifest.embeddings:
+            stored = self.manifest.embeddings_file(self.root, kind)  # size and sha256 as exported
             try:
                 arr = np.load(stored, allow_pickle=False)
             except (OSError, ValueError) as e:
-                raise ZsdError(f"{stored} is unreadable ({e}).", "delete it (it is recomputed) or re-export.") \
-                    from None
+                raise ZsdError(f"{stored} is unreadable ({e}).", REEXPORT) from None
             return check_text_embeddings(arr, len(vocab.names), self.text_dim, str(stored))
         cache = self._cache_path(vocab.names, templates)
         if use_cache and cache.is_file():
@@ -271,7 +265,7 @@ class ZegFormerBundle:
         st = encoder.stat()
         key = json.dumps({"names": list(names), "templates": list(templates), "encoder": encoder.name,
                           "encoder_stat": [st.st_size, st.st_mtime_ns],
-                          "clip_sha256": self.info.raw.get("clip_sha256", "")}, ensure_ascii=False)
+                          "clip_sha256": self.manifest.made_from.clip_sha256 or ""}, ensure_ascii=False)
         return self.root / CACHE_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
 
 
@@ -331,10 +325,10 @@ class ZegFormerSegmenter(Segmenter):
         self.info = replace(bundle.info, num_classes=n, class_names=vocabulary.names, class_colors=(),
                             thing_ids=(), seen_ids=vocabulary.seen_ids, unseen_ids=vocabulary.unseen_ids)
         self.post = replace(self.post, num_classes=n, thing_ids=())
-        raw = bundle.info.raw
-        self.ensembling = raw.get("ensembling") == "true"
-        self.ensembling_all_cls = raw.get("ensembling_all_cls") == "true"
-        self.gzero_calibrate = float(raw.get("gzero_calibrate", "-1"))
+        fusion = bundle.manifest.fusion
+        self.ensembling = fusion.ensembling
+        self.ensembling_all_cls = fusion.ensembling_all_cls
+        self.gzero_calibrate = fusion.gzero_calibrate
 
     @classmethod
     def from_bundle(cls, bundle: ZegFormerBundle, vocabulary: Vocabulary | None = None, *,

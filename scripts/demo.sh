@@ -37,7 +37,7 @@ if [ -n "${WEIGHTS:-}" ]; then
 else
     # The demo model at its training resolution (short edge 256): a scene from the same generator, never trained on.
     python -c "from zsdeploy.benchmarks.synthetic import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=256, width=384, n_objects=24, size_range=(8, 110)))"
-    export-model --model pading --weights demo --height 256 --width 384 --output demo/pading_demo.onnx
+    export-model --model pading-demo --height 256 --width 384 --output demo/pading_demo.onnx
     model=demo/pading_demo.onnx
 fi
 for task in panoptic instance semantic; do

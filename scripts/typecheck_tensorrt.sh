@@ -5,7 +5,7 @@
 #    installed here) and mypy, into the active Python environment;
 # 2. fixes the installed stubs (scripts/fix_tensorrt_stubs.py: `in` parameters, a missing default, the
 #    `tensorrt_libs` import, py.typed markers);
-# 3. runs mypy on the four TensorRT modules. cuda-python ships no stubs (Cython extensions): its modules are
+# 3. runs mypy on the TensorRT modules (FILES below). cuda-python ships no stubs (Cython extensions): its modules are
 #    treated as Any, and runtime/cuda_utils.py is the typed boundary around them. Imported project modules are
 #    analysed but their own errors are not reported here (--follow-imports=silent).
 #
@@ -35,7 +35,10 @@ fi
 
 "$PY" scripts/fix_tensorrt_stubs.py
 
-FILES=(runtime/engine.py runtime/engine_precision.py runtime/build_cli.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
+# Every module of runtime/tensorrt/ (builder, runner-side loaders, precision, profiles, ...), the sidecar contract,
+# the facade and the CLIs/backends that use them.
+FILES=(runtime/tensorrt/*.py runtime/artifacts/sidecar.py runtime/engine.py runtime/build_cli.py
+       runtime/bundle_engines.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
 
 # The project is imported as `zsdeploy.runtime` (package-dir mapping); mypy needs no install for it because the
 # files are passed by path and use relative imports. A throwaway config keeps the flags in one place.

@@ -1,4 +1,4 @@
-"""build-engine's precision decisions (runtime/engine_precision.py), without TensorRT: which network (strongly
+"""build-engine's precision decisions (runtime/tensorrt/precision.py), without TensorRT: which network (strongly
 typed / builder flags / plain fp32) for which graph and TensorRT API, and which clear error otherwise."""
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 from onnx import helper, numpy_helper
 from test_build_engine import run_cli, write_tiny_onnx
 
-from zsdeploy.runtime.engine import BuildOptions, inspect_onnx, preflight
-from zsdeploy.runtime.engine_precision import BUILDER_FLAGS, PLAIN_FP32, STRONGLY_TYPED, PrecisionPlan, \
-    TensorRTCaps, check_caps, graph_precision, network_flags, resolve_precision
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.tensorrt.onnx_inspect import inspect_onnx
+from zsdeploy.runtime.tensorrt.precision import BUILDER_FLAGS, PLAIN_FP32, STRONGLY_TYPED, PrecisionPlan, \
+    TensorRTCaps, check_caps, graph_precision, network_flags, resolve_precision
+from zsdeploy.runtime.tensorrt.preflight import BuildOptions, preflight
 
 # The Python APIs as documented: TensorRT 10.3 (JetPack 6) keeps the builder flags and calibrators; TensorRT 11
 # removed BuilderFlag.FP16/INT8 and IInt8EntropyCalibrator2 (networks are strongly typed).
@@ -123,6 +124,7 @@ def test_explicit_graph_builds_strongly_typed(tmp_path, kind):
 
     from test_build_engine import require_tensorrt_gpu
 
+    from zsdeploy.runtime.artifacts.sidecar import read_sidecar
     from zsdeploy.runtime.build_cli import main as build_main
 
     require_tensorrt_gpu()
@@ -130,3 +132,5 @@ def test_explicit_graph_builds_strongly_typed(tmp_path, kind):
     assert build_main(["--onnx", str(graph), "--output", str(tmp_path / "m.plan")]) == 0
     side = json.loads((tmp_path / "m.plan.json").read_text())
     assert side["precision"] == kind and side["network"] == STRONGLY_TYPED and side["graph_precision"] == kind
+    read = read_sidecar(tmp_path / "m.plan")  # the typed reader agrees with the JSON
+    assert (read.precision, read.network, read.graph_precision) == (kind, STRONGLY_TYPED, kind)

@@ -449,7 +449,7 @@ def test_config_from_metadata():
         PostprocessConfig.from_metadata({k: v for k, v in META.items() if k != "detections_per_image"})
     with pytest.raises(ZsdError, match="semantic_on"):
         PostprocessConfig.from_metadata({**META, "semantic_on": "yes"})
-    with pytest.raises(ZsdError, match="unreadable"):
+    with pytest.raises(ZsdError, match="'thing_ids' must be a JSON list of int"):
         PostprocessConfig.from_metadata({**META, "thing_ids": "0,1"})
     with pytest.raises(ZsdError, match=r"thing_ids outside \[0, 4\): \[4\]"):
         PostprocessConfig.from_metadata({**META, "thing_ids": "[0, 4]"})

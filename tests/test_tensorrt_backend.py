@@ -1,14 +1,19 @@
 """TensorRT backend and CUDA helpers.
 
-Without TensorRT/GPU: every check that comes before deserialisation (engine file, sidecar, metadata, plugin
-library, TensorRT importability) and the cuda-python error path (a real runtime call on a machine without a
-driver/GPU). With TensorRT and a GPU: a tiny engine is built with build-engine's API and run against ONNX Runtime,
-including profile checks, CUDA-graph replay, and refusing plans of another TensorRT version / GPU.
+Without TensorRT/GPU: every check that comes before deserialisation (engine file, sidecar, metadata, a plan whose
+ONNX changed since the build, plugin library, TensorRT importability), that the runner never loads the builder,
+and the cuda-python error path (a real runtime call on a machine without a driver/GPU). With TensorRT and a GPU: a
+tiny engine is built with build-engine's API and run against ONNX Runtime, including profile checks, CUDA-graph
+replay, and refusing plans of another TensorRT version / GPU or from an older export of a ZegFormer bundle.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,10 +22,17 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from zsdeploy.runtime import cuda_utils, engine
+from zsdeploy.runtime import cuda_utils
+from zsdeploy.runtime.artifacts.sidecar import EngineSidecar, OnnxSource, PluginLibrary, read_sidecar, sidecar_path, \
+    write_sidecar
 from zsdeploy.runtime.backends import load_backend
 from zsdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.tensorrt.loader import import_tensorrt
+from zsdeploy.runtime.tensorrt.plugins import PluginSpec
+from zsdeploy.runtime.tensorrt.profiles import ShapeRange, parse_profile
+
+REPO = Path(__file__).resolve().parent.parent
 
 CLASS_NAMES = ["person", "car", "sky", "grass"]
 
@@ -35,18 +47,17 @@ def metadata(dynamic: bool) -> dict[str, str]:
     }
 
 
-def write_sidecar(plan: Path, *, plugins: list[dict] | None = None, plugin_library: dict | None = None,
-                  meta: dict[str, str] | None = None, **overrides: object) -> Path:
-    """A sidecar as build-engine writes it (format zsdeploy-engine/1)."""
-    content: dict[str, object] = {
-        "format": engine.SIDECAR_FORMAT, "metadata": metadata(False) if meta is None else meta,
-        "tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-        "precision": "fp16", "profiles": [{"images": {"min": [1, 3, 64, 96], "opt": [1, 3, 64, 96],
-                                                      "max": [1, 3, 64, 96]}}],
-        "plugins": plugins or [], "plugin_library": plugin_library,
-    }
-    content.update(overrides)
-    return engine.write_sidecar(plan, content)
+def write_engine_sidecar(plan: Path, *, plugins: tuple[PluginSpec, ...] = (),
+                         plugin_library: PluginLibrary | None = None, meta: dict[str, str] | None = None) -> Path:
+    """A sidecar written by build-engine's writer (artifacts.sidecar) for an fp16 engine built elsewhere: its
+    ONNX (/build-host/...) is not on this machine, as for an engine deployed alone."""
+    return write_sidecar(EngineSidecar(
+        plan=plan, metadata=metadata(False) if meta is None else meta,
+        onnx=OnnxSource("/build-host/exports/pading.onnx", hashlib.sha256(b"the ONNX on the build host").hexdigest()),
+        tensorrt_version="10.13.0.35", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+        precision="fp16", profiles=({"images": ShapeRange((1, 3, 64, 96), (1, 3, 64, 96), (1, 3, 64, 96))},),
+        plugins=plugins, plugin_library=plugin_library, network="weakly_typed", graph_precision="fp32",
+        workspace_mb=4096, calibration_cache=None, builder="zsdeploy-0.1.0", built_at="2025-01-01T00:00:00+0000"))
 
 
 @pytest.fixture
@@ -58,7 +69,7 @@ def plan(tmp_path) -> Path:
 
 def tensorrt_installed() -> bool:
     try:
-        engine.import_tensorrt()
+        import_tensorrt()
     except ZsdError:
         return False
     return True
@@ -78,21 +89,22 @@ def test_missing_sidecar(plan):
 
 
 def test_malformed_sidecar(plan):
-    engine.sidecar_path(plan).write_text("{not json")
+    sidecar_path(plan).write_text("{not json")
     with pytest.raises(ZsdError, match="malformed"):
         TensorRTBackend(plan)
 
 
 def test_sidecar_without_metadata(plan):
-    write_sidecar(plan, meta={"model": "pading"})
+    write_engine_sidecar(plan, meta={"model": "pading"})
     with pytest.raises(ZsdError, match="carries no zsdeploy metadata"):
         TensorRTBackend(plan)
 
 
 def test_plugin_engine_without_plugin_library(plan, tmp_path):
-    spec = {"name": "MSDeformAttn", "version": "1", "namespace": "zsdeploy"}
     gone = tmp_path / "build" / "libzsdeploy_plugins.so"
-    write_sidecar(plan, plugins=[spec], plugin_library={"path": str(gone), "name": gone.name})
+    write_engine_sidecar(plan, plugins=(PluginSpec("MSDeformAttn", "1", "zsdeploy"),),
+                         plugin_library=PluginLibrary(str(gone), gone.name, hashlib.sha256(b"lib").hexdigest(),
+                                                      "ctypes + zsdeployInitPlugins"))
     with pytest.raises(ZsdError, match="needs the plugin library it was built with") as e:
         TensorRTBackend(plan)
     assert str(gone) in str(e.value) and "--plugin-lib" in (e.value.fix or "")
@@ -103,10 +115,77 @@ def test_plugin_engine_without_plugin_library(plan, tmp_path):
 def test_without_tensorrt(plan):
     if tensorrt_installed():
         pytest.skip("TensorRT is installed here, so the 'TensorRT missing' error path cannot be exercised")
-    write_sidecar(plan)
+    write_engine_sidecar(plan)
     with pytest.raises(ZsdError, match="TensorRT") as e:
         load_backend(plan)  # .plan dispatches to the TensorRT backend
     assert "pip install tensorrt" in (e.value.fix or "") and "JetPack" in (e.value.fix or "")
+
+
+# ------------------------------------------------------------- a plan whose ONNX changed (no TensorRT needed)
+
+
+def engine_built_from(onnx_path: Path) -> Path:
+    """Stand-in plan bytes next to `onnx_path` and the sidecar build-engine's own functions (preflight ->
+    make_sidecar -> write_sidecar) write for an engine built from it on an H100."""
+    from zsdeploy.runtime.tensorrt.builder import make_sidecar
+    from zsdeploy.runtime.tensorrt.preflight import BuildOptions, preflight
+
+    plan = onnx_path.with_suffix(".plan")
+    plan.write_bytes(b"stand-in engine bytes: the stale-plan check comes before deserialisation")
+    gpu = cuda_utils.DeviceInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30)
+    write_sidecar(make_sidecar(preflight(BuildOptions(onnx_path, plan)), "10.13.0.35", gpu, None))
+    return plan
+
+
+def test_plan_of_a_changed_onnx_is_refused(tmp_path):
+    onnx_path = tiny_onnx(tmp_path / "model.onnx", dynamic=False)
+    plan = engine_built_from(onnx_path)
+    with pytest.raises(ZsdError) as e:
+        TensorRTBackend(plan)
+    # the ONNX is unchanged: the check passes and a later step (TensorRT, GPU, deserialisation) refuses the bytes
+    assert "has changed since" not in e.value.problem
+    tiny_onnx(onnx_path, dynamic=False, seed=1)  # export-model run again: other weights, same file name
+    for open_engine in (TensorRTBackend, load_backend):
+        with pytest.raises(ZsdError) as e:
+            open_engine(plan)
+        assert e.value.problem.startswith(f"{plan} was built from {onnx_path.resolve()}, which has changed since "
+                                          "(sha256 ")
+        assert e.value.problem.endswith("the engine would run the old model.")
+        assert e.value.fix == f"rebuild the engine: build-engine --onnx {onnx_path.resolve()} --output {plan}"
+    onnx_path.unlink()  # the engine deployed without its ONNX: nothing to compare, the check passes
+    with pytest.raises(ZsdError) as e:
+        TensorRTBackend(plan)
+    assert "has changed since" not in e.value.problem
+
+
+RUNNER_CHECK = """
+import sys
+import zsdeploy.runtime.backends.tensorrt_backend
+BUILDER_SIDE = ("zsdeploy.runtime.tensorrt.builder", "zsdeploy.runtime.tensorrt.calibration",
+                "zsdeploy.runtime.tensorrt.preflight", "zsdeploy.runtime.tensorrt.progress", "zsdeploy.runtime.engine")
+assert not [m for m in BUILDER_SIDE if m in sys.modules], [m for m in BUILDER_SIDE if m in sys.modules]
+from zsdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
+from zsdeploy.runtime.errors import ZsdError
+try:
+    TensorRTBackend(sys.argv[1])
+except ZsdError as e:
+    assert "has changed since" in e.problem, e.problem
+else:
+    raise AssertionError("the stale plan was opened")
+assert not [m for m in BUILDER_SIDE if m in sys.modules], [m for m in BUILDER_SIDE if m in sys.modules]
+assert "tensorrt" not in sys.modules, "TensorRT was imported before the stale plan was refused"
+"""
+
+
+def test_runner_never_loads_the_builder(tmp_path):
+    """Importing the TensorRT backend, and opening a plan with it up to the stale-plan refusal, loads neither the
+    builder nor the calibrator (nor preflight, nor the engine.py facade), and no TensorRT: a fresh interpreter."""
+    onnx_path = tiny_onnx(tmp_path / "model.onnx", dynamic=False)
+    plan = engine_built_from(onnx_path)
+    tiny_onnx(onnx_path, dynamic=False, seed=1)
+    proc = subprocess.run([sys.executable, "-c", RUNNER_CHECK, str(plan)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 # -------------------------------------------------------------------------------------- cuda-python
@@ -179,10 +258,10 @@ def test_device_memory_roundtrip_and_graph():
 # ------------------------------------------------------------------------- TensorRT + GPU (tiny engine)
 
 
-def tiny_onnx(path: Path, dynamic: bool) -> Path:
-    """images -> Conv3x3 -> mask_logits; ReduceMean -> class_logits (builds in seconds)."""
+def tiny_onnx(path: Path, dynamic: bool, seed: int = 0) -> Path:
+    """images -> Conv3x3 -> mask_logits; ReduceMean -> class_logits (builds in seconds); `seed`: the weights."""
     dims = ["batch", 3, "height", "width"] if dynamic else [1, 3, 64, 96]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["images", "w"], ["mask_logits"], pads=[1, 1, 1, 1]),
          helper.make_node("ReduceMean", ["mask_logits", "axes"], ["class_logits"], keepdims=0)],
@@ -201,8 +280,11 @@ def tiny_onnx(path: Path, dynamic: bool) -> Path:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     """{'static'|'dynamic': (onnx, plan)} built with build-engine's API (fp32)."""
+    from zsdeploy.runtime.tensorrt.builder import build_engine
+    from zsdeploy.runtime.tensorrt.preflight import BuildOptions
+
     try:
-        engine.import_tensorrt()
+        import_tensorrt()
     except ZsdError as e:
         pytest.skip(e.problem)
     require_gpu()
@@ -210,8 +292,8 @@ def engines(tmp_path_factory):
     built = {}
     for kind in ("static", "dynamic"):
         onnx_path = tiny_onnx(out / f"{kind}.onnx", dynamic=kind == "dynamic")
-        profile = engine.parse_profile(["images:1x3x32x32:1x3x64x96:2x3x128x160"]) if kind == "dynamic" else {}
-        engine.build_engine(engine.BuildOptions(onnx_path, out / f"{kind}.plan", profile=profile), say=print)
+        profile = parse_profile(["images:1x3x32x32:1x3x64x96:2x3x128x160"]) if kind == "dynamic" else {}
+        build_engine(BuildOptions(onnx_path, out / f"{kind}.plan", profile=profile), say=print)
         built[kind] = (onnx_path, out / f"{kind}.plan")
     return built
 
@@ -261,17 +343,19 @@ def test_dynamic_engine_and_cuda_graph(engines):
 
 def _copy_engine(plan: Path, dest: Path, **sidecar_changes: str) -> Path:
     shutil.copy(plan, dest)
-    raw = json.loads(engine.sidecar_path(plan).read_text())
+    raw = json.loads(sidecar_path(plan).read_text())
     raw.update(sidecar_changes)
-    engine.sidecar_path(dest).write_text(json.dumps(raw))
+    sidecar_path(dest).write_text(json.dumps(raw))
     return dest
 
 
 def test_refuses_other_tensorrt_version_and_gpu(engines, tmp_path):
     _, plan = engines["static"]
     other = _copy_engine(plan, tmp_path / "v.plan", tensorrt_version="8.6.1.6")
-    with pytest.raises(ZsdError, match="was built with TensorRT 8.6.1.6"):
+    with pytest.raises(ZsdError, match="was built with TensorRT 8.6.1.6") as e:
         TensorRTBackend(other)
+    source = read_sidecar(other).onnx
+    assert source is not None and e.value.fix == f"rebuild it here: build-engine --onnx {source.path} --output {other}"
     other = _copy_engine(plan, tmp_path / "cc.plan", compute_capability="1.0", gpu_name="Imaginary GPU")
     with pytest.raises(ZsdError, match="compute capability 1.0"):
         TensorRTBackend(other)
@@ -289,3 +373,53 @@ def test_truncated_plan(engines, tmp_path):
     broken.write_bytes(plan.read_bytes()[:1000])
     with pytest.raises(ZsdError, match="could not deserialise"):
         TensorRTBackend(broken)
+
+
+def test_reexported_onnx_is_refused_until_rebuilt(engines, tmp_path):
+    """A real engine: refused once its ONNX is exported again, and the fix's command gives one that runs the new
+    model."""
+    import shlex
+
+    from zsdeploy.runtime.build_cli import main as build_main
+
+    onnx_path = Path(shutil.copy(engines["static"][0], tmp_path / "model.onnx"))
+    plan = tmp_path / "model.plan"
+    assert build_main(["--onnx", str(onnx_path), "--output", str(plan)]) == 0
+    TensorRTBackend(plan).close()
+    tiny_onnx(onnx_path, dynamic=False, seed=1)
+    with pytest.raises(ZsdError, match="has changed since") as e:
+        TensorRTBackend(plan)
+    fix = e.value.fix or ""
+    assert build_main(shlex.split(fix.split(": ", 1)[1])[1:]) == 0
+    x = images(1, 64, 96)
+    with TensorRTBackend(plan) as backend:
+        got, ref = backend.infer({"images": x}), reference(onnx_path, x)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-4)
+
+
+def test_bundle_runtime_refuses_a_stale_plan(request, tmp_path):
+    """ZegFormer bundles prefer `<graph>.plan` where TensorRT is importable: a plan built from an earlier export of
+    the graph (its sidecar records another sha256) is refused, and the fix rebuilds the bundle's engines."""
+    try:
+        import_tensorrt()
+    except ZsdError as e:
+        pytest.skip(f"the bundle runtime uses plans only where TensorRT is importable: {e.problem}")
+    from zsdeploy.runtime.tensorrt.builder import make_sidecar
+    from zsdeploy.runtime.tensorrt.preflight import BuildOptions, preflight
+    from zsdeploy.runtime.zegformer import ZegFormerBundle
+
+    bundle, _, _ = request.getfixturevalue("zegformer_bundle")
+    root = Path(shutil.copytree(bundle, tmp_path / "bundle"))
+    onnx_path, plan = root / "segmenter.onnx", root / "segmenter.plan"
+    plan.write_bytes(b"stand-in engine bytes: refused before deserialisation")
+    side = make_sidecar(preflight(BuildOptions(onnx_path, plan)), "10.13.0.35",
+                        cuda_utils.DeviceInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30), None)
+    assert side.onnx is not None
+    earlier = hashlib.sha256(b"the segmenter of an earlier export").hexdigest()
+    write_sidecar(dataclasses.replace(side, onnx=OnnxSource(side.onnx.path, earlier)))
+    with pytest.raises(ZsdError, match="segmenter.plan was built from .*segmenter.onnx, which has changed since") \
+            as e:
+        ZegFormerBundle(root)
+    assert e.value.fix == f"rebuild the bundle's engines: build-engine --onnx {root} --output {root}"
+    assert read_sidecar(plan).onnx == OnnxSource(str(onnx_path.resolve()), earlier)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-CODE = "from zsdeploy.runtime.engine import import_tensorrt; import_tensorrt()"
+CODE = "from zsdeploy.runtime.tensorrt.loader import import_tensorrt; import_tensorrt()"
 
 
 def _import_tensorrt(pythonpath: str | None = None) -> subprocess.CompletedProcess:

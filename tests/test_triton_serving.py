@@ -128,14 +128,18 @@ def fake_plan(export: Path, work: Path) -> Path:
     """A .plan + sidecar as build-engine writes them, with the export's metadata. The engine bytes are not a real
     engine (no TensorRT here): only the repository written for it and its config are checked."""
     from zsdeploy.runtime.backends.onnxruntime_backend import read_onnx_metadata
-    from zsdeploy.runtime.engine import SIDECAR_FORMAT
+    from zsdeploy.runtime.artifacts.sidecar import SIDECAR_FORMAT
+    from zsdeploy.runtime.imageio import file_sha256
 
     plan = work / "pading.plan"
     plan.write_bytes(b"not a real TensorRT engine")
-    side = {"format": SIDECAR_FORMAT, "metadata": read_onnx_metadata(export), "tensorrt_version": "10.13.0",
+    side = {"format": SIDECAR_FORMAT, "builder": "zsdeploy-test", "built_at": "2025-01-01T00:00:00+00:00",
+            "metadata": read_onnx_metadata(export),
+            "onnx": {"path": str(export.resolve()), "sha256": file_sha256(export)}, "tensorrt_version": "10.13.0",
             "gpu_name": "NVIDIA H100", "compute_capability": "9.0", "precision": "fp16",
+            "network": "weakly_typed", "graph_precision": "fp32", "workspace_mb": 4096,
             "profiles": [{"images": {"min": [1, 3, 128, 160], "opt": [1, 3, 128, 160], "max": [1, 3, 128, 160]}}],
-            "plugins": [], "plugin_library": None}
+            "plugins": [], "plugin_library": None, "calibration_cache": None}
     plan.with_name(plan.name + ".json").write_text(json.dumps(side))
     return plan
 
@@ -167,8 +171,9 @@ def shows_server_log(test: Callable[..., None]) -> Callable[..., None]:
         try:
             test(*args, **kwargs)
         except BaseException:
-            print("---------------- tritonserver log (tail) ----------------")
-            print(kwargs["served"].log()[-6000:])
+            for server in (v for v in kwargs.values() if isinstance(v, local_server.LocalTritonServer)):
+                print(f"---------------- tritonserver log (tail) of {server.repository.name} ----------------")
+                print(server.log()[-6000:])
             raise
     return wrapper
 
@@ -279,7 +284,8 @@ def test_cli_refuses_bad_requests_with_one_paragraph(export: Path, work: Path) -
         (["--model", str(export), "--output", str(work / "r1"), "--backend", "tensorrt"], "needs a TensorRT engine"),
         (["--model", str(export), "--output", str(work / "r2"), "--max-batch", "4"], "static batch of 1"),
         (["--model", str(work / "missing.onnx"), "--output", str(work / "r3")], "does not exist"),
-        (["--model", str(bundle_like), "--output", str(work / "r4")], "ZegFormer bundles"),
+        (["--model", str(bundle_like), "--output", str(work / "r4")], "a directory without bundle.json"),
+        (["--model", str(export), "--output", str(work / "r6"), "--max-classes", "5"], "only apply to ZegFormer"),
         (["--model", str(export), "--output", str(work / "r5"), "--instances", "0"], "--instances 0 must be >= 1"),
     ]
     for args, problem in cases:
@@ -288,7 +294,7 @@ def test_cli_refuses_bad_requests_with_one_paragraph(export: Path, work: Path) -
         assert r.stderr.startswith("export-triton: error: ") and problem in r.stderr and " Fix: " in r.stderr
         assert "Traceback" not in r.stderr
     assert (foreign / "keep.txt").read_text() == "user data" and len(list(foreign.iterdir())) == 1
-    assert not any((work / f"r{i}").exists() for i in range(1, 6))
+    assert not any((work / f"r{i}").exists() for i in range(1, 7))
 
 
 # ------------------------------------------------------------------------------------------ against a server
@@ -418,3 +424,209 @@ def test_batch_and_dims_follow_the_exports_metadata(export: Path, work: Path) ->
         write_repository(b2, work / "repo_b2")
     assert not (work / "repo_b2").exists()
     assert network(write_repository(b2, work / "repo_b2", RepositoryOptions(backend="python"))).max_batch_size == 2
+
+
+# ------------------------------------------------------------------------------- ZegFormer: vocabulary per request
+# The session's ZegFormer bundle (conftest.zegformer_bundle: gzss config, static 256x320, stand-in weights). Without
+# CLIP's BPE file the bundle stores no default embeddings and no name can be embedded: skipped, as the other
+# ZegFormer tests that need it.
+from test_tokenizer import BPE, needs_bpe  # noqa: E402
+
+ZEG_MODEL = "zegformer_semantic"
+ZEG_CLASSES = ["corgi", "fire truck", "sky", "café table", "grass"]  # unseen and seen (COCO-Stuff) names
+
+
+@pytest.fixture(scope="module")
+def zeg_images(images: Path, work: Path) -> Path:
+    """Two of the scenes (a PNG and an elongated JPEG, neither at the bundle's 256x320 canvas): ZegFormer's R101 is
+    slow on the shared CI machine."""
+    d = work / "zeg_images"
+    d.mkdir()
+    for p in sorted(images.iterdir())[2:]:
+        shutil.copyfile(p, d / p.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def zeg_repo(zegformer_bundle, work: Path) -> Path:
+    if BPE is None:
+        pytest.skip("CLIP's BPE file is needed to embed a vocabulary (see test_tokenizer.BPE)")
+    out = work / "repo_zegformer"
+    r = run_cli("export-triton", "--model", str(zegformer_bundle[0]), "--output", str(out), "--clip-bpe", str(BPE),
+                "--vocab-cache", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"model '{ZEG_MODEL}'" in r.stdout and "CLASSES (optional" in r.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def zeg_served(zeg_repo: Path, work: Path):
+    """One tritonserver for the ZegFormer repository (started once for all ZegFormer tests)."""
+    try:
+        local_server.ensure_stub_env()
+    except ZsdError as e:
+        pytest.skip(f"no numpy<2 environment for Triton's Python backend stub: {e.problem}")
+    server = local_server.LocalTritonServer(zeg_repo, work / "zeg_server")
+    try:
+        server.start(timeout_s=300)
+    except ZsdError as e:
+        pytest.fail(f"tritonserver did not start: {e}")
+    yield server
+    server.stop()
+
+
+def zeg_reference(bundle: Path, images: Path, out: Path, classes: list[str] | None,
+                  ) -> dict[str, tuple[np.ndarray, dict[str, Any], np.ndarray]]:
+    """trt-infer's label map, JSON and per-pixel winning score, per image name. The score comes from trt-infer's
+    own raw outputs (--save-raw) through the bundle's post-processing (trt-infer writes no score map)."""
+    from zsdeploy.runtime.imageio import read_png
+    from zsdeploy.runtime.preprocess import Batch
+    from zsdeploy.runtime.zegformer import open_zegformer
+
+    vocab = ("--classes", ",".join(classes), "--clip-bpe", str(BPE)) if classes else ()
+    r = run_cli("trt-infer", "--model", str(bundle), "--input", str(images), "--output", str(out), "--quiet",
+                "--no-cache", "--save-raw", *vocab)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seg = open_zegformer(bundle, classes=",".join(classes) if classes else None, bpe_path=BPE, use_cache=False,
+                         say=lambda _m: None)
+    refs = {}
+    for p in sorted(images.iterdir()):
+        doc = json.loads((out / f"{p.stem}.json").read_text())
+        raw = np.load(out / f"{p.stem}_raw.npz")
+        batch = Batch(np.empty((0,), np.float32), [tuple(raw["image_hw"])], [tuple(raw["output_hw"])],
+                      tuple(raw["padded_hw"]))
+        sem = seg.postprocess(raw["class_logits"][None], raw["mask_logits"][None], batch, 0,
+                              extra={"clip_logits": raw["clip_logits"][None]})["sem_seg"]
+        refs[p.name] = (read_png(out / doc["label_png"]).astype(np.int64), doc, sem.max(axis=0))
+    seg.bundle.close()
+    return refs
+
+
+@pytest.fixture(scope="module")
+def zeg_expected(zegformer_bundle, zeg_images: Path, work: Path) -> dict[str, dict[str, Any]]:
+    if BPE is None:
+        pytest.skip("CLIP's BPE file is needed to embed a vocabulary (see test_tokenizer.BPE)")
+    bundle = zegformer_bundle[0]
+    return {"default": zeg_reference(bundle, zeg_images, work / "zeg_ref_default", None),
+            "request": zeg_reference(bundle, zeg_images, work / "zeg_ref_request", ZEG_CLASSES)}
+
+
+def zeg_infer(client: Any, module: Any, blob: bytes, classes: str | None,
+              ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    inputs = [image_input(module, [blob])]
+    if classes is not None:
+        c = module.InferInput("CLASSES", [1], "BYTES")
+        c.set_data_from_numpy(np.array([classes.encode()], dtype=np.object_))
+        inputs.append(c)
+    r = client.infer(ZEG_MODEL, inputs)
+    id_map, scores, segments = r.as_numpy("id_map"), r.as_numpy("scores"), r.as_numpy("segments")
+    assert id_map.dtype == np.int32 and scores.dtype == np.float32 and segments.shape == (1, 1)
+    return id_map[0], json.loads(segments[0, 0]), scores[0]
+
+
+def assert_same_semantic(got: tuple[np.ndarray, dict[str, Any], np.ndarray],
+                         want: tuple[np.ndarray, dict[str, Any], np.ndarray]) -> None:
+    (gmap, gdoc, gscore), (wmap, wdoc, wscore) = got, want
+    assert gmap.shape == wmap.shape == gscore.shape == wscore.shape, (gmap.shape, wmap.shape)
+    np.testing.assert_array_equal(gmap, wmap)
+    np.testing.assert_allclose(gscore, wscore, rtol=0, atol=SCORE_TOL)
+    assert gdoc["classes"] and gdoc["classes"] == wdoc["classes"]  # ids, names, pixel counts, unseen flags
+    for k in ("task", "height", "width", "model"):
+        assert gdoc[k] == wdoc[k], k
+    assert {k: v for k, v in gdoc["vocabulary"].items() if k != "source"} == \
+           {k: v for k, v in wdoc["vocabulary"].items() if k != "source"}
+
+
+@needs_bpe
+def test_zegformer_repository_is_self_contained_and_parses(zeg_repo: Path, zegformer_bundle) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((zeg_repo / ZEG_MODEL / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.backend == "python" and config.max_batch_size == 0
+    inputs = {i.name: i for i in config.input}
+    assert list(inputs["IMAGE"].dims) == [-1, 1] and not inputs["IMAGE"].optional
+    assert list(inputs["CLASSES"].dims) == [1] and inputs["CLASSES"].optional
+    assert [o.name for o in config.output] == ["id_map", "scores", "segments"]
+    version = zeg_repo / ZEG_MODEL / "1"
+    copied = {p.name for p in (version / "bundle").iterdir()}
+    src = zegformer_bundle[0]
+    assert copied == {p.name for p in src.iterdir() if p.is_file()}  # graphs, bundle.json, stored embeddings
+    for p in (version / "bundle").iterdir():
+        assert p.is_file() and not p.is_symlink() and p.read_bytes() == (src / p.name).read_bytes()
+    assert (version / BPE.name).read_bytes() == BPE.read_bytes()
+
+
+@needs_bpe
+@shows_server_log
+def test_zegformer_default_and_request_vocabulary_equal_trt_infer(zeg_served, zeg_images: Path,
+                                                                  zeg_expected) -> None:
+    http = httpclient.InferenceServerClient(zeg_served.http_url)
+    grpc = grpcclient.InferenceServerClient(zeg_served.grpc_url)
+    classes = ", ".join(ZEG_CLASSES)  # spaces around commas are trimmed, as trt-infer's --classes
+    for p in sorted(zeg_images.iterdir()):
+        blob = p.read_bytes()
+        assert_same_semantic(zeg_infer(http, httpclient, blob, None), zeg_expected["default"][p.name])
+        got = zeg_infer(grpc, grpcclient, blob, classes)
+        assert_same_semantic(got, zeg_expected["request"][p.name])
+        assert got[1]["vocabulary"]["source"] == "CLASSES" and int(got[0].max()) < len(ZEG_CLASSES)
+    # The request vocabulary was embedded once (segmenter prompts + CLIP crop prompts) and then served from the
+    # server's cache for the second image.
+    assert zeg_served.log().count(f"embedding {len(ZEG_CLASSES)} class name(s)") == 2, zeg_served.log()[-3000:]
+    http.close()
+    grpc.close()
+
+
+@needs_bpe
+@shows_server_log
+def test_zegformer_bad_vocabulary_gets_a_triton_error_and_the_server_keeps_serving(zeg_served, zeg_images: Path,
+                                                                                   zeg_expected) -> None:
+    http = httpclient.InferenceServerClient(zeg_served.http_url)
+    good = sorted(zeg_images.iterdir())[0]
+    blob = good.read_bytes()
+    cases = [("", "vocabulary (CLASSES) is empty"), (" , ,", "vocabulary (CLASSES) is empty"),
+             ("cat,,dog", "empty name at position(s) [2]"), ("cat,Cat", "duplicate class name(s)")]
+    for classes, message in cases:
+        with pytest.raises(InferenceServerException) as err:
+            zeg_infer(http, httpclient, blob, classes)
+        assert message in str(err.value) and "Fix:" in str(err.value), str(err.value)
+    c = httpclient.InferInput("CLASSES", [1], "BYTES")
+    c.set_data_from_numpy(np.array([b"\xff\xfe"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match="not UTF-8"):
+        http.infer(ZEG_MODEL, [image_input(httpclient, [blob]), c])
+    with pytest.raises(InferenceServerException, match="could not be read as an image"):
+        zeg_infer(http, httpclient, b"not an image", "cat")
+    assert_same_semantic(zeg_infer(http, httpclient, blob, None), zeg_expected["default"][good.name])
+    assert http.is_server_live() and http.is_model_ready(ZEG_MODEL)
+    http.close()
+
+
+# ------------------------------------------------------------------------------------------ zsd-bench serve
+
+
+@shows_server_log
+def test_zsd_bench_serve_writes_a_well_formed_report(served, repos: dict[str, Path], images: Path,
+                                                     work: Path) -> None:
+    """`zsd-bench serve` end to end with tiny numbers against the running server (not a timed test)."""
+    out = work / "bench_serve"
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", "serve", "--repository",
+                        str(repos["panoptic"]), "--url", served.grpc_url, "--protocol", "grpc", "--clients", "2",
+                        "--requests", "3", "--warmup", "1", "--in-process-requests", "2", "--threads", "1",
+                        "--images", str(images), "--note", "test run", "--output", str(out)],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["format"] == "zsd-bench-serve/1" and report["config"]["model"] == "pading_panoptic"
+    assert report["machine"]["note"] == "test run" and report["machine"]["cpus"] >= 1
+    served_r, local = report["served"], report["in_process"]
+    assert (served_r["requests"], served_r["errors"], local["requests"]) == (6, 0, 2)
+    for run in (served_r, local):
+        lat = run["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert run["requests_per_s"] > 0 and run["images_per_s"] == run["requests_per_s"]
+    assert report["results_equal"] is True  # the served label maps are the in-process ones
+    md = (out / "report.md").read_text()
+    assert "| Triton, 2 concurrent clients | 6 | 0 |" in md and "one in-process Pipeline, sequential | 2 |" in md
+    bad = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", "serve", "--repository", str(images),
+                          "--output", str(work / "bench_bad")], capture_output=True, text=True, env=ENV, timeout=120)
+    assert bad.returncode == 2 and "not a model repository written by export-triton" in bad.stderr

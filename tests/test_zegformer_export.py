@@ -43,6 +43,7 @@ def session(path) -> ort.InferenceSession:
 
 
 def test_bundle_files_and_metadata(bundle):
+    from zsdeploy.runtime.artifacts.bundle_manifest import FORMAT, BundleInput, read_bundle_manifest
     from zsdeploy.runtime.metadata import ModelInfo
 
     out, _, lines = bundle
@@ -52,7 +53,18 @@ def test_bundle_files_and_metadata(bundle):
         expected |= {"text_embeddings.npy", "text_embeddings_clip.npy"}
     assert names == expected
     assert any("STAND-IN" in line for line in lines)
-    manifest = json.loads((out / "bundle.json").read_text())
+    manifest = read_bundle_manifest(out, verify=True)  # every file as exported: sizes and sha256s agree
+    assert json.loads((out / "bundle.json").read_text())["format"] == FORMAT == manifest.format
+    assert {g: f.file for g, f in manifest.graphs.items()} == {
+        "segmenter": "segmenter.onnx", "text_encoder": "text_encoder.onnx", "crop_classifier": "crop_classifier.onnx"}
+    assert set(manifest.embeddings) == ({"text_embeddings", "text_embeddings_clip"} if BPE is not None else set())
+    assert manifest.input == BundleInput(dynamic=False, batch=1, height=H, width=W)
+    assert manifest.made_from.standin_weights and manifest.made_from.weights_sha256 is None
+    assert manifest.made_from.clip_weights == "clip_small.pt" and not manifest.made_from.standin_clip
+    assert manifest.made_from.config == "cocostuff_r101_gzss.yaml" and manifest.exporter.opset == 18
+    assert manifest.fusion.ensembling and manifest.fusion.gzero_calibrate == pytest.approx(0.1)
+    assert manifest.prompts.templates == ("A photo of a {} in the scene",)
+    assert len(manifest.prompts.clip_templates) == 32
     for graph in ("segmenter", "text_encoder", "crop_classifier"):
         proto = onnx.load(str(out / f"{graph}.onnx"), load_external_data=False)
         meta = {p.key: p.value for p in proto.metadata_props}
@@ -69,8 +81,8 @@ def test_bundle_files_and_metadata(bundle):
         assert meta["clip_classification"] == "true" and meta["gzero_calibrate"] == "0.1"
         assert meta["ensembling"] == "true" and meta["clip_cls_style"] == "cropmask"
         assert float(meta["logit_scale"]) == pytest.approx(100.0)
-        assert manifest["class_names"] == list(info.class_names)
-    assert manifest["graph"] == "bundle"
+        assert manifest.classes.names == info.class_names and manifest.classes.seen_ids == info.seen_ids
+        assert manifest.made_from.clip_sha256 == meta["clip_sha256"]
 
 
 def test_segmenter_inputs_outputs(bundle):
@@ -132,8 +144,11 @@ def test_default_and_new_vocabulary_end_to_end(bundle):
     from zsdeploy.runtime.prompts import class_text_embeddings
     from zsdeploy.runtime.tokenizer import ClipTokenizer
 
+    from zsdeploy.runtime.artifacts.bundle_manifest import read_bundle_manifest
+
     out = bundle[0]
-    meta = json.loads((out / "bundle.json").read_text())
+    manifest = read_bundle_manifest(out)
+    names, prompts = list(manifest.classes.names), manifest.prompts
     tok = ClipTokenizer(BPE)
     text_sess = session(out / "text_encoder.onnx")
 
@@ -142,15 +157,15 @@ def test_default_and_new_vocabulary_end_to_end(bundle):
 
     default = np.load(out / "text_embeddings.npy")
     assert default.shape == (171, 512) and default.dtype == np.float32
-    again = class_text_embeddings(meta["class_names"][:7], meta["prompt_templates"], tok.tokenize, encode)
+    again = class_text_embeddings(names[:7], prompts.templates, tok.tokenize, encode)
     assert rel_l2(again, default[:7]) < 1e-4
     default_clip = np.load(out / "text_embeddings_clip.npy")
-    again = class_text_embeddings(meta["class_names"][-3:], meta["clip_prompt_templates"], tok.tokenize, encode)
+    again = class_text_embeddings(names[-3:], prompts.clip_templates, tok.tokenize, encode)
     assert default_clip.shape == (171, 512) and rel_l2(again, default_clip[-3:]) < 1e-4
 
-    names = ["corgi", "fire truck", "traffic cone, pylon", "St. Peter's Basilica", "café table"]
-    emb = class_text_embeddings(names, meta["prompt_templates"], tok.tokenize, encode)
-    emb_clip = class_text_embeddings(names, meta["clip_prompt_templates"], tok.tokenize, encode)
+    new_names = ["corgi", "fire truck", "traffic cone, pylon", "St. Peter's Basilica", "café table"]
+    emb = class_text_embeddings(new_names, prompts.templates, tok.tokenize, encode)
+    emb_clip = class_text_embeddings(new_names, prompts.clip_templates, tok.tokenize, encode)
     seg = session(out / "segmenter.onnx")
     image = (np.random.default_rng(0).random((1, 3, H, W)) * 255).astype(np.float32)
     cls, masks = seg.run(None, {"images": image, "text_embeddings": emb})

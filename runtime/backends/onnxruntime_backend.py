@@ -5,22 +5,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ..errors import ZsdError
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo, read_onnx_metadata
 from .base import Backend
-
-
-def read_onnx_metadata(path: Path) -> dict[str, str]:
-    """metadata_props without loading the weights (fast even for a 180 MB model)."""
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 (protobuf raises DecodeError, others raise OSError/ValueError)
-        raise ZsdError(f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}); it may be "
-                       "truncated or not an ONNX file.",
-                       "re-run export-model to write it again (exports are written atomically).") from None
-    return {p.key: p.value for p in proto.metadata_props}
 
 
 class OnnxRuntimeBackend(Backend):

@@ -1,8 +1,10 @@
 """TensorRT backend: runs a `.plan` from build-engine (TensorRT 10 API, NVIDIA cuda-python for memory/streams).
 
-Polygraphy-style runner: construction does all the checking (sidecar, TensorRT version, GPU, plugin library),
-`infer()` only copies, binds by tensor name and enqueues. Order of checks: files and sidecar first (no GPU or
-TensorRT needed), then TensorRT, then the GPU, then deserialisation, so each mistake gets its own message.
+Polygraphy-style runner: construction does all the checking (sidecar, ONNX source, TensorRT version, GPU, plugin
+library), `infer()` only copies, binds by tensor name and enqueues. Order of checks: files, sidecar and the ONNX the
+plan was built from first (no GPU or TensorRT needed: a plan whose ONNX was re-exported since is refused), then
+TensorRT, then the GPU, then deserialisation, so each mistake gets its own message. The runner imports the loader,
+plugins and the sidecar reader only, never the builder (runtime/tensorrt/builder.py).
 
 I/O per call: inputs host -> (pinned staging) -> device, `set_input_shape` + `set_tensor_address` by name,
 `execute_async_v3` on our stream, device -> pinned -> fresh numpy arrays, one stream synchronisation. With
@@ -18,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import cuda_utils
-from ..engine import ZSD_PLUGIN, EngineSidecar, import_tensorrt, load_plugin_library, make_logger, read_sidecar, \
-    require_creators
+from ..artifacts.sidecar import EngineSidecar, check_plan_source, read_sidecar, rebuild_command
 from ..errors import ZsdError
+from ..tensorrt.loader import import_tensorrt, make_logger
+from ..tensorrt.plugins import PLUGIN_LIBRARY_NAME, ZSD_PLUGIN, load_plugin_library, require_creators
 from .base import Backend
 
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class TensorRTBackend(Backend):
         self.path = path
         self.sidecar: EngineSidecar = read_sidecar(path)
         self.info = self.sidecar.info
+        check_plan_source(self.sidecar)  # before TensorRT: a stale plan is refused on any machine
         self.use_cuda_graph = use_cuda_graph
         self.pinned = pinned
         lib = self._plugin_library(plugin_lib)
@@ -57,17 +61,15 @@ class TensorRTBackend(Backend):
         import tensorrt as trt_mod
         if trt_mod.__version__ != self.sidecar.tensorrt_version:
             # Plans are tied to the exact TensorRT build (unless built version-compatible, which we do not do).
-            onnx_path = self.sidecar.raw.get("onnx", {}).get("path", "M.onnx")
             raise ZsdError(f"engine {path.name} was built with TensorRT {self.sidecar.tensorrt_version}, this is "
                            f"TensorRT {trt_mod.__version__}; TensorRT cannot load a plan from another version.",
-                           f"rebuild it here: build-engine --onnx {onnx_path} --output {path} (with the same "
-                           "--precision/--profile).")
+                           f"rebuild it here: {rebuild_command(self.sidecar)}")
         gpu = cuda_utils.device_info(device)
         if gpu.compute_capability_str != self.sidecar.compute_capability:
             raise ZsdError(f"engine {path.name} was built for {self.sidecar.gpu_name} (compute capability "
                            f"{self.sidecar.compute_capability}); GPU {device} is {gpu.name} (compute capability "
                            f"{gpu.compute_capability_str}). TensorRT engines only run on the architecture they were "
-                           "built for.", "rebuild the engine with build-engine on this machine.")
+                           "built for.", f"rebuild the engine on this machine: {rebuild_command(self.sidecar)}")
         if gpu.name != self.sidecar.gpu_name:
             # Same architecture runs, but kernels were timed on another GPU: correct, possibly slower.
             warnings.warn(f"engine {path.name} was built on {self.sidecar.gpu_name}, running on {gpu.name} (same "
@@ -84,7 +86,7 @@ class TensorRTBackend(Backend):
         if engine is None:
             errors = "; ".join(getattr(self._logger, "errors", [])[-3:]) or "no message"
             raise ZsdError(f"TensorRT could not deserialise {path.name} ({errors}); the file may be truncated or "
-                           "built for another TensorRT/GPU.", "rebuild it with build-engine.")
+                           "built for another TensorRT/GPU.", f"rebuild it: {rebuild_command(self.sidecar)}")
         self.engine: trt.ICudaEngine = engine
         context = engine.create_execution_context()
         if context is None:
@@ -119,16 +121,16 @@ class TensorRTBackend(Backend):
             lib = Path(explicit)
             if not lib.is_file():
                 raise ZsdError(f"plugin library {lib} does not exist.",
-                               "pass the libzsdeploy_plugins.so the engine was built with (--plugin-lib).")
+                               f"pass the {PLUGIN_LIBRARY_NAME} the engine was built with (--plugin-lib).")
             return lib
         if not needs_ours:
             return None
-        recorded = self.sidecar.plugin_library
+        recorded = self.sidecar.plugin_library.path if self.sidecar.plugin_library is not None else None
         if recorded and Path(recorded).is_file():
             return Path(recorded)
         raise ZsdError(f"engine {self.path.name} contains {ZSD_PLUGIN} nodes and needs the plugin library"
                        + (f" it was built with ({recorded}), which does not exist here." if recorded else "."),
-                       "pass --plugin-lib path/to/libzsdeploy_plugins.so (plugin_lib=...) built for this TensorRT.")
+                       f"pass --plugin-lib path/to/{PLUGIN_LIBRARY_NAME} (plugin_lib=...) built for this TensorRT.")
 
     # ---------------------------------------------------------------------------------------- interface
 

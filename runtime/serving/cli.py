@@ -14,13 +14,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a Triton model repository for a PADing export: an ensemble IMAGE (encoded image bytes) "
                     "-> pre-processing -> network -> post-processing -> id_map (int32 label/panoptic/instance ids) "
                     "+ segments (the JSON trt-infer writes). Pre/post-processing run zsdeploy.runtime in Triton's "
-                    "Python backend, so served results equal trt-infer's. An existing repository written by "
-                    "export-triton at --output is replaced as a whole.",
-        epilog="Example: export-triton --model pading_panoptic.onnx --output triton_repo --backend python "
-               "--dynamic-batching",
+                    "Python backend, so served results equal trt-infer's. For a ZegFormer bundle: one Python-backend "
+                    "model taking IMAGE plus an optional CLASSES string (the vocabulary of the request, "
+                    "comma-separated; default the bundle's), returning id_map, scores and segments. An existing "
+                    "repository written by export-triton at --output is replaced as a whole.",
+        epilog="Examples: export-triton --model pading_panoptic.onnx --output triton_repo --backend python "
+               "--dynamic-batching;  export-triton --model zegformer_bundle/ --output triton_repo --clip-bpe "
+               "bpe_simple_vocab_16e6.txt.gz",
     )
     p.add_argument("--model", required=True, help="a PADing .onnx (export-model) or .plan (build-engine; its .json "
-                                                  "sidecar must be next to it)")
+                                                  "sidecar must be next to it), or a ZegFormer bundle directory")
     p.add_argument("--output", required=True, help="the model repository directory to write")
     p.add_argument("--backend", choices=BACKENDS,
                    help="how Triton runs the network: tensorrt (platform tensorrt_plan, GPU), onnxruntime or "
@@ -38,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="post-processing to serve (default: the model's task)")
     p.add_argument("--name", help="name of the ensemble to request (default <model>_<task>, e.g. pading_panoptic)")
     p.add_argument("--threads", type=int, help="CPU threads of the network (onnxruntime, openvino, python)")
+    z = p.add_argument_group("ZegFormer bundles (vocabulary per request)")
+    z.add_argument("--clip-bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz, copied into the repository to embed "
+                                      "new class names (default: $ZSD_CLIP_BPE or an installed open_clip's; "
+                                      "without one only the bundle's default vocabulary is served)")
+    z.add_argument("--max-classes", type=int, help="most class names in one request's CLASSES (default 1000)")
+    z.add_argument("--vocab-cache", type=int,
+                   help="vocabularies kept embedded in each model instance, least recently used dropped first "
+                        "(default 16)")
     return p
 
 
@@ -45,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = RepositoryOptions(backend=args.backend, max_batch=args.max_batch, instances=args.instances,
                              dynamic_batching=args.dynamic_batching, max_queue_delay_us=args.max_queue_delay_us,
-                             task=args.task, name=args.name, threads=args.threads)
+                             task=args.task, name=args.name, threads=args.threads, clip_bpe=args.clip_bpe,
+                             max_classes=args.max_classes, vocab_cache=args.vocab_cache)
     try:
         out = write_repository(args.model, args.output, opts)
     except ZsdError as e:
@@ -57,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     marker = json.loads((out / ".zsdeploy-triton.json").read_text())
+    if marker["kind"] == "bundle":
+        vocab = ("CLASSES (optional BYTES [1]: comma-separated class names; absent = the bundle's default "
+                 "vocabulary)" if marker["clip_bpe"] else
+                 "CLASSES (optional; CLIP's BPE file was not found, so new names need $ZSD_CLIP_BPE in the "
+                 "server's environment: pass --clip-bpe to copy it into the repository)")
+        print(f"export-triton: wrote {out}: model {marker['models']['model']!r} (ZegFormer, Python backend, up to "
+              f"{marker['max_images']} images per request). Inputs IMAGE (encoded image bytes, BYTES [N,1]) and "
+              f"{vocab}; outputs id_map (INT32 [N,H,W] class index), scores (FP32 [N,H,W]) and segments (JSON).")
+        return 0
     print(f"export-triton: wrote {out}: ensemble {marker['models']['ensemble']!r} (network: "
           f"{marker['network_backend']}, max_batch_size {marker['max_batch_size']}, task {marker['task']}). "
           f"Input IMAGE (encoded image bytes, BYTES [B,1]); outputs id_map (INT32 [B,H,W]) and segments (JSON).")

@@ -102,3 +102,43 @@ class PostprocessModel:
                     pb_utils.Tensor("segments", np.array(docs, dtype=np.object_).reshape(-1, 1))]
 
         return _respond(requests, handle)
+
+
+class ZegFormerModel:
+    """A ZegFormer bundle with a vocabulary per request: IMAGE (encoded bytes, [N,1]) + CLASSES (optional, one
+    string of comma-separated names) -> id_map int32 [N,H,W] (class index in the request's vocabulary, -1 outside
+    image i), scores float32 [N,H,W] (that class's score; NaN outside image i), segments (trt-infer's JSON).
+
+    One Python-backend model runs the whole pipeline instead of an ensemble pre -> network -> post: the network
+    takes the vocabulary's text embeddings as an input, and those come from the request's CLASSES through the text
+    encoder and this process's vocabulary cache; splitting it would send [C,512] embeddings (and CLIP's crop
+    classifier inputs) between models for every request, and the cache would need its own stateful model."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        from .zegformer_steps import ZegFormerService, ZegFormerStep
+
+        version = _version_dir(args)
+        self.service = ZegFormerService(version, ZegFormerStep.read(version / "zsdeploy_step.json"),
+                                        say=lambda m: pb_utils.Logger.log_info(f"zsdeploy: {m}"))
+        try:  # the default vocabulary ready before the first request (stored embeddings: no BPE file needed)
+            self.service.segmenter_for(None)
+        except ZsdError as e:
+            pb_utils.Logger.log_warn(f"zsdeploy: the default vocabulary is not ready ({e}); requests without "
+                                     "CLASSES will get this error.")
+
+    def finalize(self) -> None:
+        self.service.close()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        from .zegformer_steps import CLASSES_INPUT, parse_request_classes
+
+        def handle(request: Any) -> list[Any]:
+            blobs = [bytes(b) for b in _input(request, "IMAGE").reshape(-1)]
+            classes = pb_utils.get_input_tensor_by_name(request, CLASSES_INPUT)
+            names = parse_request_classes(None if classes is None else classes.as_numpy(),
+                                          self.service.step.max_classes)
+            id_map, scores, docs = self.service.segment(blobs, names)
+            return [pb_utils.Tensor("id_map", id_map), pb_utils.Tensor("scores", scores),
+                    pb_utils.Tensor("segments", np.array(docs, dtype=np.object_).reshape(-1, 1))]
+
+        return _respond(requests, handle)

@@ -15,10 +15,12 @@ class Tensor:
     name: str
     dtype: str  # a key of TYPES
     dims: tuple[int, ...]  # without the batch dim; -1 = variable
+    optional: bool = False  # inputs only: a request may leave it out
 
     def text(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
-        return f'  {{ name: {json.dumps(self.name)} data_type: {TYPES[self.dtype]} dims: [ {dims} ] }}'
+        opt = " optional: true" if self.optional else ""
+        return f'  {{ name: {json.dumps(self.name)} data_type: {TYPES[self.dtype]} dims: [ {dims} ]{opt} }}'
 
 
 @dataclass(frozen=True)

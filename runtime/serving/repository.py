@@ -9,6 +9,9 @@ Layout for `--name pading_panoptic` (the default name is `<model>_<task>`):
     REPO/.zsdeploy-triton.json          what the repository was written from (also marks it as ours)
 The repository is built in a temporary directory next to REPO and renamed into place, so a repository written over
 an existing one is replaced as a whole (never half old, half new).
+
+A ZegFormer bundle directory gets one Python-backend model instead (runtime.serving.zegformer_repository): the
+vocabulary comes with each request.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from pathlib import Path
 
 from ..atomic_dir import publish, staging_dir
 from ..errors import ZsdError
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo
+from ..families import family_of
 from .pbtxt import EnsembleStep, ModelConfig, Tensor
 from .steps import IMAGE_INFO, STEP_FORMAT, step_segmenter
 
@@ -57,6 +61,10 @@ class RepositoryOptions:
     task: str | None = None  # post-processing to serve (default: the export's task)
     name: str | None = None  # ensemble name (default: <model>_<task>)
     threads: int | None = None  # CPU threads of the network (onnxruntime / openvino / python)
+    # ZegFormer bundles only
+    clip_bpe: str | None = None  # CLIP's BPE file, copied into the repository (default: $ZSD_CLIP_BPE / open_clip's)
+    max_classes: int | None = None  # names per request vocabulary (default 1000)
+    vocab_cache: int | None = None  # vocabularies kept embedded per model instance (default 16)
 
 
 def _load_export(model: Path) -> tuple[ModelInfo, str]:
@@ -66,16 +74,16 @@ def _load_export(model: Path) -> tuple[ModelInfo, str]:
     if not model.exists():
         raise ZsdError(f"model {model} does not exist.",
                        "pass an .onnx from export-model or a .plan from build-engine.")
-    if model.is_dir():
-        raise ZsdError(f"{model} is a directory (a ZegFormer bundle?); export-triton serves PADing exports only so "
-                       "far: ZegFormer bundles (per-request vocabulary) are not supported yet.",
-                       "pass a PADing .onnx (export-model --model pading) or its .plan (build-engine).")
+    if model.is_dir():  # not a bundle (write_repository sends those to the ZegFormer writer)
+        raise ZsdError(f"{model} is a directory without bundle.json, so neither a ZegFormer bundle nor a PADing "
+                       "export.", "pass a PADing .onnx / .plan, or the directory export-model --model zegformer "
+                              "wrote.")
     if model.suffix == ".onnx":
         from ..backends.onnxruntime_backend import read_onnx_metadata
 
         meta, kind = read_onnx_metadata(model), "onnx"
     elif model.suffix in ENGINE_SUFFIXES:
-        from ..engine import read_sidecar
+        from ..artifacts.sidecar import read_sidecar
 
         meta, kind = read_sidecar(model).metadata, "plan"
     else:
@@ -83,7 +91,7 @@ def _load_export(model: Path) -> tuple[ModelInfo, str]:
                        f"({', '.join(ENGINE_SUFFIXES)}).",
                        "pass the file export-model or build-engine wrote.")
     info = ModelInfo.from_metadata(meta, str(model))
-    if info.model == "zegformer":
+    if family_of(info).artifact == "bundle":
         raise ZsdError(f"{model} is a graph of a ZegFormer bundle; export-triton serves PADing exports only so far.",
                        "pass a PADing .onnx or .plan.")
     return info, kind
@@ -94,6 +102,18 @@ def _int(meta: dict[str, str], key: str) -> int:
         return int(meta[key])
     except (KeyError, ValueError):
         return -1  # older exports: let Triton take the dim from the model
+
+
+def check_common_options(opts: RepositoryOptions) -> None:
+    """Numbers and the model name, for every kind of export."""
+    for flag, v, low in (("--instances", opts.instances, 1), ("--max-batch", opts.max_batch, 1),
+                         ("--threads", opts.threads, 1), ("--max-queue-delay-us", opts.max_queue_delay_us, 0),
+                         ("--max-classes", opts.max_classes, 1), ("--vocab-cache", opts.vocab_cache, 1)):
+        if v is not None and v < low:
+            raise ZsdError(f"{flag} {v} must be >= {low}.", f"pass {flag} {low} or more.")
+    if opts.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", opts.name):
+        raise ZsdError(f"--name {opts.name!r} is not a usable Triton model name.",
+                       "use letters, digits, '_', '.' and '-' (starting with a letter or digit).")
 
 
 def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: Path) -> tuple[str, int]:
@@ -108,13 +128,7 @@ def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: P
     if backend in ("onnxruntime", "openvino") and kind != "onnx":
         raise ZsdError(f"--backend {backend} runs ONNX models, {model.name} is a TensorRT engine.",
                        "pass the .onnx the engine was built from, or use --backend tensorrt.")
-    for flag, v, low in (("--instances", opts.instances, 1), ("--max-batch", opts.max_batch, 1),
-                         ("--threads", opts.threads, 1), ("--max-queue-delay-us", opts.max_queue_delay_us, 0)):
-        if v is not None and v < low:
-            raise ZsdError(f"{flag} {v} must be >= {low}.", f"pass {flag} {low} or more.")
-    if opts.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", opts.name):
-        raise ZsdError(f"--name {opts.name!r} is not a usable Triton model name.",
-                       "use letters, digits, '_', '.' and '-' (starting with a letter or digit).")
+    check_common_options(opts)
     if info.dynamic:
         return backend, opts.max_batch or DEFAULT_MAX_BATCH
     sb = info.static_batch or 1
@@ -129,18 +143,18 @@ def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: P
     return backend, sb
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     from ..imageio import file_sha256
 
     return file_sha256(path)
 
 
-def _write(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
 
 
-def _check_output(out: Path) -> None:
+def check_output(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ZsdError(f"--output {out} is a file, not a directory.", "pass a directory for the model repository.")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
@@ -151,18 +165,30 @@ def _check_output(out: Path) -> None:
 
 def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[str],
                      options: RepositoryOptions | None = None) -> Path:
-    """Write the Triton repository for a PADing export (.onnx / .plan) to `output`; returns its path.
+    """Write the Triton repository for a PADing export (.onnx / .plan) or a ZegFormer bundle directory to
+    `output`; returns its path.
 
     Raises ZsdError for a missing/foreign model, flags that do not fit the export, or an `output` that exists but
     was not written by export-triton. Nothing partial is left: the repository appears complete or not at all.
     """
     opts = options or RepositoryOptions()
     model, out = Path(model), Path(output)
+    from ..artifacts.bundle_manifest import is_bundle
+
+    if model.is_dir() and is_bundle(model):
+        from .zegformer_repository import write_zegformer_repository
+
+        return write_zegformer_repository(model, out, opts)
+    bundle_only = [flag for flag, v in (("--clip-bpe", opts.clip_bpe), ("--max-classes", opts.max_classes),
+                                        ("--vocab-cache", opts.vocab_cache)) if v is not None]
+    if bundle_only:
+        raise ZsdError(f"{', '.join(bundle_only)} only apply to ZegFormer bundles (a per-request vocabulary); "
+                       f"{model.name} is a PADing export.", f"drop {', '.join(bundle_only)}.")
     info, kind = _load_export(model)
     backend, max_batch = _check_options(opts, info, kind, model)
     task = step_segmenter(info, opts.task or info.task).task  # checks that the export can post-process `task`
     name = opts.name or f"{info.model}_{task}"
-    _check_output(out)
+    check_output(out)
 
     meta = info.raw
     h, w = info.static_hw if info.static_hw else (-1, -1)
@@ -182,10 +208,10 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
     with staging_dir(out) as tmp:
         def python_step(role: str, cls: str, ins: list[Tensor], outs: list[Tensor]) -> None:
             d = tmp / names[role]
-            _write(d / "config.pbtxt", ModelConfig(names[role], max_batch, ins, outs, backend="python",
+            write_text(d / "config.pbtxt", ModelConfig(names[role], max_batch, ins, outs, backend="python",
                                                    instance_count=opts.instances).text())
-            _write(d / "1" / "model.py", _SHIM.format(role=role, cls=cls))
-            _write(d / "1" / "zsdeploy_step.json", step_doc)
+            write_text(d / "1" / "model.py", _SHIM.format(role=role, cls=cls))
+            write_text(d / "1" / "zsdeploy_step.json", step_doc)
 
         python_step("preprocess", "PreprocessModel", [image], [images, image_info])
         python_step("postprocess", "PostprocessModel", [class_logits, mask_logits, image_info], [id_map, segments])
@@ -216,9 +242,9 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
             params["model_file"] = model_file
             if opts.threads:
                 params["threads"] = str(opts.threads)
-            _write(net_dir / "model.py", _SHIM.format(role="network", cls="NetworkModel"))
+            write_text(net_dir / "model.py", _SHIM.format(role="network", cls="NetworkModel"))
         net.parameters = params
-        _write(tmp / names["network"] / "config.pbtxt", net.text())
+        write_text(tmp / names["network"] / "config.pbtxt", net.text())
 
         ensemble = ModelConfig(name, max_batch, [image], [id_map, segments], platform="ensemble", steps=[
             EnsembleStep(names["preprocess"], {"IMAGE": "IMAGE"}, {"images": "images", "image_info": "image_info"}),
@@ -228,10 +254,10 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
                                                 "image_info": "image_info"},
                          {"id_map": "id_map", "segments": "segments"}),
         ])
-        _write(tmp / name / "config.pbtxt", ensemble.text())
+        write_text(tmp / name / "config.pbtxt", ensemble.text())
         (tmp / name / "1").mkdir()  # Triton wants a version directory for ensembles too
-        _write(tmp / MARKER, json.dumps({
-            "format": MARKER_FORMAT, "source": str(model.resolve()), "source_sha256": _sha256(model),
+        write_text(tmp / MARKER, json.dumps({
+            "format": MARKER_FORMAT, "source": str(model.resolve()), "source_sha256": sha256_of(model),
             "kind": kind, "network_backend": backend, "max_batch_size": max_batch, "task": task,
             "models": {"ensemble": name, **names}, "options": asdict(opts)}, indent=1) + "\n")
         publish(tmp, out, "the model repository")

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from .errors import ZsdError
+from ..errors import ZsdError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})

@@ -1,0 +1,614 @@
+"""A ZegFormer bundle's `bundle.json`: the only code that writes or reads it.
+
+Format "zsdeploy-bundle/2" (written by export-model --model zegformer):
+
+    {"format": "zsdeploy-bundle/2", "model": "zegformer",
+     "graphs": {"segmenter": {"file": "segmenter.onnx", "size": 241234567, "sha256": "<64 hex>"},
+                "text_encoder": {...}, "crop_classifier": {...}  (gzss configs only)},
+     "embeddings": {"text_embeddings": {...}, "text_embeddings_clip": {...}}  (may be empty),
+     "classes": {"names": [...], "seen_ids": [...], "unseen_ids": [...], "thing_ids": [...], "colors": [[r,g,b],...],
+                 "source": "configs/classes/..."},
+     "prompts": {"ensemble_type": "single", "templates": ["... {} ..."], "clip_templates": [...]},
+     "fusion": {"clip_classification": true, "ensembling": true, "ensembling_all_cls": false,
+                "ensembling_lambda": 0.667, "gzero_calibrate": 0.1},
+     "input": {"dynamic": false, "batch": 1, "height": 640, "width": 640}  (null batch/height/width when dynamic),
+     "clip": {"model": "ViT-B/16", "text_dim": 512, "context_length": 77, "tokenizer": "clip-bpe-49408"},
+     "made_from": {"config": "x.yaml", "weights": "model_final.pth" | "standin", "standin_weights": false,
+                   "weights_sha256": "<hex>" | null, "clip_weights": "ViT-B-16.pt" | "standin",
+                   "standin_clip": false, "clip_sha256": "<hex>" | null},
+     "exporter": {"version": "zsdeploy-0.1.0", "torch_version": "2.x", "opset": 18}}
+
+Pre- and post-processing constants are not repeated here: each graph carries them in its own metadata
+(runtime.artifacts.onnx_metadata). TensorRT plans built later next to the graphs are not listed either; each
+plan's sidecar records the graph it was built from.
+
+Bundles exported before the format was versioned have no "format" key: their bundle.json is a flat copy of the
+graphs' metadata (strings, "true"/"false", lists), here called LEGACY_FORMAT; they are still read, but record no
+file sizes or sha256s, so their files can only be checked for existence. Any other "format" is refused.
+
+Parsing is strict: a missing, mistyped or inconsistent field (or an unknown one, in format 2: additions bump the
+format) is a ZsdError naming the field and the file, with the fix "re-export the bundle".
+
+When the listed files are checked (the choice: cheap checks always, hashing only where it pays):
+- `read_bundle_manifest(root)` parses bundle.json only; with `verify=True` it also checks every listed file now
+  (exists, recorded size, recorded sha256).
+- `BundleManifest.graph_file(root, graph)`, called when a graph is opened: the file exists and has the recorded
+  size (one stat). Its sha256 is compared only with `verify=True`: hashing a 240 MB segmenter takes ~0.5 s, which
+  every trt-infer start would pay; build-engine passes verify=True (a plan built from a changed graph is
+  silently wrong, and the build takes minutes anyway).
+- `BundleManifest.embeddings_file(root, kind)`, called when stored embeddings are loaded: size and sha256 always
+  (a few MB at most, read whole anyway).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ..errors import ZsdError
+
+__all__ = [
+    "BUNDLE_FILE", "FORMAT", "LEGACY_FORMAT", "GRAPHS", "EMBEDDINGS", "REEXPORT",
+    "BundleFile", "BundleClasses", "BundlePrompts", "BundleFusion", "BundleInput", "BundleClip", "BundleSource",
+    "BundleExporter", "BundleManifest",
+    "is_bundle", "bundle_root", "describe_file", "write_bundle_manifest", "read_bundle_manifest",
+]
+
+BUNDLE_FILE = "bundle.json"
+FORMAT = "zsdeploy-bundle/2"
+#: What this module calls the unversioned bundle.json of earlier exports (never written with this name).
+LEGACY_FORMAT = "zsdeploy-bundle/1"
+GRAPHS = ("segmenter", "text_encoder", "crop_classifier")
+EMBEDDINGS = ("text_embeddings", "text_embeddings_clip")
+REEXPORT = "re-export the bundle with export-model --model zegformer."
+_REQUIRED_GRAPHS = ("segmenter", "text_encoder")
+_HASH_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ locating
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()
+
+
+def bundle_root(path: str | os.PathLike) -> Path | None:
+    """The bundle directory of `path`: the directory itself, or the bundle a `segmenter.onnx/.plan` belongs to."""
+    p = Path(path)
+    if is_bundle(p):
+        return p
+    if p.is_file() and p.stem == "segmenter" and is_bundle(p.parent):
+        return p.parent
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ the contract
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of the bundle, named relative to the bundle directory."""
+
+    file: str
+    size: int | None  # bytes; None in LEGACY_FORMAT manifests
+    sha256: str | None  # None in LEGACY_FORMAT manifests
+
+
+@dataclass(frozen=True)
+class BundleClasses:
+    """The default vocabulary (the classes the model was exported with) and its seen/unseen split."""
+
+    names: tuple[str, ...]
+    seen_ids: tuple[int, ...]
+    unseen_ids: tuple[int, ...]
+    thing_ids: tuple[int, ...]
+    colors: tuple[tuple[int, int, int], ...]  # empty, or one RGB per class
+    source: str
+
+
+@dataclass(frozen=True)
+class BundlePrompts:
+    ensemble_type: str  # the config's MODEL.PROMPT_ENSEMBLE_TYPE
+    templates: tuple[str, ...]  # the segmenter's prompt ensemble, each with one '{}'
+    clip_templates: tuple[str, ...]  # the crop classifier's
+
+
+@dataclass(frozen=True)
+class BundleFusion:
+    """How the segmenter's and the CLIP crop classifier's class scores are combined (runtime.zegformer.fuse_scores)."""
+
+    clip_classification: bool
+    ensembling: bool
+    ensembling_all_cls: bool
+    ensembling_lambda: float
+    gzero_calibrate: float
+
+
+@dataclass(frozen=True)
+class BundleInput:
+    """The image input the graphs were traced for: static batch x 3 x height x width, or dynamic (all None)."""
+
+    dynamic: bool
+    batch: int | None
+    height: int | None
+    width: int | None
+
+
+@dataclass(frozen=True)
+class BundleClip:
+    model: str  # e.g. "ViT-B/16"
+    text_dim: int
+    context_length: int
+    tokenizer: str
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """What the bundle was made from (file names, not paths: the bundle may travel)."""
+
+    config: str
+    weights: str  # the checkpoint's file name, or "standin"
+    standin_weights: bool
+    weights_sha256: str | None  # None when unknown (stand-in weights)
+    clip_weights: str  # the CLIP file's name, or "standin"
+    standin_clip: bool
+    clip_sha256: str | None
+
+    def as_metadata(self) -> dict[str, str]:
+        """These facts under the graphs' metadata_props keys (code that takes a graph's metadata, e.g.
+        export.torch_backend.TorchBackend.zegformer)."""
+        return {"config": self.config, "weights": self.weights, "checkpoint_sha256": self.weights_sha256 or "",
+                "standin_weights": _b(self.standin_weights), "clip_weights": self.clip_weights,
+                "clip_sha256": self.clip_sha256 or "", "standin_clip": _b(self.standin_clip)}
+
+
+@dataclass(frozen=True)
+class BundleExporter:
+    version: str
+    torch_version: str
+    opset: int
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """Everything bundle.json says; see the module docstring for the JSON and when files are checked."""
+
+    graphs: Mapping[str, BundleFile]  # graph name (GRAPHS) -> its .onnx
+    embeddings: Mapping[str, BundleFile]  # EMBEDDINGS name -> its .npy (the default vocabulary, embedded)
+    classes: BundleClasses
+    prompts: BundlePrompts
+    fusion: BundleFusion
+    input: BundleInput
+    clip: BundleClip
+    made_from: BundleSource
+    exporter: BundleExporter
+    model: str = "zegformer"
+    format: str = FORMAT  # LEGACY_FORMAT when read from an unversioned bundle.json
+
+    @property
+    def gzss(self) -> bool:
+        """The CLIP crop classifier takes part (the parser guarantees its graph is listed then)."""
+        return self.fusion.clip_classification
+
+    def graph_file(self, root: str | os.PathLike, graph: str, *, verify: bool = False) -> Path:
+        """The `.onnx` of `graph`, checked: it exists with the recorded size; with verify also the recorded
+        sha256 (this reads the whole file: ~0.5 s for a 240 MB segmenter)."""
+        if graph not in self.graphs:
+            raise ZsdError(f"the bundle {root} has no {graph} graph ({Path(root) / BUNDLE_FILE} lists "
+                           f"{sorted(self.graphs)}).", REEXPORT)
+        return self._checked(Path(root), f"the {graph} graph", self.graphs[graph], verify)
+
+    def embeddings_file(self, root: str | os.PathLike, kind: str) -> Path:
+        """The stored default-vocabulary embeddings `kind`, checked for existence, size and sha256 (small files)."""
+        if kind not in self.embeddings:
+            raise ZsdError(f"the bundle {root} stores no {kind} (exported without default embeddings).",
+                           "compute them from class names (trt-infer does) or re-export with CLIP's BPE file "
+                           "(--clip-bpe).")
+        return self._checked(Path(root), f"the stored {kind}", self.embeddings[kind], verify=True)
+
+    def verify_files(self, root: str | os.PathLike) -> None:
+        """Check every listed file now: exists, recorded size, recorded sha256."""
+        for graph in self.graphs:
+            self.graph_file(root, graph, verify=True)
+        for kind in self.embeddings:
+            self.embeddings_file(root, kind)
+
+    def _checked(self, root: Path, what: str, entry: BundleFile, verify: bool) -> Path:
+        path = root / entry.file
+        manifest = root / BUNDLE_FILE
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ZsdError(f"{manifest} lists {what} as {entry.file}, but {path} does not exist.",
+                           "copy the whole bundle directory, or " + REEXPORT) from None
+        except OSError as e:
+            raise ZsdError(f"{path} ({what} of the bundle) cannot be read ({e.strerror or e}).",
+                           "check its permissions, or " + REEXPORT) from None
+        changed = ("was changed or replaced after the bundle was exported (or truncated by a copy); the bundle "
+                   "would not run what it was exported with.")
+        if entry.size is not None and size != entry.size:
+            raise ZsdError(f"{path} ({what}) has {size} bytes, but {manifest} recorded {entry.size}: the file "
+                           + changed, "restore the original file, or " + REEXPORT)
+        if verify and entry.sha256 is not None:
+            actual = _sha256_file(path)
+            if actual != entry.sha256:
+                raise ZsdError(f"{path} ({what}) has sha256 {actual[:16]}..., but {manifest} recorded "
+                               f"{entry.sha256[:16]}...: the file " + changed,
+                               "restore the original file, or " + REEXPORT)
+        return path
+
+    def to_json(self) -> dict[str, Any]:
+        """The format-2 JSON object (see the module docstring)."""
+        def files(m: Mapping[str, BundleFile]) -> dict[str, Any]:
+            return {k: {"file": f.file, "size": f.size, "sha256": f.sha256} for k, f in m.items()}
+
+        c, p, f, i, k, s, e = (self.classes, self.prompts, self.fusion, self.input, self.clip, self.made_from,
+                               self.exporter)
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "graphs": files(self.graphs),
+            "embeddings": files(self.embeddings),
+            "classes": {"names": list(c.names), "seen_ids": list(c.seen_ids), "unseen_ids": list(c.unseen_ids),
+                        "thing_ids": list(c.thing_ids), "colors": [list(x) for x in c.colors], "source": c.source},
+            "prompts": {"ensemble_type": p.ensemble_type, "templates": list(p.templates),
+                        "clip_templates": list(p.clip_templates)},
+            "fusion": {"clip_classification": f.clip_classification, "ensembling": f.ensembling,
+                       "ensembling_all_cls": f.ensembling_all_cls, "ensembling_lambda": f.ensembling_lambda,
+                       "gzero_calibrate": f.gzero_calibrate},
+            "input": {"dynamic": i.dynamic, "batch": i.batch, "height": i.height, "width": i.width},
+            "clip": {"model": k.model, "text_dim": k.text_dim, "context_length": k.context_length,
+                     "tokenizer": k.tokenizer},
+            "made_from": {"config": s.config, "weights": s.weights, "standin_weights": s.standin_weights,
+                          "weights_sha256": s.weights_sha256, "clip_weights": s.clip_weights,
+                          "standin_clip": s.standin_clip, "clip_sha256": s.clip_sha256},
+            "exporter": {"version": e.version, "torch_version": e.torch_version, "opset": e.opset},
+        }
+
+
+# ------------------------------------------------------------------------------------------------ write
+def describe_file(directory: str | os.PathLike, name: str) -> BundleFile:
+    """The BundleFile entry of `directory/name` as it is now (size and sha256): for the exporter, after writing."""
+    path = Path(directory) / name
+    return BundleFile(name, path.stat().st_size, _sha256_file(path))
+
+
+def write_bundle_manifest(stage_dir: str | os.PathLike, manifest: BundleManifest) -> Path:
+    """Write `stage_dir/bundle.json` (format 2) and return its path.
+
+    The JSON is parsed back with the reader's rules first, and every listed file must already be in `stage_dir`
+    with its recorded size, so the writer never leaves a bundle its readers refuse.
+    """
+    stage = Path(stage_dir)
+    path = stage / BUNDLE_FILE
+    entries = (*manifest.graphs.values(), *manifest.embeddings.values())
+    for entry in entries:
+        if entry.size is None or entry.sha256 is None:
+            raise ValueError(f"{entry.file}: a {FORMAT} manifest records every file's size and sha256 "
+                             "(describe_file)")
+    obj = manifest.to_json()
+    _parse(json.loads(json.dumps(obj)), path)
+    for entry in entries:
+        manifest._checked(stage, entry.file, entry, verify=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ read
+def read_bundle_manifest(root: str | os.PathLike, *, verify: bool = False) -> BundleManifest:
+    """The typed bundle.json of the bundle directory `root` (format 2, or the unversioned LEGACY_FORMAT).
+
+    Strict: anything missing or malformed is a ZsdError naming the field and the file. verify=True also checks
+    every listed file now (exists, size, sha256); otherwise files are checked when used (graph_file,
+    embeddings_file).
+    """
+    path = Path(root) / BUNDLE_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ZsdError(f"{Path(root)} is not a ZegFormer bundle (no {BUNDLE_FILE}).",
+                       "pass the directory export-model --model zegformer wrote.") from None
+    except UnicodeDecodeError as e:
+        raise ZsdError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).", REEXPORT) from None
+    except OSError as e:
+        raise ZsdError(f"{path} cannot be read ({e.strerror or e}).", "check its permissions, or " + REEXPORT) \
+            from None
+    if not text.strip():
+        raise ZsdError(f"{path} is empty (an interrupted copy?).", REEXPORT)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ZsdError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).", REEXPORT) \
+            from None
+    manifest = _parse(obj, path)
+    if verify:
+        manifest.verify_files(root)
+    return manifest
+
+
+def _parse(obj: Any, path: Path) -> BundleManifest:
+    if not isinstance(obj, dict):
+        raise ZsdError(f"{path} holds a JSON {_json_type(obj)}, not the object a bundle manifest is.", REEXPORT)
+    if "format" not in obj:
+        return _parse_legacy(_Fields(obj, path))
+    fmt = obj["format"]
+    if fmt != FORMAT:
+        raise ZsdError(f"{path}: field 'format' is {fmt!r}; this zsdeploy reads {FORMAT!r} (and unversioned "
+                       "bundles of earlier exports).",
+                       "use the zsdeploy version that wrote the bundle, or " + REEXPORT)
+    return _parse_v2(_Fields(obj, path))
+
+
+def _parse_v2(top: _Fields) -> BundleManifest:
+    top.string("format")
+    model = top.string("model", choices=("zegformer",))
+    graphs = _files(top.obj("graphs"), GRAPHS)
+    embeddings = _files(top.obj("embeddings"), EMBEDDINGS)
+    c = top.obj("classes")
+    names = c.str_list("names", nonempty=True)
+    classes = BundleClasses(names, c.ids("seen_ids", len(names)), c.ids("unseen_ids", len(names)),
+                            c.ids("thing_ids", len(names)), c.colors("colors", len(names)), c.string("source"))
+    c.done()
+    p = top.obj("prompts")
+    prompts = BundlePrompts(p.string("ensemble_type", nonempty=True), p.templates("templates"),
+                            p.templates("clip_templates"))
+    p.done()
+    f = top.obj("fusion")
+    fusion = BundleFusion(f.boolean("clip_classification"), f.boolean("ensembling"), f.boolean("ensembling_all_cls"),
+                          f.number("ensembling_lambda"), f.number("gzero_calibrate"))
+    f.done()
+    i = top.obj("input")
+    dynamic = i.boolean("dynamic")
+    shape = BundleInput(dynamic, *(i.optional_integer(k, none_ok=dynamic, min_value=1)
+                                   for k in ("batch", "height", "width")))
+    i.done()
+    fixed = [k for k in ("batch", "height", "width") if dynamic and getattr(shape, k) is not None]
+    if fixed:
+        i.fail(fixed[0], "must be null when 'input.dynamic' is true (a dynamic graph has no fixed size)")
+    k = top.obj("clip")
+    clip = BundleClip(k.string("model", nonempty=True), k.integer("text_dim", min_value=1),
+                      k.integer("context_length", min_value=1), k.string("tokenizer", nonempty=True))
+    k.done()
+    s = top.obj("made_from")
+    source = BundleSource(s.string("config", nonempty=True), s.string("weights", nonempty=True),
+                          s.boolean("standin_weights"), s.sha256("weights_sha256", none_ok=True),
+                          s.string("clip_weights", nonempty=True), s.boolean("standin_clip"),
+                          s.sha256("clip_sha256", none_ok=True))
+    s.done()
+    e = top.obj("exporter")
+    exporter = BundleExporter(e.string("version", nonempty=True), e.string("torch_version", nonempty=True),
+                              e.integer("opset", min_value=1))
+    e.done()
+    top.done()
+    return _consistent(top, BundleManifest(graphs, embeddings, classes, prompts, fusion, shape, clip, source,
+                                           exporter, model, FORMAT))
+
+
+def _files(fields: _Fields, known: tuple[str, ...]) -> dict[str, BundleFile]:
+    out = {}
+    for name in fields.keys():
+        if name not in known:
+            fields.fail(name, f"is not a file this format knows (known: {', '.join(known)})")
+        entry = fields.obj(name)
+        out[name] = BundleFile(entry.file_name("file"), entry.integer("size", min_value=0), entry.sha256("sha256"))
+        entry.done()
+    fields.done()
+    return out
+
+
+def _parse_legacy(top: _Fields) -> BundleManifest:
+    """The unversioned bundle.json of earlier exports: zegformer_metadata(graph="bundle") dumped as JSON (strings
+    for scalars, "true"/"false" for booleans, JSON lists). Keys it has that are not read here (pre-processing
+    constants, descriptions) are the graphs' metadata and ignored."""
+    model = top.string("model", choices=("zegformer",))
+    files = top.obj("bundle_files")
+    graphs, embeddings = {}, {}
+    for name in files.keys():
+        if name in GRAPHS:
+            graphs[name] = BundleFile(files.file_name(name), None, None)
+        elif name in EMBEDDINGS:
+            embeddings[name] = BundleFile(files.file_name(name), None, None)
+        else:
+            files.fail(name, f"is not a bundle file this version knows (known: {', '.join(GRAPHS + EMBEDDINGS)})")
+    names = top.str_list("class_names", nonempty=True)
+    classes = BundleClasses(names, top.ids("seen_ids", len(names)), top.ids("unseen_ids", len(names)),
+                            top.ids("thing_ids", len(names)), top.colors("class_colors", len(names)),
+                            top.string("class_list_source"))
+    prompts = BundlePrompts(top.string("prompt_ensemble_type", nonempty=True), top.templates("prompt_templates"),
+                            top.templates("clip_prompt_templates"))
+    fusion = BundleFusion(top.boolean("clip_classification", legacy=True), top.boolean("ensembling", legacy=True),
+                          top.boolean("ensembling_all_cls", legacy=True), top.number("ensembling_lambda", legacy=True),
+                          top.number("gzero_calibrate", legacy=True))
+    dynamic = top.boolean("dynamic", legacy=True)
+    shape = BundleInput(dynamic, *(top.optional_integer(k, legacy=True, none_ok=dynamic, min_value=1)
+                                   for k in ("static_batch", "static_height", "static_width")))
+    clip = BundleClip(top.string("clip_model", nonempty=True), top.integer("text_dim", legacy=True, min_value=1),
+                      top.integer("context_length", legacy=True, min_value=1), top.string("tokenizer", nonempty=True))
+    source = BundleSource(top.string("config", nonempty=True), top.string("weights", nonempty=True),
+                          top.boolean("standin_weights", legacy=True), top.sha256("checkpoint_sha256", none_ok=True),
+                          top.string("clip_weights", nonempty=True), top.boolean("standin_clip", legacy=True),
+                          top.sha256("clip_sha256", none_ok=True))
+    exporter = BundleExporter(top.string("exporter_version", nonempty=True), top.string("torch_version", nonempty=True),
+                              top.integer("opset", legacy=True, min_value=1))
+    return _consistent(top, BundleManifest(graphs, embeddings, classes, prompts, fusion, shape, clip, source,
+                                           exporter, model, LEGACY_FORMAT))
+
+
+def _consistent(top: _Fields, m: BundleManifest) -> BundleManifest:
+    """Cross-field rules every exporter has kept; the field named is where the legacy and format-2 spellings
+    differ, so the message uses the spelling of the file being read."""
+    legacy = m.format == LEGACY_FORMAT
+    graphs_key = "bundle_files" if legacy else "graphs"
+    for g in _REQUIRED_GRAPHS:
+        if g not in m.graphs:
+            top.fail(f"{graphs_key}.{g}", "is missing")
+    if m.fusion.clip_classification != ("crop_classifier" in m.graphs):
+        flag = "clip_classification" if legacy else "fusion.clip_classification"
+        top.fail(f"{graphs_key}.crop_classifier", f"must be listed exactly when {flag!r} is true (it is "
+                 f"{str(m.fusion.clip_classification).lower()}): the CLIP crop classifier graph")
+    seen, unseen = set(m.classes.seen_ids), set(m.classes.unseen_ids)
+    if seen & unseen or len(seen) + len(unseen) != len(m.classes.names):
+        top.fail("seen_ids" if legacy else "classes.seen_ids",
+                 f"and unseen_ids must split the class ids 0..{len(m.classes.names) - 1} (each id in exactly one)")
+    return m
+
+
+# ------------------------------------------------------------------------------------------------ field access
+class _Fields:
+    """Typed access to one JSON object of the manifest; every failure names `prefix.key` and the file."""
+
+    def __init__(self, obj: dict[str, Any], path: Path, prefix: str = "") -> None:
+        self._obj, self._path, self._prefix = obj, path, prefix
+        self._used: set[str] = set()
+
+    def fail(self, key: str, why: str) -> NoReturn:
+        raise ZsdError(f"{self._path}: field {self._prefix + key!r} {why}.", REEXPORT)
+
+    def keys(self) -> list[str]:
+        return list(self._obj)
+
+    def get(self, key: str) -> Any:
+        if key not in self._obj:
+            self.fail(key, "is missing")
+        self._used.add(key)
+        return self._obj[key]
+
+    def done(self) -> None:
+        """Format 2 has no optional keys: one this reader does not know is an error, not silently ignored."""
+        extra = [k for k in self._obj if k not in self._used]
+        if extra:
+            self.fail(extra[0], f"is not part of {FORMAT}")
+
+    def _bad(self, key: str, want: str, value: Any) -> NoReturn:
+        self.fail(key, f"must be {want} (got {_show(value)})")
+
+    def obj(self, key: str) -> _Fields:
+        v = self.get(key)
+        if not isinstance(v, dict):
+            self._bad(key, "a JSON object", v)
+        return _Fields(v, self._path, f"{self._prefix}{key}.")
+
+    def string(self, key: str, *, nonempty: bool = False, choices: tuple[str, ...] = ()) -> str:
+        v = self.get(key)
+        if not isinstance(v, str) or (nonempty and not v.strip()):
+            self._bad(key, "a non-empty string" if nonempty else "a string", v)
+        if choices and v not in choices:
+            self._bad(key, " or ".join(repr(c) for c in choices), v)
+        return v
+
+    def file_name(self, key: str) -> str:
+        """A file name inside the bundle directory: no folders, nothing that points outside."""
+        v = self.string(key, nonempty=True)
+        if Path(v).name != v or v in (".", "..") or "\\" in v:
+            self._bad(key, "a plain file name inside the bundle directory", v)
+        return v
+
+    def boolean(self, key: str, *, legacy: bool = False) -> bool:
+        v = self.get(key)
+        if legacy:  # legacy booleans are the strings "true" / "false"
+            if v not in ("true", "false"):
+                self._bad(key, '"true" or "false"', v)
+            return v == "true"
+        if not isinstance(v, bool):
+            self._bad(key, "true or false", v)
+        return v
+
+    def integer(self, key: str, *, legacy: bool = False, min_value: int | None = None) -> int:
+        value = self.optional_integer(key, legacy=legacy, min_value=min_value)
+        assert value is not None  # none_ok=False
+        return value
+
+    def optional_integer(self, key: str, *, legacy: bool = False, none_ok: bool = False,
+                         min_value: int | None = None) -> int | None:
+        """An integer; with none_ok also null (legacy: the empty string)."""
+        raw = v = self.get(key)
+        if none_ok and v == ("" if legacy else None):
+            return None
+        if legacy and isinstance(v, str):  # legacy scalars are strings: "18"
+            try:
+                v = int(v)
+            except ValueError:
+                pass
+        if not isinstance(v, int) or isinstance(v, bool) or (min_value is not None and v < min_value):
+            want = "an integer" if min_value is None else f"an integer >= {min_value}"
+            self._bad(key, want + (" (or empty)" if none_ok and legacy else " (or null)" if none_ok else ""), raw)
+        return v
+
+    def number(self, key: str, *, legacy: bool = False) -> float:
+        raw = v = self.get(key)
+        if legacy and isinstance(v, str):  # legacy scalars are strings: "0.1"
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            self._bad(key, "a finite number", raw)
+        return float(v)
+
+    def sha256(self, key: str, *, none_ok: bool = False) -> str | None:
+        v = self.get(key)
+        if none_ok and v in (None, ""):
+            return None
+        if not (isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)):
+            self._bad(key, "a sha256 (64 lowercase hex digits)" + (" or null" if none_ok else ""), v)
+        return v
+
+    def str_list(self, key: str, *, nonempty: bool = False) -> tuple[str, ...]:
+        v = self.get(key)
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v) or (nonempty and not v):
+            self._bad(key, ("a non-empty " if nonempty else "a ") + "list of non-empty strings", v)
+        return tuple(v)
+
+    def templates(self, key: str) -> tuple[str, ...]:
+        v = self.str_list(key, nonempty=True)
+        bad = [t for t in v if t.count("{}") != 1]
+        if bad:
+            self._bad(key, "prompt templates each with '{}' exactly once", bad[0])
+        return v
+
+    def ids(self, key: str, num_classes: int) -> tuple[int, ...]:
+        v = self.get(key)
+        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self._bad(key, "a list of class ids (integers)", v)
+        out = [x for x in v if not 0 <= x < num_classes]
+        if out:
+            self._bad(key, f"class ids in 0..{num_classes - 1} (the class list has {num_classes} names)", out[0])
+        if len(set(v)) != len(v):
+            self._bad(key, "a list without repeated ids", v)
+        return tuple(v)
+
+    def colors(self, key: str, num_classes: int) -> tuple[tuple[int, int, int], ...]:
+        v = self.get(key)
+        rgb = (isinstance(v, list) and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                        and 0 <= x <= 255 for x in c) for c in v))
+        if not rgb or len(v) not in (0, num_classes):
+            self._bad(key, f"a list of [r, g, b] (0..255), one per class ({num_classes}) or none", v)
+        return tuple((c[0], c[1], c[2]) for c in v)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number")
+
+
+def _show(v: Any) -> str:
+    """A value as JSON text (so "10" and 10 differ), cut to one line."""
+    text = json.dumps(v, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,62 @@
+"""The Python API behind every CLI verb (export-model, build-engine, trt-infer, export-triton); zsd-bench's
+measurements are `zsdeploy.benchmarks.accuracy.run_accuracy` and `zsdeploy.benchmarks.latency.run_latency`.
+
+Everything raises `zsdeploy.runtime.errors.ZsdError` (problem + fix) for input the caller can correct; torch is
+imported only by `export_model`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from zsdeploy.runtime.families import MODELS, ExportRequest, OpenOptions, family_for
+from zsdeploy.runtime.pipeline import Pipeline, Segmentation
+
+PathLike = str | os.PathLike
+
+
+def export_model(model: str, output: PathLike, *, precision: str = "fp32", fp32_islands: str | None = None,
+                 calib: PathLike | None = None, say: Callable[[str], None] = print, **options: Any) -> Path:
+    """`export-model --model MODEL --output OUTPUT ...`: trace a registered model family (pading, pading-demo,
+    zegformer) to ONNX (a .onnx file, or a bundle directory for ZegFormer). `options` are ExportRequest fields
+    (task, config, weights, standin, height, width, batch, dynamic, opset, msda, simplify, clip, clip_bpe,
+    embed_defaults)."""
+    from zsdeploy.export.precision import PrecisionOptions
+
+    popts = PrecisionOptions(precision, fp32_islands, None if calib is None else str(calib))
+    return MODELS.get(model).export(ExportRequest(output=Path(output), precision=popts, **options), say)
+
+
+def build_engine(onnx: PathLike, output: PathLike, *, precision: str | None = None,
+                 profile: Iterable[str] = (), say: Callable[[str], None] = print, **options: Any) -> Any:
+    """`build-engine --onnx ONNX --output PLAN ...`: a TensorRT engine + its sidecar (needs TensorRT and a GPU).
+    `profile`: NAME:MIN:OPT:MAX strings; `options`: BuildOptions fields (plugin_lib, workspace_mb, ...)."""
+    from zsdeploy.runtime.engine import BuildOptions, build_engine as _build, parse_profile
+
+    return _build(BuildOptions(Path(onnx), Path(output), precision=precision, profile=parse_profile(profile),
+                               **options), say)
+
+
+def open_pipeline(model: PathLike, **options: Any) -> Pipeline:
+    """What trt-infer runs: an .onnx, a .plan or a ZegFormer bundle as a Pipeline (callable on a list of RGB uint8
+    images). `options` are OpenOptions fields (task, short_edge, backend, precision, threads, plugin_lib, classes,
+    classes_file, text_embeddings, clip_bpe, use_cache)."""
+    family, _ = family_for(model)
+    return family.open_pipeline(Path(model), OpenOptions(**options))
+
+
+def segment_files(model: PathLike | Pipeline, images: Sequence[PathLike], **options: Any) -> list[Segmentation]:
+    """Segment image files (EXIF orientation applied, as trt-infer does); one Segmentation per file."""
+    from zsdeploy.runtime.imageio import load_image
+
+    pipeline = model if isinstance(model, Pipeline) else open_pipeline(model, **options)
+    return [seg for p in images for seg in pipeline([load_image(Path(p)).rgb])]
+
+
+def export_triton(model: PathLike, output: PathLike, **options: Any) -> Path:
+    """`export-triton --model MODEL --output REPO ...`: a Triton model repository (RepositoryOptions fields)."""
+    from zsdeploy.runtime.serving.repository import RepositoryOptions, write_repository
+
+    return write_repository(model, output, RepositoryOptions(**options))
