@@ -20,13 +20,7 @@ os.environ.setdefault("ZSD_CACHE_DIR", tempfile.mkdtemp(prefix="zsd-test-cache-"
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    val = float(np.linalg.norm(a - b) / np.linalg.norm(b))
-    if os.environ.get("ZSD_REL_L2_LOG"):  # TEMP measurement hook
-        import sys
-        f = sys._getframe(1)
-        with open(os.environ["ZSD_REL_L2_LOG"], "a") as fh:
-            fh.write(f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno} {os.environ.get('PYTEST_CURRENT_TEST','')} {val:.3e}\n")
-    return val
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="session")

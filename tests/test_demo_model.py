@@ -16,8 +16,9 @@ from zsdeploy.benchmarks.demo_model import criterion, data
 from zsdeploy.benchmarks.demo_model.train import DEMO_CONFIG, build_training_model, eval_model, inference_state
 
 #: PQ (all buckets) vs ground truth that trt-infer must reach on held-out scenes 0-3 with the shipped weights: measured
-#: 28.2 there (iteration-1500 weights; 40.4 over 50 held-out scenes, see the model card); untrained weights score ~0.
-HELDOUT_PQ_FLOOR = 20.0
+#: 36.8 there with 5-8 segments per scene (stage-2 iteration-1000 weights; 46.5 over 50 held-out scenes, see the model
+#: card; the stage-1 weights measured 28.2); untrained weights score ~0.
+HELDOUT_PQ_FLOOR = 30.0
 
 
 def _run(*args, timeout=900, cwd=None):
@@ -181,7 +182,7 @@ def test_trt_infer_segments_heldout_scenes_for_real(demo_export, tmp_path):
     for i, s in enumerate(scenes):
         pan = np.array(Image.open(out / f"s{i}_panoptic.png")).astype(np.int64)
         doc = json.loads((out / f"s{i}.json").read_text())
-        assert len(doc["segments_info"]) >= 2  # measured 3-6 per scene
+        assert len(doc["segments_info"]) >= 3  # measured 5-8 per scene
         pq.add(pan, doc["segments_info"], s.panoptic, s.segments)
     assert pq.result()["all"]["pq"] > HELDOUT_PQ_FLOOR
 

@@ -47,18 +47,37 @@ def accuracy_table(report: dict[str, Any], side: str) -> str:
     return "\n".join(rows)
 
 
-def write_card(run: Path, accuracy: Path, output: Path, status: str = "") -> Path:
-    last = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
+def _reproduce_line(args: dict[str, Any], out: str, init_from: str | None) -> str:
+    cmd = (f"python -m zsdeploy.benchmarks.demo_model.train --output {out} --iters {args.get('iters')} "
+           f"--batch {args.get('batch')} --threads {args.get('threads')} --lr {args.get('lr')} "
+           f"--warmup {args.get('warmup')} --seed {args.get('seed')}")
+    return cmd + (f" --init-from {init_from}" if init_from else "")
+
+
+def write_card(run: Path, accuracy: Path, output: Path, status: str = "", previous: tuple[Path, ...] = ()) -> Path:
+    """`previous`: earlier training stages this run continued from (`--init-from` their best weights), oldest first."""
+    stages = [torch.load(r / "last.pth", map_location="cpu", weights_only=False) for r in (*previous, run)]
+    last = stages[-1]
     best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
     rep = json.loads(accuracy.read_text())
     args = last["args"]
     hist = last["history"]
-    wall_h = float(last.get("wall_s", 0.0)) / 3600
-    evals = "\n".join(f"| {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
-                      + " |" for e in hist["eval"])
+    wall_h = sum(float(st.get("wall_s", 0.0)) for st in stages) / 3600
+    steps = sum(int(st["iteration"]) for st in stages)
+    scenes = sum(int(st["iteration"]) * int(st["args"].get("batch", 8)) for st in stages)
+    evals = "\n".join(
+        f"| {k + 1} | {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
+        + " |" for k, st in enumerate(stages) for e in st["history"]["eval"])
+    reproduce = "\n".join(
+        "    " + _reproduce_line(st["args"], f"demo_train{k + 1}",
+                                 None if k == 0 else f"demo_train{k}/best.pth  # stage {k + 1}: continues stage {k}")
+        for k, st in enumerate(stages))
+    stage_text = ("" if len(stages) == 1 else
+                  f" in {len(stages)} stages (each later stage starts from the previous stage's best weights with a "
+                  "new optimiser, schedule and scene seed; see Reproduce)")
     agree = rep["vs_reference"]["all"]
     status_block = f"\n## Status\n{status}\n" if status else ""
-    text = f"""# Model card: zsdeploy demo PADing (`export-model --model pading --weights demo`)
+    text = f"""# Model card: zsdeploy demo PADing (`export-model --model pading-demo`)
 
 A reduced PADing-architecture network (Mask2Former meta-architecture with PADing's `new_fc` classifier) trained by
 zsdeploy on procedurally generated small-target scenes, so that the README's main job segments for real. It is a
@@ -87,13 +106,14 @@ cross-entropy with no-object weight 0.1, loss weights 2 / 5 / 5, deep supervisio
 (lr {args.get('lr')}, weight decay {args.get('weight_decay')}), {args.get('warmup')}-iteration warm-up then poly(0.9) to
 {args.get('iters')} iterations, full-model gradient-norm clip {args.get('clip')}, bf16 autocast ({'on' if last.get('bf16') else 'off'}),
 MSDeformAttn through its grid_sample formulation (autograd), BatchNorm in the backbone (FrozenBN at inference).
-Steps: {last['iteration']} ({last['iteration'] * int(args.get('batch', 8))} scenes); wall time {wall_h:.1f} h on {_cpu_model()},
-{args.get('threads')} thread(s), shared with other work; no GPU. Shipped checkpoint: iteration {best['iteration']} (best held-out PQ).
+Steps: {steps} ({scenes} scenes){stage_text}; wall time {wall_h:.1f} h on {_cpu_model()},
+{args.get('threads')} thread(s), shared with other work; no GPU. Shipped checkpoint: stage {len(stages)} iteration
+{best['iteration']} (best held-out PQ).
 
 Held-out PQ during training ({hist['eval'][-1]['scenes'] if hist['eval'] else 0} scenes, PyTorch):
 
-| iteration | PQ small | PQ medium | PQ large | PQ all |
-|---|---|---|---|---|
+| stage | iteration | PQ small | PQ medium | PQ large | PQ all |
+|---|---|---|---|---|---|
 {evals}
 
 ![training curves](curves.png)
@@ -109,8 +129,8 @@ The ONNX export reproduces its PyTorch twin: mask logits rel L2 {agree.get('mask
 {agree.get('class_logits.rel_l2', 0):.1e}, PQ vs the PyTorch reference {_fmt(agree.get('panoptic.pq'))}.
 
 ## Reproduce
-    python -m zsdeploy.benchmarks.demo_model.train --output demo_train --iters {args.get('iters')} --batch {args.get('batch')} --threads {args.get('threads')}
-    python -m zsdeploy.benchmarks.demo_model.train --package demo_train/best.pth
+{reproduce}
+    python -m zsdeploy.benchmarks.demo_model.train --package demo_train{len(stages)}/best.pth
 Training is seeded; bit-exact replay also needs the same torch build and thread count.
 """
     output.write_text(text, encoding="utf-8")
@@ -126,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy", required=True, help="zsd-bench accuracy report.json on held-out scenes")
     p.add_argument("--output", default=str(WEIGHTS_DIR / "MODEL_CARD.md"))
     p.add_argument("--status", default="", help="a paragraph on where training stands (goes under ## Status)")
+    p.add_argument("--previous", nargs="*", default=[], metavar="RUN",
+                   help="earlier training stages this run continued from (--init-from), oldest first")
     a = p.parse_args(argv)
-    print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status))
+    print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status, tuple(Path(r) for r in a.previous)))
     return 0
 
 
