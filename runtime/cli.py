@@ -72,6 +72,23 @@ def open_segmenter(args: argparse.Namespace):
     return open_pipeline(args.model, open_options(args))
 
 
+def check_model_for_run(args: argparse.Namespace, pipe) -> None:
+    """The options checked against the opened model, and the notes printed about it (images and video alike)."""
+    info = pipe.info
+    if info.static_batch is not None and args.batch > info.static_batch:
+        raise ZsdError(f"--batch {args.batch}, but the model was exported with a static batch of {info.static_batch}.",
+                       f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
+    if args.vis_score_threshold is not None and pipe.task != "instance":
+        raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {pipe.task}.",
+                       "drop --vis-score-threshold, or pass --task instance.")
+    if info.standin_weights:
+        print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
+              file=sys.stderr)
+    note = pipe.resize_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range options before anything is loaded (nothing is silently replaced)."""
     if args.batch < 1:
@@ -129,18 +146,7 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     state.total, state.out_dir = len(paths), out_dir
     segmenter = open_segmenter(args)
     backend, info = segmenter.backend, segmenter.info
-    if info.static_batch is not None and args.batch > info.static_batch:
-        raise ZsdError(f"--batch {args.batch}, but the model was exported with a static batch of {info.static_batch}.",
-                       f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
-    if args.vis_score_threshold is not None and segmenter.task != "instance":
-        raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {segmenter.task}.",
-                       "drop --vis-score-threshold, or pass --task instance.")
-    if info.standin_weights:
-        print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
-              file=sys.stderr)
-    resize_note = segmenter.resize_note()
-    if resize_note:
-        print(f"note: {resize_note}", file=sys.stderr)
+    check_model_for_run(args, segmenter)
     vocab = getattr(segmenter, "vocabulary", None)
     if vocab is not None:
         print(f"vocabulary: {len(vocab.names)} classes ({vocab.source}; {len(vocab.seen_ids)} seen, "

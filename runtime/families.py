@@ -172,7 +172,7 @@ class PADingFamily(ModelFamily):
         meta = meta or {}
         if weights is None and meta.get("weights") == "demo":
             weights = "demo"  # an export of the shipped demo model: its reference is the same demo checkpoint
-        elif weights is None and meta and meta.get("standin_weights") != "true":
+        elif weights is None and meta.get("standin_weights") == "false":
             # A trained export against the stand-in reference would "fail" on every metric for no fault of its own.
             raise ZsdError(f"the model was exported with weights {meta.get('weights')!r}, but no --weights was given, "
                            "so the PyTorch reference would use stand-in weights.",

@@ -430,23 +430,6 @@ class _VisVideo:
         return final
 
 
-def _check_model(args: argparse.Namespace, pipe: Pipeline) -> None:
-    """The checks and notes trt-infer gives for images, for the opened model."""
-    info = pipe.info
-    if info.static_batch is not None and args.batch > info.static_batch:
-        raise ZsdError(f"--batch {args.batch}, but the model was exported with a static batch of {info.static_batch}.",
-                       f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
-    if args.vis_score_threshold is not None and pipe.task != "instance":
-        raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {pipe.task}.",
-                       "drop --vis-score-threshold, or pass --task instance.")
-    if info.standin_weights:
-        print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
-              file=sys.stderr)
-    note = pipe.resize_note()
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-
-
 def run_video(args: argparse.Namespace, state: Any, open_segmenter: Callable[[argparse.Namespace], Pipeline]) -> int:
     """trt-infer on a video file, camera or stream. `state` is trt-infer's _RunState (done = frames written)."""
     from .results_io import check_output_dir, write_outputs
@@ -466,8 +449,10 @@ def run_video(args: argparse.Namespace, state: Any, open_segmenter: Callable[[ar
 
 
 def _run_opened(args, state, open_segmenter, src: VideoSource, out_dir: Path, every: int, write_outputs) -> int:
+    from .cli import check_model_for_run
+
     pipe = open_segmenter(args)
-    _check_model(args, pipe)
+    check_model_for_run(args, pipe)
     info, backend = pipe.info, pipe.backend
     vocab = getattr(pipe, "vocabulary", None)
     vis_threshold = 0.5 if args.vis_score_threshold is None else args.vis_score_threshold

@@ -25,8 +25,9 @@ def test_raw_outputs_match_upstream(outputs, golden):
     cls, masks = outputs
     assert cls.shape == golden["new_fc_logits"].shape == (1, 100, 134)
     assert masks.shape == golden["pred_masks"].shape == (1, 100, 64, 80)
-    assert rel_l2(cls, golden["new_fc_logits"]) < 1e-4
-    assert rel_l2(masks, golden["pred_masks"]) < 1e-4
+    # README claims rel L2 < 1e-5 vs upstream; measured 1.2e-6 (class) and 3.1e-6 (masks)
+    assert rel_l2(cls, golden["new_fc_logits"]) < 1e-5
+    assert rel_l2(masks, golden["pred_masks"]) < 1e-5
 
 
 def test_semantic_argmax_matches_upstream(outputs, golden):
@@ -37,8 +38,8 @@ def test_semantic_argmax_matches_upstream(outputs, golden):
     full = masks_to_output(masks[0], (256, 320), (256, 320), (300, 380))
     sem = semantic_inference(cls[0], full)
     agree = (sem.argmax(0) == golden["sem_seg_argmax"]).mean()
-    assert agree >= 0.999
-    np.testing.assert_allclose(sem.max(0), golden["sem_seg_max"], atol=1e-4)
+    assert agree == 1.0  # measured: every pixel
+    np.testing.assert_allclose(sem.max(0), golden["sem_seg_max"], atol=1e-4)  # measured max |diff| 5.2e-5
 
 
 def test_custom_op_equals_reference_formulation():
