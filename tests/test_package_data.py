@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "README.md", "export", "runtime", "benchmarks", "configs", "plugins_trt")
+SOURCES = ("pyproject.toml", "README.md", "zsdeploy", "export", "runtime", "benchmarks", "configs", "plugins_trt")
 
 
 @pytest.fixture(scope="module")
