@@ -2,6 +2,7 @@
 
     zsd-bench accuracy --model M.onnx --reference pytorch --dataset synthetic:8 --output out/acc
     zsd-bench latency  --model M.onnx --backends torch,onnxruntime --sizes 512x512 --batch 1,2 --output out/lat
+    zsd-bench compare  out/acc_fp32/report.json out/acc_fp16/report.json out/acc_int8/report.json --output out/cmp
     zsd-bench check    --baseline benchmarks/baselines/ci_cpu.json --current out/lat/report.json out/acc/report.json
 
 Exit status: 0 pass, 1 accuracy limit broken / regression, 2 usage or input error (never read as a regression),
@@ -341,6 +342,32 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, load_report, markdown, plot
+
+    reports = [load_report(p) for p in args.reports]
+    if not 0 <= args.baseline < len(reports):
+        raise ZsdError(f"--baseline {args.baseline} is not the index of one of the {len(reports)} reports.",
+                       f"pass 0..{len(reports) - 1} (0 = the first report).")
+    cmp = compare(reports, baseline=args.baseline)
+    out = Path(args.output)
+    png = plot(cmp, out / "compare.png")
+    cmp["plot"] = str(png) if png else None
+    _write(out, "compare.json", json.dumps(cmp))
+    _write(out, "compare.md", markdown(cmp, png.name if png else None))
+    for row in cmp["rows"]:
+        gt = row["vs_ground_truth"].get("small", {})
+        delta = row["delta_vs_baseline"].get("small", {})
+        vs_gt = (f"vs ground truth small PQ {gt['panoptic.pq']:.2f} ({delta['panoptic.pq']:+.2f}), "
+                 f"AP {gt['instance.ap']:.2f} ({delta['instance.ap']:+.2f}); "
+                 if gt.get("panoptic.pq") is not None and gt.get("instance.ap") is not None else "")
+        ref = row["vs_reference"]["small"]
+        _say(f"  {row['label']}: {vs_gt}vs reference small PQ "
+             + (f"{ref['panoptic.pq']:.2f}" if ref.get("panoptic.pq") is not None else "N/A"))
+    _say(f"wrote {out / 'compare.json'}, {out / 'compare.md'}" + (f", {png}" if png else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zsd-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -401,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("precision", add_help=False,
                    help="which fp32 islands an fp16/int8 graph needs, measured per size bucket "
                         "(zsd-bench precision --help)")
+
+    cp = sub.add_parser("compare", help="accuracy reports side by side (e.g. fp32 / fp16 / int8 graphs), with the "
+                                        "change vs a baseline run and a plot of the small-bucket loss")
+    cp.add_argument("reports", nargs="+", help="report.json files of zsd-bench accuracy runs on the same dataset")
+    cp.add_argument("--baseline", type=int, default=0, help="index of the baseline report (default 0: the first)")
+    cp.add_argument("--output", required=True, help="output directory (compare.json, compare.md, compare.png)")
+    cp.set_defaults(func=cmd_compare)
 
     m = sub.add_parser("merge", help="merge the gate sections of reports into one baseline JSON")
     m.add_argument("inputs", nargs="+")

@@ -85,6 +85,15 @@ def _msda_sampling(g: GraphIndex) -> set[str]:
         elif n.op_type in MSDA_PLUGINS:
             for i in n.input[3:5]:  # sampling locations, attention weights
                 out |= g.back_to_linear(i)
+    # the Adds that accumulate the per-level weighted sums (every input made inside the island)
+    grew = True
+    while grew:
+        grew = False
+        for n in g.nodes:
+            if n.op_type == "Add" and n.name not in out and all(
+                    (p := g.producer.get(i)) is not None and p.name in out for i in n.input):
+                out.add(n.name)
+                grew = True
     return out
 
 

@@ -49,17 +49,20 @@ def ms_deform_attn_gridsample(
     sizes = [h * w for h, w in level_shapes]
     value_levels = value.split(sizes, dim=1)
     grids = 2 * sampling_locations - 1
-    sampled = []
+    # [N,Lq,M,L,P] -> [N*M,1,Lq,L,P]
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels, p)
+    out = None
     for lvl, (h, w) in enumerate(level_shapes):
         # [N,HW,M,D] -> [N*M,D,H,W]
         v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         # [N,Lq,M,P,2] -> [N*M,Lq,P,2]
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    # [N*M,D,Lq,L,P] weighted sum over (L,P)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * p)
-    out = (stacked * weights).sum(-1).view(n, m * d, lq)
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # [N*M,D,Lq,P]
+        # Weighted sum per level, accumulated: upstream stacks the levels first, but that stack is a Concat on an
+        # inner axis that OpenVINO runs with its slow reference kernel (12 % of the network) and ORT copies too.
+        level_sum = (sampled * weights[..., lvl, :]).sum(-1)
+        out = level_sum if out is None else out + level_sum
+    out = out.view(n, m * d, lq)
     return out.transpose(1, 2).contiguous()
 
 
