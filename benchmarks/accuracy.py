@@ -15,6 +15,7 @@ A metric is None ("N/A") where it is undefined, e.g. PQ when the reference produ
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +271,11 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     if dataset.has_gt and not gt_comparable:
         notes.append("the dataset's ground-truth classes are not this open-vocabulary model's vocabulary: only the "
                      "backend is compared with the reference (size buckets still come from the ground truth).")
+    precision = info.raw.get("precision") or "fp32"
+    if precision != "fp32":
+        notes.append(f"the backend runs a {precision} graph, the reference fp32: the differences include the "
+                     f"{precision} rounding (default.yaml's limits are fp32's; pass --tolerances with limits for "
+                     f"{precision}, e.g. benchmarks/tolerances/ci_{precision}.yaml).")
     if "panoptic" in tasks and ref_segments_total == 0:
         notes.append("the reference produced no panoptic segment on any image: PQ vs reference is N/A (not 100).")
     report: dict[str, Any] = {
@@ -277,7 +283,8 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
         "model": {"model": info.model, "task": info.task, "weights": info.raw.get("weights"),
                   "standin_weights": info.standin_weights, "standin_variant": variant, "dynamic": info.dynamic,
                   "static_hw": info.static_hw, "msda_lowering": info.raw.get("msda_lowering"),
-                  "precision": info.raw.get("precision") or "fp32"},
+                  "precision": info.raw.get("precision") or "fp32",
+                  "precision_fp32_islands": _islands(info.raw)},
         "backend": backend.name,
         "reference": reference.name,
         "dataset": {"spec": dataset.spec, "kind": dataset.kind, "images": images, "ground_truth": dataset.has_gt},
@@ -293,6 +300,25 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     if gt_sides is not None:
         report["vs_ground_truth"] = {name: side.result() for name, side in gt_sides.items()}
     return report
+
+
+def _islands(meta: dict[str, str]) -> list[str] | None:
+    """The fp32 islands a reduced-precision graph records (None for fp32 graphs and older exports)."""
+    try:
+        islands = json.loads(meta.get("precision_fp32_islands") or "null")
+    except ValueError:
+        return None
+    return islands if isinstance(islands, list) and (meta.get("precision") or "fp32") != "fp32" else None
+
+
+def precision_text(model: dict[str, Any]) -> str:
+    """e.g. "fp16 (fp32 islands: layernorm)" or "fp32"."""
+    precision = model.get("precision") or "fp32"
+    islands = model.get("precision_fp32_islands")
+    text = precision if islands is None else f"{precision} (fp32 islands: {', '.join(islands) or 'none'})"
+    if model.get("runtime_precision"):
+        text += f" graph run in {model['runtime_precision']} by {model.get('runtime', 'the backend')}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- verdict
@@ -340,7 +366,9 @@ def apply_tolerances(report: dict[str, Any], tol: dict[str, Any]) -> dict[str, A
     report["passed"] = not violations
     report["flagged_buckets"] = list(dict.fromkeys(v["bucket"] for v in violations))
     # Reduced-precision graphs gate under their own names (fp16:small/panoptic.pq), beside the fp32 graph's values.
-    precision = report.get("model", {}).get("precision") or "fp32"
+    # A graph run at a lower inference precision (OpenVINO bf16) gates under that precision's name.
+    model = report.get("model", {})
+    precision = model.get("runtime_precision") or model.get("precision") or "fp32"
     prefix = "" if precision == "fp32" else f"{precision}:"
     report["gate"] = {"accuracy": {f"{prefix}{b}/{m}": v for b in BUCKET_ORDER
                                    for m, v in report["vs_reference"][b].items()
@@ -372,7 +400,7 @@ def markdown(report: dict[str, Any]) -> str:
     shape = "dynamic" if mod["dynamic"] else "static " + "x".join(map(str, mod["static_hw"]))
     pq_ap = f" (PQ/AP vs reference: by {report['pq_ap_buckets']})" if report.get("pq_ap_buckets") else ""
     lines = [f"# zsd-bench accuracy: {report['backend']} vs {report['reference']}", "",
-             f"- model: {mod['model']} {mod['task']} (weights: {weights}, {shape})",
+             f"- model: {mod['model']} {mod['task']} (weights: {weights}, {shape}, precision {precision_text(mod)})",
              f"- dataset: `{report['dataset']['spec']}` ({report['dataset']['images']} images, ground truth: "
              f"{'yes' if report['dataset']['ground_truth'] else 'no'}); buckets by {report['bucket_regions']}{pq_ap}",
              f"- resize: short edge {report['resize']['short_edge']}, max {report['resize']['max_size']} "
@@ -406,7 +434,7 @@ def markdown(report: dict[str, Any]) -> str:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     vr = report["vs_reference"]
     tasks = report.get("tasks", ["semantic", "panoptic", "instance"])
-    out = []
+    out = [f"  precision: {precision_text(report.get('model', {}))}"]
     for b in BUCKET_ORDER:
         r = vr[b]
         out.append(f"  {b:<6} pixels={r.get('pixels', 0):<7} mask rel_l2={_fmt(r.get('mask_logits.rel_l2'), 'rel_l2')} "

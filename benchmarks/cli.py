@@ -60,10 +60,22 @@ def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None 
                                               threads=args.threads)
 
 
-def _load(path: str, threads: int | None, backend: str = "auto"):
+# zsd-bench accuracy --backend NAME -> (load_backend backend, precision)
+ACCURACY_BACKENDS = {"auto": ("auto", "f32"), "onnxruntime": ("onnxruntime", "f32"), "openvino": ("openvino", "f32"),
+                     "openvino-bf16": ("openvino", "bf16"), "tensorrt": ("tensorrt", "f32")}
+
+
+def _load(path: str, threads: int | None, backend: str = "auto", precision: str = "f32"):
     from zsdeploy.runtime.backends import load_backend
 
-    return load_backend(path, threads=threads, backend=backend)
+    if precision == "bf16":
+        from zsdeploy.runtime.backends.openvino_backend import bf16_support
+
+        ok, why = bf16_support()
+        if not ok:  # a bf16 accuracy row measured in f32 would be a false statement
+            raise ZsdError(f"--backend openvino-bf16 needs a CPU that computes bf16, but {why}.",
+                           "measure --backend openvino (f32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
+    return load_backend(path, threads=threads, backend=backend, precision=precision)
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
@@ -99,13 +111,16 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         from zsdeploy.runtime.families import family_for
 
         family, _ = family_for(args.model)  # refuses a graph that runs only inside a bundle
-        backend = _load(args.model, args.threads)
+        backend = _load(args.model, args.threads, *ACCURACY_BACKENDS[args.backend])
         reference = _reference(args, backend.info.task, backend.info.raw, family.name)
     _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
                           progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
                           segmenters=segmenters)
     report["model"]["path"] = str(args.model)
+    if getattr(args, "backend", "auto") == "openvino-bf16":
+        report["backend"] = "openvino-bf16"
+        report["model"].update(runtime_precision="bf16", runtime="OpenVINO")
     apply_tolerances(report, tol)
     out = Path(args.output)
     _write(out, "report.json", json.dumps(report, default=_json_default))
@@ -399,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the largest that fits, recorded in the report)")
     a.add_argument("--instance-score", type=float, default=0.5,
                    help="reference instances with at least this score are the ground truth of instance AP vs reference")
+    a.add_argument("--backend", default="auto", choices=list(ACCURACY_BACKENDS),
+                   help="runtime of a PADing .onnx / .plan: auto (.onnx -> onnxruntime, .plan -> tensorrt), onnxruntime, "
+                        "openvino (f32), openvino-bf16 (bf16 inference precision: CPUs with AMX / AVX512-BF16), "
+                        "tensorrt")
     common(a)
     a.set_defaults(func=cmd_accuracy)
 

@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / OpenVINO")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"], default="auto",
-                   help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> openvino when installed, "
-                        "else onnxruntime)")
+                   help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> onnxruntime, which starts at "
+                        "once, or openvino with --precision bf16). On Intel CPUs --backend openvino is faster after "
+                        "its first compile (cached): see README, CPU backends")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                    help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
