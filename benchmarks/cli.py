@@ -181,12 +181,34 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
     backends += peers
     unavailable += missing
     model = model or next((p.backend for p in peers if p.name.startswith("openvino")), None)
-    if "torch" in names:
-        info = model.info if model else None
+    info = model.info if model else None
+    if "torch" in names or "upstream" in names:
         task = info.task if info else (args.task or "panoptic")
-        backends.insert(0, NamedBackend("torch", _reference(args, task, info.raw if info else None,
-                                                            info.model if info else "pading")))
+        torch_ref = _reference(args, task, info.raw if info else None, info.model if info else "pading")
+        if "torch" in names:
+            backends.insert(0, NamedBackend("torch", torch_ref))
+        if "upstream" in names:  # the research code end to end: torch eager + upstream's torch post-processing
+            backends.append(_upstream_post_peer("upstream", torch_ref))
+    if "openvino-bf16-upstream-post" in names:  # OpenVINO bf16 used by hand, with upstream's post-processing
+        ov = next((p.backend for p in peers if p.name == "openvino-bf16"), None)
+        if ov is None:
+            from .latency import openvino_unavailable
+
+            why = openvino_unavailable("bf16") if args.model and args.model.endswith(".onnx") else "needs --model M.onnx"
+            if why:
+                unavailable.append({"backend": "openvino-bf16-upstream-post", "reason": why})
+            else:
+                ov = _load(args.model, args.threads, "openvino", "bf16")
+        if ov is not None:
+            backends.append(_upstream_post_peer("openvino-bf16-upstream-post", ov))
     return backends, unavailable
+
+
+def _upstream_post_peer(name: str, backend):
+    from .latency import NamedBackend
+    from .upstream_post import UpstreamPostSegmenter
+
+    return NamedBackend(name, backend, make_segmenter=lambda policy, task: UpstreamPostSegmenter(backend, task, policy))
 
 
 def _zegformer_segmenter_factory(args: argparse.Namespace, bundle):
@@ -248,8 +270,9 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
                                                         say=_say, backend="openvino", precision=precision)))
         elif name in names:
             unavailable.append({"backend": name, "reason": why})
-    if "torch-compile" in names:
-        unavailable.append({"backend": "torch-compile", "reason": "measured for PADing exports only"})
+    for name in ("torch-compile", "upstream", "openvino-bf16-upstream-post"):
+        if name in names:
+            unavailable.append({"backend": name, "reason": "measured for PADing exports only"})
     if "tensorrt" in names:
         root = bundle_root(args.model)
         segmenter_onnx = root / read_bundle_manifest(root).graphs["segmenter"].file
@@ -426,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--engine", help=".plan for tensorrt when --model is the .onnx")
     lat.add_argument("--backends", default="torch,onnxruntime",
                      help="comma list of torch, torch-compile, onnxruntime, openvino, openvino-bf16 (CPUs with AMX / "
-                          "AVX512-BF16), tensorrt; torch-compile and openvino* for PADing .onnx only")
+                          "AVX512-BF16), tensorrt; torch-compile and openvino* for PADing .onnx only; peers with "
+                          "upstream's PyTorch post-processing: upstream (torch eager network: the research code end "
+                          "to end), openvino-bf16-upstream-post (OpenVINO bf16 used by hand)")
     lat.add_argument("--sizes", default="512x512", help="network input sizes HxW, comma-separated")
     lat.add_argument("--batch", default="1", help="batch sizes, comma-separated")
     lat.add_argument("--warmup", type=int, default=2)

@@ -103,7 +103,8 @@ def parse_ints(text: str, what: str) -> list[int]:
 CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
 
 # Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline).
-PEERS = ("torch", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "tensorrt")
+PEERS = ("torch", "upstream", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "openvino-bf16-upstream-post",
+         "tensorrt")
 COMPILE_TIMEOUT_S = 180  # torch.compile slower than this (all sizes/batches together) is reported N/A
 CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
 

@@ -13,6 +13,7 @@ from .onnx_export import DEFAULT_OPSET, Progress, save_atomic, say
 from .precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAULT_ISLANDS, PRECISIONS, PrecisionOptions, \
     check_options, convert
 from .precision_islands import BY_NAME
+from .zegformer_precision import ZEGFORMER_FP16_ISLANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,15 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
                                       "export time (else $ZSD_CLIP_BPE or an installed open_clip/clip package)")
     z.add_argument("--no-default-embeddings", action="store_true",
                    help="do not store the default vocabulary's text embeddings in the bundle")
-    q = p.add_argument_group("precision (PADing; see zsdeploy.export.precision)")
+    q = p.add_argument_group("precision (see zsdeploy.export.precision and zsdeploy.export.zegformer_precision)")
     q.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="graph precision: fp32 (default); fp16 (onnxconverter-common, float32 inputs/outputs kept); "
-                        "int8 (explicit Q/DQ, onnxruntime.quantization, per-channel weights, calibrated). The graph is "
-                        "exported in fp32 first and converted; TensorRT builds it as a strongly typed network")
+                        "int8 (explicit Q/DQ, onnxruntime.quantization, per-channel weights, calibrated; PADing "
+                        "only). The graph is exported in fp32 first and converted; TensorRT builds it as a strongly "
+                        "typed network. ZegFormer bundles: fp16 converts the segmenter and the CLIP crop classifier; "
+                        "the text encoder stays fp32 (it runs once per vocabulary and its embeddings are cached); "
+                        "int8 is refused (no calibration story for the CLIP crops yet)")
     q.add_argument("--fp32-islands", metavar="LIST|none|default",
                    help=f"blocks kept in fp32: comma list of {', '.join(BY_NAME)}; none; or default "
-                        f"(fp16: {','.join(DEFAULT_ISLANDS['fp16'])}; int8: {','.join(DEFAULT_ISLANDS['int8'])}; "
-                        "measured by python -m zsdeploy.export.precision_sensitivity)")
+                        f"(PADing fp16: {','.join(DEFAULT_ISLANDS['fp16'])}; PADing int8: "
+                        f"{','.join(DEFAULT_ISLANDS['int8'])}, measured by python -m "
+                        f"zsdeploy.export.precision_sensitivity; ZegFormer fp16: {','.join(ZEGFORMER_FP16_ISLANDS)})")
     q.add_argument("--calib", metavar="DIR", help="int8: folder of representative images (unreadable ones are listed "
                                                   "and skipped); default: generated small-target scenes")
     q.add_argument("--calib-scenes", type=int, default=DEFAULT_CALIB_SCENES,
@@ -112,6 +117,12 @@ def run_convert(args: argparse.Namespace) -> Path:
         raise ZsdError(f"--from-onnx converts an existing export; {', '.join(given)} would be ignored.",
                        f"drop {', '.join(given)} (they were fixed when {args.from_onnx} was exported).")
     src, output = Path(args.from_onnx), Path(args.output)
+    from ..runtime.artifacts.bundle_manifest import bundle_root
+
+    if bundle_root(src) is not None:  # a ZegFormer bundle: its segmenter and crop classifier, into a new bundle
+        from .zegformer_precision import convert_zegformer_bundle
+
+        return convert_zegformer_bundle(src, output, precision_options(args), say=say)
     if output.suffix != ".onnx":
         raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
     if not src.is_file():

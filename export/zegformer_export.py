@@ -13,14 +13,18 @@ A bundle is a directory of self-describing ONNX graphs:
   written and read only by runtime.artifacts.bundle_manifest.
 - `text_embeddings.npy` (+ `text_embeddings_clip.npy` for gzss configs): the default vocabulary embedded with the
   config's prompt ensemble, when CLIP's BPE vocabulary file is available at export time.
+
+Graphs are fp32, or with `precision` fp16 the segmenter and crop classifier are converted after tracing
+(export.zegformer_precision; the text encoder stays fp32); bundle.json and each graph's metadata record it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -36,9 +40,11 @@ from ..runtime.artifacts.bundle_manifest import (
     BundleManifest,
     BundlePrompts,
     BundleSource,
+    GraphPrecision,
     describe_file,
     write_bundle_manifest,
 )
+from ..runtime.artifacts.onnx_metadata import metadata_of
 from ..runtime.errors import ZsdError
 from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from . import checkpoint
@@ -67,6 +73,9 @@ from .onnx_export import (
 )
 from .bundle_write import check_bundle_target, publish, staging_dir
 from .standin import STANDIN_WARNING, load_standin
+
+if TYPE_CHECKING:
+    from .precision import PrecisionOptions
 
 # Checkpoint keys inference never reads (see ../shared/golden/manifests/NOTES.md).
 ZEGFORMER_TRAINING_ONLY = ("criterion.",)
@@ -595,24 +604,30 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
                      weights: str | os.PathLike | None = None, clip: str | os.PathLike | None = None,
                      height: int = 640, width: int = 640, batch: int = 1, dynamic: bool = False,
                      opset: int = DEFAULT_OPSET, simplify: bool = True, clip_bpe: str | os.PathLike | None = None,
-                     embed_defaults: bool = True, say: Callable[[str], None] = print) -> Path:
+                     embed_defaults: bool = True, precision: PrecisionOptions | None = None,
+                     say: Callable[[str], None] = print) -> Path:
     """Write a ZegFormer bundle directory (see the module docstring) and return its path.
 
     `clip_bpe`: CLIP's bpe_simple_vocab_16e6.txt.gz (else $ZSD_CLIP_BPE or an installed open_clip/clip package);
     when none is found the default-vocabulary embeddings are skipped with a note (the graphs are written anyway).
+    `precision`: an export.precision.PrecisionOptions (None = fp32); fp16 converts the segmenter and the crop
+    classifier, the text encoder stays fp32 (export.zegformer_precision).
     """
     from .onnx_export import Progress
+    from .zegformer_precision import convert_graph, zegformer_precision_options
 
     out = Path(output)
     if out.suffix == ".onnx":
         raise ZsdError(f"--output {out}: a ZegFormer export is a bundle DIRECTORY of graphs, not one .onnx file.",
                        f"use --output {out.with_suffix('')}.")
+    popts = zegformer_precision_options(precision)  # wrong precision flags fail now, not after minutes of tracing
     check_bundle_target(out)  # before the slow build: a bad --output fails at once
     shape = ExportShape(height, width, batch, dynamic)
     shape.validate()
     cfg_path = resolve_zegformer_config(config)
     gzss = zegformer_settings(load_zegformer_config(cfg_path)).clip_classification
-    progress = Progress(4 + int(embed_defaults) + int(gzss), say)
+    reduced = popts.precision != "fp32"
+    progress = Progress(4 + int(embed_defaults) + int(gzss) + int(reduced), say)
     with progress.step("building ZegFormer and CLIP"):
         built = build_zegformer(cfg_path, weights, clip)
     for note in built.notes:
@@ -646,34 +661,42 @@ def export_zegformer(output: str | os.PathLike, *, config: str | os.PathLike | N
         files["crop_classifier"] = "crop_classifier.onnx"
         with progress.step("tracing the CLIP crop classifier (masked box crops -> ViT image tower)"):
             crop = export_crop_classifier(built, shape, opset=opset, simplify=simplify)
+    graphs = {"segmenter": seg, "text_encoder": txt, **({"crop_classifier": crop} if crop is not None else {})}
+    for graph, proto in graphs.items():
+        set_metadata(proto, zegformer_metadata(built, shape, graph=graph, opset=opset, files=files))
+    with progress.step(f"converting the segmenter{' and crop classifier' if crop is not None else ''} to "
+                       f"{popts.precision} (text encoder fp32)") if reduced else contextlib.nullcontext():
+        # every graph records its precision (fp32 too), as PADing exports do
+        graphs = {g: convert_graph(p, g, popts, where=f"the {g} graph", say=say) for g, p in graphs.items()}
     with progress.step(f"writing {out}/"), staging_dir(out) as stage:
         # Every file goes to a hidden sibling folder first; the bundle appears (or replaces the old one) whole.
-        set_metadata(seg, zegformer_metadata(built, shape, graph="segmenter", opset=opset, files=files))
-        set_metadata(txt, zegformer_metadata(built, shape, graph="text_encoder", opset=opset, files=files))
-        save_atomic(seg, stage / files["segmenter"])
-        save_atomic(txt, stage / files["text_encoder"])
-        if crop is not None:
-            set_metadata(crop, zegformer_metadata(built, shape, graph="crop_classifier", opset=opset, files=files))
-            save_atomic(crop, stage / files["crop_classifier"])
+        for graph, proto in graphs.items():
+            save_atomic(proto, stage / files[graph])
         for name, arr in embeddings.items():
             np.save(stage / files[name], arr)
-        write_bundle_manifest(stage, zegformer_bundle_manifest(built, shape, opset=opset, stage=stage, files=files))
+        precisions = {g: GraphPrecision.from_metadata(metadata_of(p)) for g, p in graphs.items()}
+        write_bundle_manifest(stage, zegformer_bundle_manifest(built, shape, opset=opset, stage=stage, files=files,
+                                                               precisions=precisions))
         interrupted = publish(stage, out)
     if interrupted:
         say(f"  note: an interrupt arrived while the bundle was put in place; it was held until {out} was complete.")
     say(f"exported bundle {out}: " + ", ".join(sorted(files.values())))
+    if reduced:
+        say("  precision: " + ", ".join(f"{g} {p.describe()}" for g, p in precisions.items()))
     if built.weights == "standin":
         say(STANDIN_WARNING)
     return out
 
 
 def zegformer_bundle_manifest(built: BuiltZegFormer, shape: ExportShape, *, opset: int, stage: Path,
-                              files: dict[str, str]) -> BundleManifest:
+                              files: dict[str, str],
+                              precisions: Mapping[str, GraphPrecision] | None = None) -> BundleManifest:
     """The bundle.json of a bundle whose `files` (graph or embeddings name -> file name) are written in `stage`
-    (their sizes and sha256s are taken now)."""
+    (their sizes and sha256s are taken now); `precisions`: graph name -> its precision (None: not recorded)."""
     s, c = built.settings, built.classes
     standin, standin_clip = built.weights == "standin", built.clip_source == "standin"
-    described = {name: describe_file(stage, file) for name, file in files.items()}
+    precisions = precisions or {}
+    described = {name: describe_file(stage, file, precisions.get(name)) for name, file in files.items()}
     return BundleManifest(
         graphs={g: f for g, f in described.items() if g not in EMBEDDINGS},
         embeddings={k: f for k, f in described.items() if k in EMBEDDINGS},

@@ -209,13 +209,11 @@ class ZegFormerFamily(ModelFamily):
 
     def export(self, req: ExportRequest, say: Say = print) -> Path:
         from ..export.zegformer_export import export_zegformer
+        from ..export.zegformer_precision import zegformer_precision_options
 
         _check_shape(req)
-        precision = getattr(req.precision, "precision", "fp32")
-        if precision != "fp32" or getattr(req.precision, "islands", None) or getattr(req.precision, "calib_dir", None):
-            raise ZsdError(f"--precision {precision}: ZegFormer bundles are exported in fp32 only for now.",
-                           "drop --precision/--fp32-islands/--calib (build-engine --precision fp16 still builds fp16 "
-                           "engines from the fp32 bundle where the TensorRT version has the builder flag).")
+        # fp32 or fp16 (segmenter + crop classifier; the text encoder stays fp32); int8 is refused with its reason
+        precision = zegformer_precision_options(req.precision)
         if req.msda != "gridsample":
             raise ZsdError(f"--msda {req.msda}: ZegFormer has no MSDeformAttn (its pixel decoder is an FPN).",
                            "drop --msda for ZegFormer.")
@@ -228,7 +226,8 @@ class ZegFormerFamily(ModelFamily):
         return export_zegformer(
             req.output, config=req.config, weights=req.weights, clip=req.clip,
             height=req.height or 640, width=req.width or 640, batch=req.batch, dynamic=req.dynamic,
-            simplify=req.simplify, clip_bpe=req.clip_bpe, embed_defaults=req.embed_defaults, say=say, **extra)
+            simplify=req.simplify, clip_bpe=req.clip_bpe, embed_defaults=req.embed_defaults, precision=precision,
+            say=say, **extra)
 
     def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Segmenter:
         from .zegformer import open_zegformer

@@ -7,6 +7,11 @@ lists the files and says how to use them) and the default vocabulary's embedding
 list of class names: it is embedded once with the bundle's text encoder and prompt ensembles, cached in
 `<bundle>/.vocab_cache/`, and fed to the segmenter (and crop classifier) as `text_embeddings`.
 
+Precision: a bundle exported with `--precision fp16` holds fp16 segmenter and crop-classifier graphs (bundle.json
+and each graph's metadata say so: `BundleManifest.graph_precision`); their inputs and outputs stay float32, so they
+run here exactly as fp32 graphs do (ONNX Runtime and OpenVINO read them as they are, TensorRT builds them strongly
+typed). The text encoder is fp32 in every bundle.
+
 Seen/unseen (for the gzss fusion): a name equal (case- and space-insensitive) to a class the model was trained on
 (`seen_ids` of the default vocabulary) is seen; every other name is unseen, i.e. novel.
 """
@@ -190,7 +195,8 @@ class ZegFormerBundle:
 
     def backend(self, graph: str) -> Backend:
         if graph not in self._backends:
-            # the text encoder stays f32: it runs once per vocabulary and its embeddings are cached for all runs
+            # the text encoder stays f32 (OpenVINO hint; its graph is fp32 in every bundle too): it runs once per
+            # vocabulary and its embeddings are cached for all runs
             self._backends[graph] = load_backend(self.graph_path(graph), plugin_lib=self._plugin_lib,
                                                  threads=self._threads, backend=self._backend_choice,
                                                  precision="f32" if graph == "text_encoder" else self._precision,

@@ -3,7 +3,9 @@
 Format "zsdeploy-bundle/2" (written by export-model --model zegformer):
 
     {"format": "zsdeploy-bundle/2", "model": "zegformer",
-     "graphs": {"segmenter": {"file": "segmenter.onnx", "size": 241234567, "sha256": "<64 hex>"},
+     "graphs": {"segmenter": {"file": "segmenter.onnx", "size": 241234567, "sha256": "<64 hex>",
+                              "precision": "fp16", "converter": "onnxconverter-common 1.16.0 ...",
+                              "fp32_islands": ["layernorm"]},
                 "text_encoder": {...}, "crop_classifier": {...}  (gzss configs only)},
      "embeddings": {"text_embeddings": {...}, "text_embeddings_clip": {...}}  (may be empty),
      "classes": {"names": [...], "seen_ids": [...], "unseen_ids": [...], "thing_ids": [...], "colors": [[r,g,b],...],
@@ -28,6 +30,10 @@ file sizes or sha256s, so their files can only be checked for existence. Any oth
 
 Parsing is strict: a missing, mistyped or inconsistent field (or an unknown one, in format 2: additions bump the
 format) is a ZsdError naming the field and the file, with the fix "re-export the bundle".
+
+The one optional part of format 2: a graph entry's "precision", "converter" and "fp32_islands" (all three or
+none; `GraphPrecision`). Exporters since explicit-precision bundles write them for every graph; a graph without
+them (bundles exported before) is an fp32 graph, so those bundles read as before.
 
 When the listed files are checked (the choice: cheap checks always, hashing only where it pays):
 - `read_bundle_manifest(root)` parses bundle.json only; with `verify=True` it also checks every listed file now
@@ -54,8 +60,8 @@ from ..errors import ZsdError
 
 __all__ = [
     "BUNDLE_FILE", "FORMAT", "LEGACY_FORMAT", "GRAPHS", "EMBEDDINGS", "REEXPORT",
-    "BundleFile", "BundleClasses", "BundlePrompts", "BundleFusion", "BundleInput", "BundleClip", "BundleSource",
-    "BundleExporter", "BundleManifest",
+    "GRAPH_PRECISIONS", "GraphPrecision", "BundleFile", "BundleClasses", "BundlePrompts", "BundleFusion",
+    "BundleInput", "BundleClip", "BundleSource", "BundleExporter", "BundleManifest",
     "is_bundle", "bundle_root", "describe_file", "write_bundle_manifest", "read_bundle_manifest",
 ]
 
@@ -67,6 +73,8 @@ GRAPHS = ("segmenter", "text_encoder", "crop_classifier")
 EMBEDDINGS = ("text_embeddings", "text_embeddings_clip")
 REEXPORT = "re-export the bundle with export-model --model zegformer."
 _REQUIRED_GRAPHS = ("segmenter", "text_encoder")
+#: Precisions a bundle graph may have (ZegFormer exports fp32 and fp16; int8 is read but not written yet).
+GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 _HASH_CHUNK = 1 << 20
 
 
@@ -87,12 +95,40 @@ def bundle_root(path: str | os.PathLike) -> Path | None:
 
 # ------------------------------------------------------------------------------------------------ the contract
 @dataclass(frozen=True)
+class GraphPrecision:
+    """The numeric precision of one bundle graph, as its converter left it (export.precision)."""
+
+    precision: str  # GRAPH_PRECISIONS
+    converter: str  # "" for fp32; e.g. "onnxconverter-common 1.16.0 float16.convert_float_to_float16(...)"
+    fp32_islands: tuple[str, ...]  # blocks kept in fp32 (export.precision_islands names); () for fp32
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> GraphPrecision:
+        """From a graph's ONNX metadata (export.precision.convert writes precision, precision_converter and
+        precision_fp32_islands); a graph without the keys is fp32."""
+        islands = json.loads(meta.get("precision_fp32_islands") or "[]")
+        return cls(meta.get("precision") or "fp32", meta.get("precision_converter", ""),
+                   tuple(str(i) for i in islands))
+
+    def describe(self) -> str:
+        """e.g. "fp16 (fp32 islands: layernorm, attn_softmax)"."""
+        if self.precision == "fp32":
+            return "fp32"
+        return f"{self.precision} (fp32 islands: {', '.join(self.fp32_islands) or 'none'})"
+
+
+FP32 = GraphPrecision("fp32", "", ())
+
+
+@dataclass(frozen=True)
 class BundleFile:
     """One file of the bundle, named relative to the bundle directory."""
 
     file: str
     size: int | None  # bytes; None in LEGACY_FORMAT manifests
     sha256: str | None  # None in LEGACY_FORMAT manifests
+    # graphs only: None where not recorded (embeddings; graphs of bundles exported before it was) = fp32
+    precision: GraphPrecision | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +227,20 @@ class BundleManifest:
         """The CLIP crop classifier takes part (the parser guarantees its graph is listed then)."""
         return self.fusion.clip_classification
 
+    def graph_precision(self, graph: str) -> GraphPrecision:
+        """The precision of `graph` (fp32 where the manifest records none: bundles exported before it did)."""
+        entry = self.graphs.get(graph)
+        return entry.precision if entry is not None and entry.precision is not None else FP32
+
+    @property
+    def precision(self) -> str:
+        """The bundle's precision in one word: its segmenter's (the graph that decides it)."""
+        return self.graph_precision("segmenter").precision
+
+    def describe_precision(self) -> str:
+        """Every graph's precision on one line, e.g. "segmenter fp16 (fp32 islands: layernorm), text_encoder fp32"."""
+        return ", ".join(f"{g} {self.graph_precision(g).describe()}" for g in GRAPHS if g in self.graphs)
+
     def graph_file(self, root: str | os.PathLike, graph: str, *, verify: bool = False) -> Path:
         """The `.onnx` of `graph`, checked: it exists with the recorded size; with verify also the recorded
         sha256 (this reads the whole file: ~0.5 s for a 240 MB segmenter)."""
@@ -240,8 +290,15 @@ class BundleManifest:
 
     def to_json(self) -> dict[str, Any]:
         """The format-2 JSON object (see the module docstring)."""
+        def entry(f: BundleFile) -> dict[str, Any]:
+            out: dict[str, Any] = {"file": f.file, "size": f.size, "sha256": f.sha256}
+            if f.precision is not None:
+                out.update(precision=f.precision.precision, converter=f.precision.converter,
+                           fp32_islands=list(f.precision.fp32_islands))
+            return out
+
         def files(m: Mapping[str, BundleFile]) -> dict[str, Any]:
-            return {k: {"file": f.file, "size": f.size, "sha256": f.sha256} for k, f in m.items()}
+            return {k: entry(f) for k, f in m.items()}
 
         c, p, f, i, k, s, e = (self.classes, self.prompts, self.fusion, self.input, self.clip, self.made_from,
                                self.exporter)
@@ -268,10 +325,11 @@ class BundleManifest:
 
 
 # ------------------------------------------------------------------------------------------------ write
-def describe_file(directory: str | os.PathLike, name: str) -> BundleFile:
-    """The BundleFile entry of `directory/name` as it is now (size and sha256): for the exporter, after writing."""
+def describe_file(directory: str | os.PathLike, name: str, precision: GraphPrecision | None = None) -> BundleFile:
+    """The BundleFile entry of `directory/name` as it is now (size and sha256): for the exporter, after writing;
+    `precision` for graphs."""
     path = Path(directory) / name
-    return BundleFile(name, path.stat().st_size, _sha256_file(path))
+    return BundleFile(name, path.stat().st_size, _sha256_file(path), precision)
 
 
 def write_bundle_manifest(stage_dir: str | os.PathLike, manifest: BundleManifest) -> Path:
@@ -345,7 +403,7 @@ def _parse(obj: Any, path: Path) -> BundleManifest:
 def _parse_v2(top: _Fields) -> BundleManifest:
     top.string("format")
     model = top.string("model", choices=("zegformer",))
-    graphs = _files(top.obj("graphs"), GRAPHS)
+    graphs = _files(top.obj("graphs"), GRAPHS, graphs=True)
     embeddings = _files(top.obj("embeddings"), EMBEDDINGS)
     c = top.obj("classes")
     names = c.str_list("names", nonempty=True)
@@ -387,16 +445,40 @@ def _parse_v2(top: _Fields) -> BundleManifest:
                                            exporter, model, FORMAT))
 
 
-def _files(fields: _Fields, known: tuple[str, ...]) -> dict[str, BundleFile]:
+def _files(fields: _Fields, known: tuple[str, ...], *, graphs: bool = False) -> dict[str, BundleFile]:
     out = {}
     for name in fields.keys():
         if name not in known:
             fields.fail(name, f"is not a file this format knows (known: {', '.join(known)})")
         entry = fields.obj(name)
-        out[name] = BundleFile(entry.file_name("file"), entry.integer("size", min_value=0), entry.sha256("sha256"))
+        out[name] = BundleFile(entry.file_name("file"), entry.integer("size", min_value=0), entry.sha256("sha256"),
+                               _graph_precision(entry) if graphs else None)
         entry.done()
     fields.done()
     return out
+
+
+_PRECISION_KEYS = ("precision", "converter", "fp32_islands")
+
+
+def _graph_precision(entry: _Fields) -> GraphPrecision | None:
+    """A graph entry's optional precision record: all three keys or none (none = fp32, bundles made before)."""
+    present = [k for k in _PRECISION_KEYS if entry.has(k)]
+    if not present:
+        return None
+    for key in _PRECISION_KEYS:
+        if key not in present:
+            entry.fail(key, f"is missing (a graph that records {present[0]!r} records "
+                            f"{', '.join(repr(k) for k in _PRECISION_KEYS)})")
+    precision = entry.string("precision", choices=GRAPH_PRECISIONS)
+    converter = entry.string("converter")
+    islands = entry.str_list("fp32_islands")
+    if precision == "fp32" and (converter or islands):
+        entry.fail("converter" if converter else "fp32_islands",
+                   "must be empty for an fp32 graph (nothing was converted)")
+    if precision != "fp32" and not converter.strip():
+        entry.fail("converter", f"must name the converter of a {precision} graph")
+    return GraphPrecision(precision, converter, islands)
 
 
 def _parse_legacy(top: _Fields) -> BundleManifest:
@@ -470,6 +552,9 @@ class _Fields:
     def keys(self) -> list[str]:
         return list(self._obj)
 
+    def has(self, key: str) -> bool:
+        return key in self._obj
+
     def get(self, key: str) -> Any:
         if key not in self._obj:
             self.fail(key, "is missing")
@@ -477,7 +562,8 @@ class _Fields:
         return self._obj[key]
 
     def done(self) -> None:
-        """Format 2 has no optional keys: one this reader does not know is an error, not silently ignored."""
+        """A key this reader does not know is an error, not silently ignored (format 2's only optional keys are a
+        graph's precision record, read by _graph_precision)."""
         extra = [k for k in self._obj if k not in self._used]
         if extra:
             self.fail(extra[0], f"is not part of {FORMAT}")
