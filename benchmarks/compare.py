@@ -42,7 +42,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def _label(report: dict[str, Any]) -> str:
-    return precision_text(report.get("model", {})) + f" ({Path(report['model'].get('path', report['_path'])).name})"
+    """e.g. "int8 (fp32 islands: mask_product) · openvino (m_int8.onnx)": graph precision, runtime and file."""
+    return (precision_text(report.get("model", {})) + f" · {report.get('backend', '?')}"
+            + f" ({Path(report['model'].get('path', report['_path'])).name})")
 
 
 def _check_same_images(reports: list[dict[str, Any]]) -> None:
@@ -127,21 +129,22 @@ def plot(cmp: dict[str, Any], path: Path) -> Path | None:
     except ImportError:
         return None
     rows = cmp["rows"]
-    labels = [r["label"].split(" (")[0] + "\n" + Path(r["path"]).parent.name for r in rows]
+    labels = [f"{r['precision']} · {r['backend']}\n{Path(r['path']).parent.name}" for r in rows]
+    panel_width = max(5.5, 1.0 * len(rows))
     panels = [("vs PyTorch reference: 100 - score (small)", lambda r, m: None if r["vs_reference"]["small"][m] is None
                else 100 - r["vs_reference"]["small"][m])]
     if cmp["ground_truth"]:
         panels.insert(0, ("vs ground truth: loss vs baseline (small)",
                           lambda r, m: None if r["delta_vs_baseline"]["small"][m] is None
                           else -r["delta_vs_baseline"]["small"][m]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 4.2), squeeze=False)
     width = 0.38
     for ax, (title, value) in zip(axes[0], panels):
         for k, (metric, name) in enumerate((("panoptic.pq", "PQ"), ("instance.ap", "AP"))):
             xs = [i + (k - 0.5) * width for i in range(len(rows))]
             ax.bar(xs, [value(r, metric) or 0.0 for r in rows], width, label=name)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(range(len(rows)), labels, fontsize=8)
+        ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
         ax.set_ylabel("points lost (lower is better)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
