@@ -102,7 +102,7 @@ def run_video_bench(pipe, clip: Path, *, rounds: int = 3, net_repeat: int = 20, 
     eff = pipe_fps * net / 1e3
     return {
         "kind": "video",
-        "backend": pipe.backend.name,
+        "backend": pipe.backend.name + ("-bf16" if getattr(pipe.backend, "precision", "f32") == "bf16" else ""),
         "task": pipe.task,
         "input_hw": list(pipe.info.static_hw) if pipe.info.static_hw else None,
         "clip": str(clip),
@@ -144,6 +144,8 @@ def add_parser(sub) -> None:
     v.add_argument("--model", required=True, help=".onnx (or .plan), as for trt-infer")
     v.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"], default="auto")
     v.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO")
+    v.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="OpenVINO inference precision (bf16: CPUs with AMX / AVX512-BF16), as for trt-infer")
     v.add_argument("--frames", type=int, default=60, help="frames in the synthetic clip (default 60)")
     v.add_argument("--size", default=None, help="clip frame size HxW (default: the model's static size, else 256x320)")
     v.add_argument("--rounds", type=int, default=3, help="rounds of (network, sequential, pipelined); median kept")
@@ -166,7 +168,7 @@ def cmd_video(args) -> int:
         if n < 1:
             raise ZsdError(f"{flag} {n} must be >= 1.", f"pass {flag} 1 or more.")
     out = check_output_dir(args.output)
-    pipe = open_pipeline(args.model, OpenOptions(backend=args.backend, threads=args.threads))
+    pipe = open_pipeline(args.model, OpenOptions(backend=args.backend, threads=args.threads, precision=args.precision))
     if args.size:
         (h, w), = parse_sizes(args.size)
     else:
