@@ -1,12 +1,17 @@
-"""Shared fixtures: stand-in PADing models and ONNX exports are built once per session (exports take ~30 s)."""
+"""Shared fixtures: stand-in PADing models and ONNX exports are built once per session (exports take ~30 s), the
+exports in child processes started as soon as the tests are collected (tests/prefetch.py), so that they run on
+the second core while the tests that need none run."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from prefetch import PREFETCH, Command, build_artifacts, export_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parent.parent
@@ -23,6 +28,67 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def assert_ran(results: list[subprocess.CompletedProcess], commands: int) -> list[subprocess.CompletedProcess]:
+    """Every command of a prefetched job ran and exited 0 (a failed one stops the job: its stderr is shown)."""
+    for r in results:
+        assert r.returncode == 0, f"{' '.join(map(str, r.args))}\n{r.stderr[-3000:]}"
+    assert len(results) == commands, [r.args for r in results]
+    return results
+
+
+# ------------------------------------------------------------------------------------- prefetched artifacts
+# Jobs are named after the fixtures that use them; each returns the commands that make it in its folder.
+DIVERSE_ONNX = "pading_diverse_128x160.onnx"
+PADING_PLUGIN_ONNX = "pading_plugin.onnx"
+ZEGFORMER_CLI = ["--model", "zegformer", "--config", "cocostuff_r101_gzss", "--height", "256", "--width", "320"]
+
+
+def _zegformer_commands(d: Path) -> list[Command]:
+    from test_tokenizer import BPE
+
+    cmd = export_model(*ZEGFORMER_CLI, "--clip", str(d / "clip_small.pt"), "--output", str(d / "bundle"))
+    cmd += ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
+    return [Command(build_artifacts("tiny_clip", str(d))), Command(cmd)]
+
+
+def _demo_commands(d: Path) -> list[Command]:
+    (d / "demo").mkdir(exist_ok=True)  # as scripts/demo.sh has: a folder named like the weights must not shadow them
+    return [Command(export_model("--model", "pading", "--weights", "demo", "--height", "256", "--width", "256",
+                                 "--output", str(d / "demo.onnx")), cwd=d)]
+
+
+PREFETCH.define("diverse_export", lambda d: [Command(export_model(
+    "--model", "pading", "--task", "panoptic", "--standin", "diverse", "--height", "128", "--width", "160",
+    "--msda", "gridsample", "--precision", "fp32", "--output", str(d / DIVERSE_ONNX)))])
+PREFETCH.define("zegformer_bundle", _zegformer_commands)
+PREFETCH.define("demo_export", _demo_commands)
+PREFETCH.define("onnx_exports", lambda d: [Command(build_artifacts("onnx_exports", str(d)))])
+PREFETCH.define("pading_graphs", lambda d: [
+    Command(export_model("--model", "pading", "--task", "panoptic", "--msda", "plugin", "--height", "128", "--width",
+                         "160", "--output", str(d / PADING_PLUGIN_ONNX))),
+    Command(build_artifacts("pading_lowerings", str(d)))])
+PREFETCH.define("dynamic_bundle", lambda d: [Command(build_artifacts(
+    "zegformer_dynamic", str(d), str(PREFETCH.jobs["zegformer_bundle"].folder / "clip_small.pt")))],
+    after=("zegformer_bundle",))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    if config.option.collectonly:
+        return
+    needed: list[str] = []
+    for item in items:  # the final order: after deselection (-k, -m) and any reordering plugin
+        needed += [f for f in getattr(item, "fixturenames", ()) if f in PREFETCH.jobs and f not in needed]
+    factory = getattr(config, "_tmp_path_factory", None)  # pytest's basetemp: cleaned up like tmp_path's
+    root = factory.mktemp("prefetch") if factory is not None else Path(tempfile.mkdtemp(prefix="zsd-prefetch-"))
+    PREFETCH.start(root, needed)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    PREFETCH.stop()
+
+
+# ------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
 def pading_panoptic():
     from zsdeploy.export.pading_export import build_pading
@@ -31,43 +97,37 @@ def pading_panoptic():
 
 
 @pytest.fixture(scope="session")
-def onnx_exports(tmp_path_factory, pading_panoptic):
-    """Static (batch 1, 128x160), static (batch 2, 96x192) and dynamic exports of stand-in PADing panoptic."""
-    from zsdeploy.export.onnx_export import ExportShape, check_and_simplify, save_atomic, set_metadata, trace_to_onnx
-    from zsdeploy.export.pading_export import pading_metadata
-
-    out = tmp_path_factory.mktemp("onnx")
-    paths = {}
-    for name, shape in {
-        "static_b1": ExportShape(128, 160, 1, False),
-        "static_b2": ExportShape(96, 192, 2, False),
-        "dynamic": ExportShape(dynamic=True),
-    }.items():
-        proto = check_and_simplify(trace_to_onnx(pading_panoptic.model, shape, opset=18, msda="gridsample"))
-        set_metadata(proto, pading_metadata(pading_panoptic, shape, opset=18, msda="gridsample"))
-        paths[name] = out / f"{name}.onnx"
-        save_atomic(proto, paths[name])
-    return paths
+def onnx_exports():
+    """Static (batch 1, 128x160), static (batch 2, 96x192) and dynamic exports of stand-in PADing panoptic (traced
+    with the Python API: tests/build_artifacts.py onnx_exports)."""
+    out, results = PREFETCH.result("onnx_exports")
+    assert_ran(results, 1)
+    return {name: out / f"{name}.onnx" for name in ("static_b1", "static_b2", "dynamic")}
 
 
 @pytest.fixture(scope="session")
-def zegformer_bundle(tmp_path_factory):
+def diverse_export() -> Path:
+    """`export-model --standin diverse` as a person runs it: PADing panoptic, static 128x160, gridsample lowering,
+    --precision fp32 said explicitly. Shared read-only: a test that changes it copies it first."""
+    out, results = PREFETCH.result("diverse_export")
+    assert_ran(results, 1)
+    return out / DIVERSE_ONNX
+
+
+@pytest.fixture(scope="session")
+def demo_export() -> Path:
+    """`export-model --weights demo` (256x256) run in a folder that has a `demo` subfolder, as scripts/demo.sh has."""
+    out, results = PREFETCH.result("demo_export")
+    [r] = assert_ran(results, 1)
+    assert "stand-in" not in r.stdout.lower()
+    return out / "demo.onnx"
+
+
+@pytest.fixture(scope="session")
+def zegformer_bundle():
     """`export-model --model zegformer` run as a person runs it, once per session: the gzss config (static
     1x3x256x320 = the golden case's size), stand-in R101 and a small CLIP (ViT-B/16 layout, 512-d) with the real
     BPE vocabulary when it is available. Returns (bundle dir, CLIP file, export stdout lines)."""
-    import subprocess
-    import sys
-
-    import torch
-    from test_clip import tiny_clip
-    from test_tokenizer import BPE
-
-    d = tmp_path_factory.mktemp("zegformer")
-    clip_file = d / "clip_small.pt"
-    torch.save(tiny_clip(seed=2).state_dict(), clip_file)
-    cmd = [sys.executable, "-m", "zsdeploy.export.cli", "--model", "zegformer", "--config", "cocostuff_r101_gzss",
-           "--clip", str(clip_file), "--height", "256", "--width", "320", "--output", str(d / "bundle")]
-    cmd += ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return d / "bundle", clip_file, proc.stdout.splitlines()
+    d, results = PREFETCH.result("zegformer_bundle")
+    _, proc = assert_ran(results, 2)
+    return d / "bundle", d / "clip_small.pt", proc.stdout.splitlines()

@@ -83,14 +83,9 @@ def test_reference_rebuilds_the_variant_the_export_recorded():
 
 # ----------------------------------------------------------------------------------------------- acceptance
 @pytest.fixture(scope="module")
-def diverse_onnx(tmp_path_factory):
-    """`export-model --standin diverse` at a static 128x160, gridsample lowering (~30 s)."""
-    from zsdeploy.export.cli import main
-
-    out = tmp_path_factory.mktemp("diverse") / "pading_div_128x160.onnx"
-    assert main(["--model", "pading", "--task", "panoptic", "--height", "128", "--width", "160", "--standin",
-                 "diverse", "--msda", "gridsample", "--output", str(out)]) == 0
-    return out
+def diverse_onnx(diverse_export):
+    """`export-model --standin diverse` at a static 128x160, gridsample lowering: the session's (conftest)."""
+    return diverse_export
 
 
 def test_onnx_records_the_variant(diverse_onnx):

@@ -135,16 +135,7 @@ def test_shipped_weights_load_with_every_key_accounted_for():
     assert any("checkpoint: " in n for n in built.notes)
 
 
-@pytest.fixture(scope="module")
-def demo_export(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo")
-    (work / "demo").mkdir()  # as scripts/demo.sh has: a folder named like the weights must not shadow them
-    out = work / "demo.onnx"
-    r = _run("zsdeploy.export.cli", "--model", "pading", "--weights", "demo", "--height", "256", "--width", "256",
-             "--output", str(out), cwd=work)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "stand-in" not in r.stdout.lower()
-    return out
+# demo_export: the session's `export-model --weights demo` at 256x256 (conftest.demo_export)
 
 
 def test_demo_export_reproduces_pytorch(demo_export):

@@ -56,13 +56,10 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def export(work: Path) -> Path:
-    """A static 128x160 PADing panoptic export whose stand-in weights give non-empty segments and instances."""
-    out = work / "pading.onnx"
-    r = run_cli("export-model", "--model", "pading", "--standin", "diverse", "--height", "128", "--width", "160",
-                "--output", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
+def export(diverse_export: Path) -> Path:
+    """A static 128x160 PADing panoptic export whose stand-in weights give non-empty segments and instances: the
+    session's `export-model --standin diverse` run (conftest.diverse_export)."""
+    return diverse_export
 
 
 @pytest.fixture(scope="module")

@@ -356,14 +356,16 @@ def test_export_model_refuses_a_file_that_is_not_clip(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ dynamic, no CLIP
 @pytest.fixture(scope="module")
-def dynamic_bundle(zegformer_bundle, tmp_path_factory):
-    """The released non-gzss config (no crop classifier) exported with dynamic batch/H/W via the Python API."""
-    from zsdeploy.export.zegformer_export import export_zegformer
+def dynamic_bundle(zegformer_bundle):
+    """The released non-gzss config (no crop classifier) exported with dynamic batch/H/W via the Python API
+    (export_zegformer in a child process started at collection: tests/build_artifacts.py zegformer_dynamic)."""
+    from conftest import assert_ran
+    from prefetch import PREFETCH
 
     clip_file = zegformer_bundle[1]
-    out = export_zegformer(tmp_path_factory.mktemp("zdyn") / "bundle", config="cocostuff_r101", clip=clip_file,
-                           dynamic=True, clip_bpe=BPE, embed_defaults=BPE is not None, say=lambda _: None)
-    return out, clip_file
+    d, results = PREFETCH.result("dynamic_bundle")
+    assert_ran(results, 1)
+    return d / "bundle", clip_file
 
 
 def test_dynamic_segmenter_matches_pytorch_at_other_sizes(dynamic_bundle):
