@@ -76,6 +76,35 @@ def test_dynamic_shape_is_declared_dynamic(backends):
         backends["static_b1"][1].infer({"images": np.zeros((1, 3, 128, 192), np.float32)})
 
 
+def test_dynamic_model_is_specialised_for_a_repeated_shape(onnx_exports, cache):
+    """A shape seen twice gets its own static compile (faster kernels); the results stay f32-exact on both paths,
+    the old shapes are dropped beyond the LRU size, and specialize=False never compiles another model."""
+    from zsdeploy.runtime.backends.openvino_backend import SPECIALIZED_SHAPES_KEPT
+
+    ort_b = load_backend(onnx_exports["dynamic"], backend="onnxruntime")
+    ov_b = load_backend(onnx_exports["dynamic"], backend="openvino", cache_dir=cache)
+    assert ov_b.specialize
+    sizes = [(128, 160), (128, 160), (96, 192), (96, 192), (160, 128), (160, 128), (128, 160)]
+    for i, (h, w) in enumerate(sizes):
+        x = _batch(ort_b, _scenes(1, h, w, seed=i))
+        ref, got = ort_b.infer({"images": x}), ov_b.infer({"images": x})
+        assert rel_l2(got["class_logits"], ref["class_logits"]) < F32_TOL
+        assert rel_l2(got["mask_logits"], ref["mask_logits"]) < F32_TOL
+        static = [dict(key)["images"] for key in ov_b._static]
+        if (h, w) not in sizes[:i]:
+            assert (1, 3, h, w) not in static  # first sight: the dynamic model ran it
+        else:
+            assert static[-1] == (1, 3, h, w)  # seen before: its own static compile, most recently used
+        assert len(static) <= SPECIALIZED_SHAPES_KEPT
+    assert (1, 3, 96, 192) not in [dict(key)["images"] for key in ov_b._static]  # least recently used, dropped
+    plain = load_backend(onnx_exports["dynamic"], backend="openvino", cache_dir=cache)
+    plain.specialize = False
+    for _ in range(2):
+        plain.infer({"images": _batch(ort_b, _scenes(1, 128, 160))})
+    assert not plain._static
+    assert not load_backend(onnx_exports["static_b1"], backend="openvino", cache_dir=cache).specialize
+
+
 @pytest.mark.parametrize("name", ["static_b1", "dynamic"])
 def test_postprocessed_results_identical(backends, name):
     """Same label / id maps, segments, instances and semantic argmax through runtime.pipeline.Segmenter."""
