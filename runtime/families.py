@@ -11,6 +11,7 @@ needs it.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ class OpenOptions:
                                      ("--no-cache", None if self.use_cache else True)) if v is not None]
 
 
-class ModelFamily:
+class ModelFamily(ABC):
     """One registered model. Subclasses set the class attributes and implement `export` / `open_pipeline`."""
 
     name: str = ""
@@ -87,11 +88,13 @@ class ModelFamily:
     open_vocabulary: bool = False  # classes chosen at run time (its class ids are not a fixed dataset's)
     standin_variants: tuple[str, ...] = ("golden",)
 
+    @abstractmethod
     def export(self, req: ExportRequest, say: Say = print) -> Path:
-        raise NotImplementedError
+        """Write the family's artifact for `req`; returns its path."""
 
+    @abstractmethod
     def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Segmenter:
-        raise NotImplementedError
+        """The artifact at `path` as a Pipeline."""
 
     def check_single_graph(self, info: ModelInfo, path: str | os.PathLike) -> None:
         """Refuse a single graph that runs only as part of a bundle (nothing to check for one-graph families)."""
