@@ -221,3 +221,50 @@ def test_training_refuses_bad_output_and_foreign_resume(tmp_path):
     # an existing run without --resume is not overwritten
     r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(run), "--iters", "1")
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ model card
+def test_model_card_adds_a_stage_to_the_training_log(demo_export, tmp_path):
+    """A later session has only the committed log: a new stage (a real 2-iteration run and a real accuracy report)
+    is appended to it, the card's per-stage table shows every stage, and curves.png is drawn over all of them."""
+    from zsdeploy.benchmarks.demo_model.card import TRAINING_LOG, read_log
+
+    run = tmp_path / "demo_train_new"
+    r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(run), "--iters", "2", "--batch", "2",
+             "--eval-every", "2", "--eval-scenes", "1", "--threads", "1", "--workers", "0",
+             "--init-from", str(_demo_weights()))
+    assert r.returncode == 0, r.stderr
+    acc = tmp_path / "acc"
+    r = subprocess.run(["zsd-bench", "accuracy", "--model", str(demo_export), "--dataset", "synthetic:2",
+                        "--seed", str(data.HELDOUT_SEED), "--scene-size", "256x256", "--object-sizes", "8,110",
+                        "--objects", "16", "--output", str(acc)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    log = tmp_path / "training_log.json"
+    log.write_text(TRAINING_LOG.read_text())
+    before = read_log(log)["stages"]
+    card = tmp_path / "MODEL_CARD.md"
+    r = _run("zsdeploy.benchmarks.demo_model.card", "--run", str(run), "--accuracy", str(acc / "report.json"),
+             "--output", str(card), "--log", str(log))
+    assert r.returncode == 0, r.stderr
+    after = read_log(log)["stages"]
+    assert [s["run"] for s in after] == [s["run"] for s in before] + [run.name]
+    new = after[-1]
+    report = json.loads((acc / "report.json").read_text())
+    assert new["stage"] == len(before) + 1 and new["iteration"] == 2 and new["heldout"]["images"] == 2
+    assert new["heldout"]["pq_all"] == report["vs_ground_truth"]["backend"]["all"]["panoptic.pq"]
+    assert len(new["loss"]) == 2 and len(new["eval"]) == 1
+    text = card.read_text()
+    for s in after:  # one row per stage in the per-stage table
+        assert f"| {s['stage']} | {s['iteration']} | {s['args']['lr']} | {s['args']['seed']} |" in text
+    png = card.with_name("curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # writing the card again for the same run replaces its stage instead of adding one
+    r = _run("zsdeploy.benchmarks.demo_model.card", "--run", str(run), "--accuracy", str(acc / "report.json"),
+             "--output", str(card), "--log", str(log))
+    assert r.returncode == 0 and len(read_log(log)["stages"]) == len(after)
+    # a file that is not a training log is refused in one paragraph
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    r = _run("zsdeploy.benchmarks.demo_model.card", "--run", str(run), "--accuracy", str(acc / "report.json"),
+             "--output", str(card), "--log", str(bad))
+    assert r.returncode == 2 and "not a demo training log" in r.stderr and "Traceback" not in r.stderr

@@ -1,23 +1,31 @@
-"""Write the demo model's card (weights/MODEL_CARD.md) from its training run and a `zsd-bench accuracy` report.
+"""Write the demo model's card (weights/MODEL_CARD.md) from its newest training stage, a `zsd-bench accuracy` report
+and the training log of the earlier stages (weights/training_log.json, the one record of every stage: a later session
+continues training without the earlier run directories).
 
-    python -m zsdeploy.benchmarks.demo_model.card --run demo_train --accuracy acc/report.json
+    python -m zsdeploy.benchmarks.demo_model.card --run demo_train4 --accuracy acc/report.json
+
+The run's stage is added to (or replaces its own entry in) the log, and curves.png is redrawn over all stages.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ...runtime.errors import ZsdError
 from ...export.pading_export import demo_weights_path
 from .data import HELDOUT_SEED, SCENE_OBJECT_SIZES, SCENE_OBJECTS, SCENE_SIZE, TRAIN_SEED
 
 WEIGHTS_DIR = demo_weights_path().parent
+TRAINING_LOG = WEIGHTS_DIR / "training_log.json"
+LOG_FORMAT = "zsdeploy-demo-training-log/1"
+LOSS_POINTS = 300  # loss history kept per stage in the log (evenly thinned)
+TARGETS = {"pq_all": 50.0, "miou_all": 70.0, "ap_small": 25.0}  # issue 9's acceptance on 50 held-out scenes
 METRICS = (("panoptic.pq", "PQ"), ("panoptic.sq", "SQ"), ("panoptic.rq", "RQ"), ("instance.ap", "mask AP"),
            ("semantic.miou", "mIoU"), ("panoptic.segments", "GT segments"))
 
@@ -54,20 +62,108 @@ def _reproduce_line(args: dict[str, Any], out: str, init_from: str | None) -> st
     return cmd + (f" --init-from {init_from}" if init_from else "")
 
 
-def write_card(run: Path, accuracy: Path, output: Path, status: str = "", previous: tuple[Path, ...] = ()) -> Path:
-    """`previous`: earlier training stages this run continued from (`--init-from` their best weights), oldest first."""
-    stages = [torch.load(r / "last.pth", map_location="cpu", weights_only=False) for r in (*previous, run)]
-    last = stages[-1]
+def read_log(path: Path) -> dict[str, Any]:
+    """The training log, or an empty one where there is none yet."""
+    if not path.is_file():
+        return {"format": LOG_FORMAT, "untracked_wall_s": 0.0, "stages": []}
+    log = json.loads(path.read_text(encoding="utf-8"))
+    if log.get("format") != LOG_FORMAT:
+        raise ZsdError(f"{path} is not a demo training log (format {log.get('format')!r}, expected {LOG_FORMAT!r}).",
+                       "pass the weights/training_log.json of this repository with --log.")
+    return log
+
+
+def heldout_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The acceptance metrics of a `zsd-bench accuracy` report (backend vs ground truth)."""
+    gt = report["vs_ground_truth"]["backend"]
+    return {"images": report["dataset"]["images"], "pq_all": gt["all"].get("panoptic.pq"),
+            "pq_small": gt["small"].get("panoptic.pq"), "ap_all": gt["all"].get("instance.ap"),
+            "ap_small": gt["small"].get("instance.ap"), "miou_all": gt["all"].get("semantic.miou")}
+
+
+def stage_record(run: Path, last: dict[str, Any], best: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    train = last["history"]["train"]
+    step = max(1, -(-len(train) // LOSS_POINTS))
+    return {"run": run.name, "args": {k: last["args"].get(k) for k in (
+                "iters", "batch", "threads", "lr", "warmup", "seed", "weight_decay", "clip", "eval_scenes",
+                "init_from")},
+            "iteration": int(last["iteration"]), "best_iteration": int(best["iteration"]), "bf16": bool(last.get("bf16")),
+            "wall_s": float(last.get("wall_s", 0.0)), "eval": last["history"]["eval"],
+            "loss": [[h["iter"], round(float(h["loss"]), 4)] for h in train[::step]],
+            "heldout": heldout_summary(report)}
+
+
+def plot_stages(log: dict[str, Any], path: Path) -> None:
+    """Loss and held-out PQ over every stage (iterations counted across stages), and the 50-scene acceptance
+    metrics of each stage's shipped weights against their targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
+    offset = 0
+    for st in log["stages"]:
+        if st["loss"]:
+            it, loss = zip(*st["loss"])
+            ax[0].plot([offset + i for i in it], loss, color="C0", alpha=0.6)
+        for key, label, color in (("pq_all", "PQ all", "C0"), ("pq_small", "PQ small", "C1")):
+            pts = [(offset + e["iter"], e[key]) for e in st["eval"] if e.get(key) is not None]
+            if pts:
+                ax[1].plot(*zip(*pts), marker="o", color=color, label=label if st is log["stages"][0] else None)
+        offset += st["iteration"]
+        for a in ax[:2]:
+            a.axvline(offset, color="grey", ls=":", lw=0.8)
+    ax[0].set_xlim(0, max(offset, 1))
+    ax[1].set_xlim(0, max(offset, 1))
+    ax[0].set_yscale("log")
+    ax[0].set_title("training loss (stages 1-3: not kept)" if not log["stages"][0]["loss"] else "training loss")
+    ax[1].set_title("held-out PQ during training (16 scenes)")
+    ax[1].set_ylim(0, 100)
+    ax[1].legend()
+    for a in ax[:2]:
+        a.set_xlabel("iteration (all stages; dotted: stage ends)")
+        a.grid(alpha=0.3)
+    stages = [st["stage"] for st in log["stages"]]
+    for (key, label), color in zip((("pq_all", "PQ all"), ("miou_all", "mIoU all"), ("ap_small", "mask AP small"),
+                                    ("pq_small", "PQ small")), ("C0", "C2", "C3", "C1")):
+        vals = [st.get("heldout", {}).get(key) for st in log["stages"]]
+        ax[2].plot(stages, vals, marker="o", color=color, label=label)
+        if key in TARGETS:
+            ax[2].axhline(TARGETS[key], color=color, ls="--", lw=0.8)
+    ax[2].set_xticks(stages)
+    ax[2].set_xlabel("stage (shipped weights)")
+    ax[2].set_ylim(0, 100)
+    ax[2].set_title("50 held-out scenes vs ground truth (dashed: targets)")
+    ax[2].grid(alpha=0.3)
+    ax[2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_card(run: Path, accuracy: Path, output: Path, status: str = "", log_path: Path = TRAINING_LOG) -> Path:
+    """Add `run` (the newest stage) to the training log, then write the card and curves.png next to `output`."""
+    last = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
     best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
     rep = json.loads(accuracy.read_text())
+    log = read_log(log_path)
+    log["stages"] = [st for st in log["stages"] if st["run"] != run.name] + [stage_record(run, last, best, rep)]
+    for k, st in enumerate(log["stages"], 1):
+        st["stage"] = k
+    stages = log["stages"]
     args = last["args"]
     hist = last["history"]
-    wall_h = sum(float(st.get("wall_s", 0.0)) for st in stages) / 3600
+    wall_h = (float(log.get("untracked_wall_s", 0.0)) + sum(float(st["wall_s"] or 0.0) for st in stages)) / 3600
     steps = sum(int(st["iteration"]) for st in stages)
-    scenes = sum(int(st["iteration"]) * int(st["args"].get("batch", 8)) for st in stages)
+    scenes = sum(int(st["iteration"]) * int(st["args"].get("batch") or 8) for st in stages)
     evals = "\n".join(
-        f"| {k + 1} | {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
-        + " |" for k, st in enumerate(stages) for e in st["history"]["eval"])
+        f"| {st['stage']} | {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
+        + " |" for st in stages for e in st["eval"])
+    per_stage = "\n".join(
+        f"| {st['stage']} | {st['iteration']} | {st['args']['lr']} | {st['args']['seed']} | {st['best_iteration']} | "
+        + " | ".join(_fmt(st.get("heldout", {}).get(k)) for k in ("pq_all", "pq_small", "ap_all", "ap_small", "miou_all"))
+        + " |" for st in stages)
     reproduce = "\n".join(
         "    " + _reproduce_line(st["args"], f"demo_train{k + 1}",
                                  None if k == 0 else f"demo_train{k}/best.pth  # stage {k + 1}: continues stage {k}")
@@ -110,6 +206,13 @@ Steps: {steps} ({scenes} scenes){stage_text}; wall time {wall_h:.1f} h on {_cpu_
 {args.get('threads')} thread(s), shared with other work; no GPU. Shipped checkpoint: stage {len(stages)} iteration
 {best['iteration']} (best held-out PQ).
 
+Shipped weights of each stage on 50 held-out scenes (`zsd-bench accuracy`, ONNX Runtime, vs ground truth; targets:
+PQ all >= 50, mask AP small >= 25, mIoU all >= 70):
+
+| stage | iterations | lr | scene seed | shipped iteration | PQ all | PQ small | mask AP all | mask AP small | mIoU all |
+|---|---|---|---|---|---|---|---|---|---|
+{per_stage}
+
 Held-out PQ during training ({hist['eval'][-1]['scenes'] if hist['eval'] else 0} scenes, PyTorch):
 
 | stage | iteration | PQ small | PQ medium | PQ large | PQ all |
@@ -134,8 +237,8 @@ The ONNX export reproduces its PyTorch twin: mask logits rel L2 {agree.get('mask
 Training is seeded; bit-exact replay also needs the same torch build and thread count.
 """
     output.write_text(text, encoding="utf-8")
-    if (run / "curves.png").is_file():
-        shutil.copyfile(run / "curves.png", output.with_name("curves.png"))
+    log_path.write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+    plot_stages(log, output.with_name("curves.png"))
     return output
 
 
@@ -146,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy", required=True, help="zsd-bench accuracy report.json on held-out scenes")
     p.add_argument("--output", default=str(WEIGHTS_DIR / "MODEL_CARD.md"))
     p.add_argument("--status", default="", help="a paragraph on where training stands (goes under ## Status)")
-    p.add_argument("--previous", nargs="*", default=[], metavar="RUN",
-                   help="earlier training stages this run continued from (--init-from), oldest first")
+    p.add_argument("--log", default=str(TRAINING_LOG),
+                   help="training log of the earlier stages; the run's stage is added to it (default: %(default)s)")
     a = p.parse_args(argv)
-    print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status, tuple(Path(r) for r in a.previous)))
+    try:
+        print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status, Path(a.log)))
+    except ZsdError as e:
+        print(f"demo_model.card: error: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
