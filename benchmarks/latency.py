@@ -103,8 +103,11 @@ def parse_ints(text: str, what: str) -> list[int]:
 CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
 
 # Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline).
-PEERS = ("torch", "upstream", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "openvino-bf16-upstream-post",
-         "tensorrt")
+PEERS = ("torch", "upstream", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8",
+         "openvino-int8-bf16", "openvino-bf16-upstream-post", "tensorrt")
+# OpenVINO peers: (name, inference precision, which graph: the fp32 --model or the Q/DQ --int8-model)
+OPENVINO_PEERS = (("openvino", "f32", "model"), ("openvino-bf16", "bf16", "model"),
+                  ("openvino-int8", "f32", "int8"), ("openvino-int8-bf16", "bf16", "int8"))
 COMPILE_TIMEOUT_S = 180  # torch.compile slower than this (all sizes/batches together) is reported N/A
 CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
 
@@ -153,6 +156,21 @@ def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: li
     return compiled
 
 
+def _check_int8_pair(path: str, int8_info: Any, info: Any) -> None:
+    """--int8-model must be the Q/DQ graph of the same model as the other peers (same classes, task, input)."""
+    from zsdeploy.runtime.artifacts.onnx_metadata import read_onnx_metadata
+
+    precision = read_onnx_metadata(Path(path)).get("precision", "fp32")
+    if precision != "int8":
+        raise ZsdError(f"--int8-model {path} is a {precision} graph, not an int8 (Q/DQ) one.",
+                       "make it with: export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx.")
+    if info is not None and (int8_info.model, int8_info.task, int8_info.num_classes) != \
+            (info.model, info.task, info.num_classes):
+        raise ZsdError(f"--int8-model {path} ({int8_info.model} {int8_info.task}, {int8_info.num_classes} classes) "
+                       f"is not a graph of --model ({info.model} {info.task}, {info.num_classes} classes).",
+                       "pass the int8 graph converted from --model (export-model --from-onnx M.onnx --precision int8).")
+
+
 def openvino_unavailable(precision: str) -> str | None:
     """Why the openvino peer of `precision` cannot be measured here (None: it can). bf16 on a CPU without it is
     reported unavailable: the backend would run f32 (with a note) and the row would be mislabelled."""
@@ -169,17 +187,22 @@ def openvino_unavailable(precision: str) -> str | None:
 
 
 def peer_backends(names: list[str], model: str | None, *, threads: int | None, sizes: list[tuple[int, int]],
-                  batches: list[int], info: Any = None,
-                  reference: Callable[[Any], Backend] | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
+                  batches: list[int], info: Any = None, reference: Callable[[Any], Backend] | None = None,
+                  int8_model: str | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
     """The CPU peers of a PADing .onnx beyond torch / onnxruntime / tensorrt: `openvino` (f32), `openvino-bf16`
-    (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in f32) and
-    `torch-compile` (of `reference(info)`, the eager baseline's model). Returns (runners, unavailable)."""
+    (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in f32),
+    `openvino-int8` / `openvino-int8-bf16` (the Q/DQ graph `int8_model` of the same export, its other ops in f32 /
+    bf16) and `torch-compile` (of `reference(info)`, the eager baseline's model). Returns (runners, unavailable)."""
     out: list[NamedBackend] = []
     unavailable: list[dict[str, str]] = []
-    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
+    for name, precision, graph in OPENVINO_PEERS:
         if name not in names:
             continue
-        if not model or not model.endswith(".onnx"):
+        path = model if graph == "model" else int8_model
+        if graph == "int8" and not path:
+            raise ZsdError(f"--backends {name} needs --int8-model M_int8.onnx (the Q/DQ graph of --model).",
+                           "make it with: export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx.")
+        if not path or not path.endswith(".onnx"):
             raise ZsdError(f"--backends {name} needs --model M.onnx.", "pass the ONNX file export-model wrote.")
         why = openvino_unavailable(precision)
         if why:
@@ -188,10 +211,12 @@ def peer_backends(names: list[str], model: str | None, *, threads: int | None, s
         try:
             from zsdeploy.runtime.backends import load_backend
 
-            b = load_backend(model, backend="openvino", precision=precision, threads=threads)
+            b = load_backend(path, backend="openvino", precision=precision, threads=threads)
         except ZsdError as e:
             unavailable.append({"backend": name, "reason": e.problem})
             continue
+        if graph == "int8":
+            _check_int8_pair(path, b.info, info)
         info = info or b.info
         out.append(NamedBackend(name, b))
     if "torch-compile" in names:

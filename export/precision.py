@@ -314,6 +314,16 @@ def _ort_method(method: str) -> Any:
             "entropy": CalibrationMethod.Entropy}[method]
 
 
+def constant_operand_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose first operand is a constant: an activation folded at export (e.g. the first decoder layer's
+    queries of a model with learned query features), not a weight. ONNX Runtime's quantizer would quantize it
+    "per channel" on axis 1 (the attention heads), which neither TensorRT (per-channel = the weights' output
+    channels) nor OpenVINO accepts (measured: openvino 2026.4 refuses to compile the graph); they stay fp32."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name and n.input[0] in constants]
+
+
 def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes: Sequence[str], *,
             method: str = "minmax", cache: Path | None = None) -> onnx.ModelProto:
     """Explicit Q/DQ int8 (symmetric, per-channel weights) on Conv/MatMul/Gemm inputs; `exclude_nodes` stay fp32.
@@ -324,6 +334,7 @@ def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes
 
     if method not in CALIB_METHODS:
         raise ZsdError(f"--calib-method {method} is unknown.", f"choose one of {', '.join(CALIB_METHODS)}.")
+    exclude_nodes = [*exclude_nodes, *constant_operand_matmuls(model)]
     with tempfile.TemporaryDirectory(prefix="zsd-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, src)

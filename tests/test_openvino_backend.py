@@ -304,25 +304,41 @@ def test_zegformer_bundle_graphs_match_onnxruntime(zegformer_bundle):
 
 
 def test_bench_latency_openvino_peers(onnx_exports, tmp_path):
-    """zsd-bench latency measures onnxruntime / openvino / openvino-bf16 side by side and reports the CPU's
-    instruction-set features (bf16 only where the CPU has it: else 'not measured' with the reason)."""
+    """zsd-bench latency measures onnxruntime / openvino / openvino-bf16 and the int8 (Q/DQ) graph's openvino-int8 /
+    openvino-int8-bf16 side by side and reports the CPU's instruction-set features (bf16 only where the CPU has it:
+    else 'not measured' with the reason)."""
+    fp32 = onnx_exports["static_b1"]
+    int8 = tmp_path / "int8.onnx"
+    conv = subprocess.run(["export-model", "--from-onnx", str(fp32), "--precision", "int8", "--calib-scenes", "1",
+                           "--output", str(int8)], capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+    assert conv.returncode == 0, conv.stderr[-2000:]
     out = tmp_path / "lat"
-    cmd = [sys.executable, "-m", "zsdeploy.benchmarks.cli", "latency", "--model", str(onnx_exports["static_b1"]),
-           "--backends", "onnxruntime,openvino,openvino-bf16", "--sizes", "128x160", "--warmup", "0", "--repeat", "1",
-           "--threads", "1", "--output", str(out)]
+    base = [sys.executable, "-m", "zsdeploy.benchmarks.cli", "latency", "--model", str(fp32), "--sizes", "128x160",
+            "--warmup", "0", "--repeat", "1", "--threads", "1"]
+    cmd = [*base, "--backends", "onnxruntime,openvino,openvino-bf16,openvino-int8,openvino-int8-bf16",
+           "--int8-model", str(int8), "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     rows = {r["backend"]: r for r in report["results"]}
     ok, why = bf16_support()
-    assert set(rows) == ({"onnxruntime", "openvino", "openvino-bf16"} if ok else {"onnxruntime", "openvino"})
+    bf16_rows = {"openvino-bf16", "openvino-int8-bf16"}
+    assert set(rows) == {"onnxruntime", "openvino", "openvino-int8"} | (bf16_rows if ok else set())
+    assert [r["backend"] for r in report["results"]] == [b for b in (
+        "onnxruntime", "openvino", "openvino-bf16", "openvino-int8", "openvino-int8-bf16") if b in rows]
     if not ok:
-        assert report["unavailable"] == [{"backend": "openvino-bf16", "reason": why}]
+        assert report["unavailable"] == [{"backend": b, "reason": why} for b in sorted(bf16_rows)]
     assert all(r["peak_rss_mib"] > 100 and r["e2e"]["median_ms"] > r["infer"]["median_ms"] > 0 for r in rows.values())
     features = report["machine"]["cpu"]["features"]
     assert set(features) == {"avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni"}
     assert features["amx_bf16"] == ("amx_bf16" in open("/proc/cpuinfo").read())
     assert "- CPU: " in (out / "report.md").read_text()
+    # an int8 peer without --int8-model, or with an fp32 graph as --int8-model: one paragraph, exit 2, no report
+    for extra, says in (([], "needs --int8-model"), (["--int8-model", str(fp32)], "not an int8 (Q/DQ)")):
+        bad = subprocess.run([*base, "--backends", "openvino-int8", *extra, "--output", str(tmp_path / "bad")],
+                             capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()
 
 
 def test_bf16_on_a_cpu_without_it_falls_back_to_f32_with_a_note(onnx_exports, cache, monkeypatch):

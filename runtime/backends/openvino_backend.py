@@ -4,7 +4,8 @@ Precision: OpenVINO's CPU plugin silently runs bf16 on CPUs with AMX by default,
 explicitly. `f32` matches ONNX Runtime (rel L2 ~1e-6); `bf16` is used only where /proc/cpuinfo lists amx_bf16 or
 avx512_bf16 (elsewhere OpenVINO would emulate it slowly or ignore it): on other CPUs it falls back to f32 with a
 note rather than failing, so one command line works on every machine and says what it did. Q/DQ (int8) graphs
-need no setting: OpenVINO runs their quantised ops in int8 as they are.
+need no setting: OpenVINO runs their quantised ops in int8 as they are, and the rest at the inference precision
+(f32, or bf16: int8 + bf16 is the fastest CPU path where both are native).
 
 Dynamic graphs are specialised: OpenVINO's CPU kernels for a dynamic-shape model are much slower than for a static
 one (PADing 512x512, 1 thread, CPU time: f32 1985 -> 1463 ms, bf16 1329 -> 657 ms once reshaped to the input's
