@@ -239,12 +239,16 @@ def test_model_card_adds_a_stage_to_the_training_log(demo_export, tmp_path):
                         "--seed", str(data.HELDOUT_SEED), "--scene-size", "256x256", "--object-sizes", "8,110",
                         "--objects", "16", "--output", str(acc)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    ceil = tmp_path / "ceil"
+    r = _run("zsdeploy.benchmarks.demo_model.ceiling", "--model", str(demo_export), "--dataset", "synthetic:2",
+             "--reference", "oracle", "--output", str(ceil))
+    assert r.returncode == 0, r.stderr
     log = tmp_path / "training_log.json"
     log.write_text(TRAINING_LOG.read_text())
     before = read_log(log)["stages"]
     card = tmp_path / "MODEL_CARD.md"
     r = _run("zsdeploy.benchmarks.demo_model.card", "--run", str(run), "--accuracy", str(acc / "report.json"),
-             "--output", str(card), "--log", str(log))
+             "--output", str(card), "--log", str(log), "--ceiling", str(ceil / "report.json"))
     assert r.returncode == 0, r.stderr
     after = read_log(log)["stages"]
     assert [s["run"] for s in after] == [s["run"] for s in before] + [run.name]
@@ -256,6 +260,10 @@ def test_model_card_adds_a_stage_to_the_training_log(demo_export, tmp_path):
     text = card.read_text()
     for s in after:  # one row per stage in the per-stage table
         assert f"| {s['stage']} | {s['iteration']} | {s['args']['lr']} | {s['args']['seed']} |" in text
+    oracle = json.loads((ceil / "report.json").read_text())["vs_ground_truth"]["backend"]
+    assert "## What limits it" in text
+    assert f"| mask AP | small | {report['vs_ground_truth']['backend']['small']['instance.ap']:.1f} | " \
+           f"{oracle['small']['instance.ap']:.1f} |" in text
     png = card.with_name("curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     # writing the card again for the same run replaces its stage instead of adding one
