@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ...runtime.errors import ZsdError
@@ -88,7 +89,7 @@ def stage_record(run: Path, last: dict[str, Any], best: dict[str, Any], report: 
                 "iters", "batch", "threads", "lr", "warmup", "seed", "weight_decay", "clip", "eval_scenes",
                 "init_from")},
             "iteration": int(last["iteration"]), "best_iteration": int(best["iteration"]), "bf16": bool(last.get("bf16")),
-            "wall_s": float(last.get("wall_s", 0.0)), "eval": last["history"]["eval"],
+            "wall_s": float(last.get("wall_s", 0.0)), "cpu": _cpu_model(), "eval": last["history"]["eval"],
             "loss": [[h["iter"], round(float(h["loss"]), 4)] for h in train[::step]],
             "heldout": heldout_summary(report)}
 
@@ -106,7 +107,9 @@ def plot_stages(log: dict[str, Any], path: Path) -> None:
     for st in log["stages"]:
         if st["loss"]:
             it, loss = zip(*st["loss"])
-            ax[0].plot([offset + i for i in it], loss, color="C0", alpha=0.6)
+            ax[0].plot([offset + i for i in it], loss, color="C0", alpha=0.25)
+            k = max(1, min(25, len(loss) // 10))  # running mean: the per-batch loss is noisy
+            ax[0].plot([offset + i for i in it[k - 1:]], np.convolve(loss, np.ones(k) / k, mode="valid"), color="C0")
         for key, label, color in (("pq_all", "PQ all", "C0"), ("pq_small", "PQ small", "C1")):
             pts = [(offset + e["iter"], e[key]) for e in st["eval"] if e.get(key) is not None]
             if pts:
@@ -189,6 +192,7 @@ def write_card(run: Path, accuracy: Path, output: Path, status: str = "", log_pa
     hist = last["history"]
     wall_h = (float(log.get("untracked_wall_s", 0.0)) + sum(float(st["wall_s"] or 0.0) for st in stages)) / 3600
     steps = sum(int(st["iteration"]) for st in stages)
+    cpus = " / ".join(dict.fromkeys(st.get("cpu") or "an unrecorded CPU" for st in stages))
     scenes = sum(int(st["iteration"]) * int(st["args"].get("batch") or 8) for st in stages)
     evals = "\n".join(
         f"| {st['stage']} | {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
@@ -236,7 +240,7 @@ cross-entropy with no-object weight 0.1, loss weights 2 / 5 / 5, deep supervisio
 (lr {args.get('lr')}, weight decay {args.get('weight_decay')}), {args.get('warmup')}-iteration warm-up then poly(0.9) to
 {args.get('iters')} iterations, full-model gradient-norm clip {args.get('clip')}, bf16 autocast ({'on' if last.get('bf16') else 'off'}),
 MSDeformAttn through its grid_sample formulation (autograd), BatchNorm in the backbone (FrozenBN at inference).
-Steps: {steps} ({scenes} scenes){stage_text}; wall time {wall_h:.1f} h on {_cpu_model()},
+Steps: {steps} ({scenes} scenes){stage_text}; wall time {wall_h:.1f} h on {cpus},
 {args.get('threads')} thread(s), shared with other work; no GPU. Shipped checkpoint: stage {len(stages)} iteration
 {best['iteration']} (best held-out PQ).
 
