@@ -156,14 +156,17 @@ def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: li
     return compiled
 
 
-def _check_int8_pair(path: str, int8_info: Any, info: Any) -> None:
-    """--int8-model must be the Q/DQ graph of the same model as the other peers (same classes, task, input)."""
-    from zsdeploy.runtime.artifacts.onnx_metadata import read_onnx_metadata
+def _check_int8_pair(path: str, info: Any) -> None:
+    """--int8-model must be the Q/DQ graph of the same model as the other peers (same classes, task); checked from
+    its metadata before OpenVINO compiles anything."""
+    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, read_onnx_metadata
 
-    precision = read_onnx_metadata(Path(path)).get("precision", "fp32")
+    meta = read_onnx_metadata(Path(path))
+    precision = meta.get("precision", "fp32")
     if precision != "int8":
         raise ZsdError(f"--int8-model {path} is a {precision} graph, not an int8 (Q/DQ) one.",
                        "make it with: export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx.")
+    int8_info = ModelInfo.from_metadata(meta, path)
     if info is not None and (int8_info.model, int8_info.task, int8_info.num_classes) != \
             (info.model, info.task, info.num_classes):
         raise ZsdError(f"--int8-model {path} ({int8_info.model} {int8_info.task}, {int8_info.num_classes} classes) "
@@ -208,6 +211,8 @@ def peer_backends(names: list[str], model: str | None, *, threads: int | None, s
         if why:
             unavailable.append({"backend": name, "reason": why})
             continue
+        if graph == "int8":
+            _check_int8_pair(path, info)
         try:
             from zsdeploy.runtime.backends import load_backend
 
@@ -215,8 +220,6 @@ def peer_backends(names: list[str], model: str | None, *, threads: int | None, s
         except ZsdError as e:
             unavailable.append({"backend": name, "reason": e.problem})
             continue
-        if graph == "int8":
-            _check_int8_pair(path, b.info, info)
         info = info or b.info
         out.append(NamedBackend(name, b))
     if "torch-compile" in names:

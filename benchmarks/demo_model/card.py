@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ...runtime.errors import ZsdError
 from ...export.pading_export import demo_weights_path
+from .ceiling import fmt_metric, ground_truth_table
 from .data import HELDOUT_SEED, SCENE_OBJECT_SIZES, SCENE_OBJECTS, SCENE_SIZE, TRAIN_SEED
 
 WEIGHTS_DIR = demo_weights_path().parent
@@ -27,8 +27,6 @@ TRAINING_LOG = WEIGHTS_DIR / "training_log.json"
 LOG_FORMAT = "zsdeploy-demo-training-log/1"
 LOSS_POINTS = 300  # loss history kept per stage in the log (evenly thinned)
 TARGETS = {"pq_all": 50.0, "miou_all": 70.0, "ap_small": 25.0}  # issue 9's acceptance on 50 held-out scenes
-METRICS = (("panoptic.pq", "PQ"), ("panoptic.sq", "SQ"), ("panoptic.rq", "RQ"), ("instance.ap", "mask AP"),
-           ("semantic.miou", "mIoU"), ("panoptic.segments", "GT segments"))
 
 
 def _cpu_model() -> str:
@@ -39,21 +37,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:.1f}" if isinstance(v, float) else str(v)
-
-
-def accuracy_table(report: dict[str, Any], side: str) -> str:
-    gt = report["vs_ground_truth"][side]
-    rows = ["| metric | small | medium | large | all |", "|---|---|---|---|---|"]
-    for key, label in METRICS:
-        rows.append(f"| {label} | " + " | ".join(_fmt(gt[b].get(key)) for b in ("small", "medium", "large", "all"))
-                    + " |")
-    return "\n".join(rows)
 
 
 def _reproduce_line(args: dict[str, Any], out: str, init_from: str | None) -> str:
@@ -102,14 +85,16 @@ def plot_stages(log: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .train import running_mean
+
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.2))
     offset = 0
     for st in log["stages"]:
         if st["loss"]:
             it, loss = zip(*st["loss"])
             ax[0].plot([offset + i for i in it], loss, color="C0", alpha=0.25)
-            k = max(1, min(25, len(loss) // 10))  # running mean: the per-batch loss is noisy
-            ax[0].plot([offset + i for i in it[k - 1:]], np.convolve(loss, np.ones(k) / k, mode="valid"), color="C0")
+            k, smooth = running_mean(np.asarray(loss, float))
+            ax[0].plot([offset + i for i in it[k - 1:]], smooth, color="C0")
         for key, label, color in (("pq_all", "PQ all", "C0"), ("pq_small", "PQ small", "C1")):
             pts = [(offset + e["iter"], e[key]) for e in st["eval"] if e.get(key) is not None]
             if pts:
@@ -155,7 +140,7 @@ def ceiling_section(ceiling: dict[str, Any], model_report: dict[str, Any]) -> st
             "|---|---|---|---|"]
     for key, label in (("panoptic.pq", "PQ"), ("instance.ap", "mask AP"), ("semantic.miou", "mIoU")):
         for b in ("small", "all"):
-            rows.append(f"| {label} | {b} | {_fmt(m[b].get(key))} | {_fmt(o[b].get(key))} |")
+            rows.append(f"| {label} | {b} | {fmt_metric(m[b].get(key))} | {fmt_metric(o[b].get(key))} |")
     meets = (o["all"].get("panoptic.pq") or 0) >= TARGETS["pq_all"] and \
         (o["all"].get("semantic.miou") or 0) >= TARGETS["miou_all"] and \
         (o["small"].get("instance.ap") or 0) >= TARGETS["ap_small"]
@@ -180,6 +165,11 @@ def write_card(run: Path, accuracy: Path, output: Path, status: str = "", log_pa
                ceiling: Path | None = None) -> Path:
     """Add `run` (the newest stage) to the training log, then write the card and curves.png next to `output`.
     `ceiling`: a ceiling.py report.json on the same scenes (adds "What limits it")."""
+    if not output.parent.is_dir():
+        raise ZsdError(f"--output {output}: the folder {output.parent} does not exist.",
+                       "create it first, or write the card to an existing folder.")
+    import torch
+
     last = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
     best = torch.load(run / "best.pth", map_location="cpu", weights_only=False)
     rep = json.loads(accuracy.read_text())
@@ -195,11 +185,11 @@ def write_card(run: Path, accuracy: Path, output: Path, status: str = "", log_pa
     cpus = " / ".join(dict.fromkeys(st.get("cpu") or "an unrecorded CPU" for st in stages))
     scenes = sum(int(st["iteration"]) * int(st["args"].get("batch") or 8) for st in stages)
     evals = "\n".join(
-        f"| {st['stage']} | {e['iter']} | " + " | ".join(_fmt(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
+        f"| {st['stage']} | {e['iter']} | " + " | ".join(fmt_metric(e.get(f"pq_{b}")) for b in ("small", "medium", "large", "all"))
         + " |" for st in stages for e in st["eval"])
     per_stage = "\n".join(
         f"| {st['stage']} | {st['iteration']} | {st['args']['lr']} | {st['args']['seed']} | {st['best_iteration']} | "
-        + " | ".join(_fmt(st.get("heldout", {}).get(k)) for k in ("pq_all", "pq_small", "ap_all", "ap_small", "miou_all"))
+        + " | ".join(fmt_metric(st.get("heldout", {}).get(k)) for k in ("pq_all", "pq_small", "ap_all", "ap_small", "miou_all"))
         + " |" for st in stages)
     reproduce = "\n".join(
         "    " + _reproduce_line(st["args"], f"demo_train{k + 1}",
@@ -264,10 +254,10 @@ Held-out PQ during training ({hist['eval'][-1]['scenes'] if hist['eval'] else 0}
 ({rep['model'].get('msda_lowering')} lowering, {'dynamic' if rep['model'].get('dynamic') else 'static ' + 'x'.join(map(str, rep['model'].get('static_hw') or []))}),
 COCO size buckets by ground-truth segment area (mask AP: instances score-ranked, things only):
 
-{accuracy_table(rep, 'backend')}
+{ground_truth_table(rep, 'backend')}
 
 The ONNX export reproduces its PyTorch twin: mask logits rel L2 {agree.get('mask_logits.rel_l2', 0):.1e}, class logits
-{agree.get('class_logits.rel_l2', 0):.1e}, PQ vs the PyTorch reference {_fmt(agree.get('panoptic.pq'))}.
+{agree.get('class_logits.rel_l2', 0):.1e}, PQ vs the PyTorch reference {fmt_metric(agree.get('panoptic.pq'))}.
 {limits}
 ## Reproduce
 {reproduce}

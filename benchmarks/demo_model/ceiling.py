@@ -277,20 +277,21 @@ def run_ceiling(model: str | Path, dataset: Dataset, *, stride: int = DEFAULT_ST
 
 
 # ------------------------------------------------------------------------------------------------- output
-CEILING_METRICS = (("panoptic.pq", "PQ"), ("panoptic.sq", "SQ"), ("panoptic.rq", "RQ"), ("instance.ap", "mask AP"),
+GT_TABLE_METRICS = (("panoptic.pq", "PQ"), ("panoptic.sq", "SQ"), ("panoptic.rq", "RQ"), ("instance.ap", "mask AP"),
                    ("semantic.miou", "mIoU"), ("panoptic.segments", "GT segments"))
 
 
-def _cell(v: Any) -> str:
+def fmt_metric(v: Any) -> str:
+    """One decimal (the model card's precision), n/a for a metric with nothing to measure."""
     return "n/a" if v is None else f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-def ceiling_table(report: dict[str, Any], side: str = "backend") -> str:
-    """The model card's table layout (metric x size bucket) for one side of the ground-truth comparison."""
+def ground_truth_table(report: dict[str, Any], side: str = "backend") -> str:
+    """Metric x size bucket for one side of an accuracy report's ground-truth comparison (also the model card's)."""
     gt = report["vs_ground_truth"][side]
     rows = ["| metric | " + " | ".join(BUCKET_ORDER) + " |", "|---" * (len(BUCKET_ORDER) + 1) + "|"]
-    for key, label in CEILING_METRICS:
-        rows.append(f"| {label} | " + " | ".join(_cell(gt[b].get(key)) for b in BUCKET_ORDER) + " |")
+    for key, label in GT_TABLE_METRICS:
+        rows.append(f"| {label} | " + " | ".join(fmt_metric(gt[b].get(key)) for b in BUCKET_ORDER) + " |")
     return "\n".join(rows)
 
 
@@ -301,9 +302,9 @@ def ceiling_markdown(report: dict[str, Any]) -> str:
              f"{o['num_queries']} queries)",
              f"- dataset: `{report['dataset']['spec']}` ({report['dataset']['images']} images, {o['segments']} "
              f"ground-truth segments, at most {o['max_segments']} in a scene, {o['dropped_segments']} without a query)",
-             "", f"## Oracle, stride {o['stride']}, vs ground truth", "", ceiling_table(report, "backend")]
+             "", f"## Oracle, stride {o['stride']}, vs ground truth", "", ground_truth_table(report, "backend")]
     if o["reference"] == "model":
-        lines += ["", "## The trained model (same run) vs ground truth", "", ceiling_table(report, "reference")]
+        lines += ["", "## The trained model (same run) vs ground truth", "", ground_truth_table(report, "reference")]
     lines += ["", "---", "", markdown(report)]
     return "\n".join(lines) + "\n"
 
@@ -315,8 +316,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         gt = report["vs_ground_truth"][side]
         for b in BUCKET_ORDER:
             r = gt[b]
-            out.append(f"  {label:<6} {b:<6} PQ={_cell(r.get('panoptic.pq'))} AP={_cell(r.get('instance.ap'))} "
-                       f"mIoU={_cell(r.get('semantic.miou'))}")
+            out.append(f"  {label:<6} {b:<6} PQ={fmt_metric(r.get('panoptic.pq'))} AP={fmt_metric(r.get('instance.ap'))} "
+                       f"mIoU={fmt_metric(r.get('semantic.miou'))}")
     return out
 
 

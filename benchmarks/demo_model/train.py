@@ -165,6 +165,12 @@ def config_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def running_mean(values: np.ndarray) -> tuple[int, np.ndarray]:
+    """(window k, the k-point running mean of `values`): the per-batch loss is too noisy to read alone."""
+    k = max(1, min(25, len(values) // 10))
+    return k, np.convolve(values, np.ones(k) / k, mode="valid")
+
+
 def plot_curves(history: dict[str, list], path: Path) -> None:
     import matplotlib
 
@@ -175,8 +181,7 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
     it = [h["iter"] for h in history["train"]]
     loss = np.asarray([h["loss"] for h in history["train"]], float)
     if len(loss):
-        k = max(1, min(25, len(loss) // 10))
-        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        k, smooth = running_mean(loss)
         ax[0].plot(it, loss, alpha=0.3, label="loss (all decoder stages)")
         ax[0].plot(it[k - 1:], smooth, label=f"mean of {k}")
     ax[0].set_xlabel("iteration")
