@@ -131,3 +131,24 @@ def zegformer_bundle():
     d, results = PREFETCH.result("zegformer_bundle")
     _, proc = assert_ran(results, 2)
     return d / "bundle", d / "clip_small.pt", proc.stdout.splitlines()
+
+
+@pytest.fixture(scope="session")
+def pading_graphs(onnx_exports):
+    """{(msda, dynamic): ModelProto}; the static plugin graph goes through the export-model CLI; the other plugin
+    graphs are traced like _export does (tests/build_artifacts.py pading_lowerings, 128x160 shape); the gridsample
+    references are the session's exports (static 1x3x128x160 and dynamic, see conftest.py). All are made in a child
+    process started at collection (tests/prefetch.py)."""
+    from build_artifacts import TRACED_LOWERINGS, lowering_file
+    import onnx
+
+    out, results = PREFETCH.result("pading_graphs")
+    assert_ran(results, 2)
+    graphs: dict[tuple[str, bool], onnx.ModelProto] = {}
+    graphs[("plugin", False)] = onnx.load(str(out / PADING_PLUGIN_ONNX))
+    graphs[("gridsample", False)] = onnx.load(str(onnx_exports["static_b1"]))
+    graphs[("gridsample", True)] = onnx.load(str(onnx_exports["dynamic"]))
+    for msda, dynamic in TRACED_LOWERINGS:
+        graphs[(msda, dynamic)] = onnx.load(str(lowering_file(out, msda, dynamic)))
+    assert set(graphs) == {(m, d) for m in ("gridsample", "plugin", "nvidia") for d in (False, True)}
+    return graphs

@@ -206,28 +206,6 @@ def test_int64_shape_inputs_are_rejected():
 # ------------------------------------------------------------------------------------ full PADing model
 
 
-@pytest.fixture(scope="module")
-def pading_graphs(onnx_exports):
-    """{(msda, dynamic): ModelProto}; the static plugin graph goes through the export-model CLI; the other plugin
-    graphs are traced like _export does (tests/build_artifacts.py pading_lowerings, 128x160 shape); the gridsample
-    references are the session's exports (static 1x3x128x160 and dynamic, see conftest.py). All are made in a child
-    process started at collection (tests/prefetch.py)."""
-    from build_artifacts import TRACED_LOWERINGS, lowering_file
-    from conftest import PADING_PLUGIN_ONNX, assert_ran
-    from prefetch import PREFETCH
-
-    out, results = PREFETCH.result("pading_graphs")
-    assert_ran(results, 2)
-    graphs: dict[tuple[str, bool], onnx.ModelProto] = {}
-    graphs[("plugin", False)] = onnx.load(str(out / PADING_PLUGIN_ONNX))
-    graphs[("gridsample", False)] = onnx.load(str(onnx_exports["static_b1"]))
-    graphs[("gridsample", True)] = onnx.load(str(onnx_exports["dynamic"]))
-    for msda, dynamic in TRACED_LOWERINGS:
-        graphs[(msda, dynamic)] = onnx.load(str(lowering_file(out, msda, dynamic)))
-    assert set(graphs) == {(m, d) for m in ("gridsample", *LOWERINGS) for d in (False, True)}
-    return graphs
-
-
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static_128x160", "dynamic"])
 @pytest.mark.parametrize("msda", LOWERINGS)
 def test_pading_plugin_graph_matches_gridsample(pading_graphs, msda, dynamic):

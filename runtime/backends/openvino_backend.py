@@ -7,6 +7,10 @@ note rather than failing, so one command line works on every machine and says wh
 need no setting: OpenVINO runs their quantised ops in int8 as they are, and the rest at the inference precision
 (f32, or bf16: int8 + bf16 is the fastest CPU path where both are native).
 
+MSDeformAttn plugin nodes (exports with `--msda plugin` or `nvidia`, the graphs TensorRT builds) run with
+zsdeploy's OpenVINO extension (ov_extension.py: the TensorRT plugin's kernel core, built at first use): the
+fastest CPU path, since OpenVINO runs the portable `gridsample` lowering as an f32-only GridSample plus reorders.
+
 Dynamic graphs are specialised: OpenVINO's CPU kernels for a dynamic-shape model are much slower than for a static
 one (PADing 512x512, 1 thread, CPU time: f32 1985 -> 1463 ms, bf16 1329 -> 657 ms once reshaped to the input's
 shape; compiling a shape takes ~2 s). So the first batch of a new input shape runs on the dynamic model, and a shape
@@ -34,6 +38,7 @@ PRECISIONS = ("f32", "bf16")
 HINTS = ("LATENCY", "THROUGHPUT")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INSTALL_HINT = 'pip install "zsdeploy[openvino]"'
+PLUGIN_LOWERINGS = ("plugin", "nvidia")  # MSDeformAttn as a plugin node: needs zsdeploy's extension
 SPECIALIZED_SHAPES_KEPT = 2  # static compiles kept per backend (each holds its own copy of the weights)
 
 
@@ -105,8 +110,16 @@ class OpenVINOBackend(Backend):
         self.config = dict(config)
         self.core = ov.Core()
         self.path = path
+        self.msda_lowering = self.info.raw.get("msda_lowering", "gridsample")
+        extra: dict[str, str] = {}
+        self.extension: Path | None = None
+        if self.msda_lowering in PLUGIN_LOWERINGS:
+            from .ov_extension import add_to_core
+
+            self.extension = add_to_core(self.core, self.say)
+            extra["ov_extension"] = self.extension.parent.name  # its build key: a rebuilt kernel is a new entry
         self._cache_setting = cache_dir
-        self.cache = self._open_cache(config)
+        self.cache = self._open_cache(config, **extra)
         self.compiled = self._compile(path, config)
         self.loaded_from_cache = bool(self._property("LOADED_FROM_CACHE", False))
         if self.cache is not None:
@@ -184,9 +197,10 @@ class OpenVINOBackend(Backend):
             return self.core.compile_model(str(path), "CPU", config)
         except Exception as e:  # noqa: BLE001
             msg = " ".join(str(e).split())[:400]
-            hint = ("this graph contains TensorRT plugin nodes (exported with --msda plugin/nvidia), which OpenVINO "
-                    "cannot run. Build an engine with build-engine, or export with --msda gridsample.") \
-                if "MSDeformAttn" in msg or "MultiscaleDeformable" in msg else \
+            hint = ("this graph contains MSDeformAttn plugin nodes but its metadata does not say so "
+                    f"(msda_lowering={self.msda_lowering}), so zsdeploy's extension was not loaded: re-export it "
+                    "with export-model --msda plugin, or with --msda gridsample.") \
+                if ("MSDeformAttn" in msg or "MultiscaleDeformable" in msg) and self.extension is None else \
                 "re-export the model with export-model, or try --backend onnxruntime."
             raise ZsdError(f"OpenVINO cannot load {path}: {msg}.", hint) from None
 
