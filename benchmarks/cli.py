@@ -176,7 +176,8 @@ def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, 
 
     peers, missing = peer_backends(names, args.model, threads=args.threads, sizes=parse_sizes(args.sizes),
                                    batches=parse_ints(args.batch, "--batch"), info=model.info if model else None,
-                                   int8_model=args.int8_model,
+                                   int8_model=args.int8_model, msda_model=args.msda_model,
+                                   msda_int8_model=args.msda_int8_model,
                                    reference=lambda i: _reference(args, i.task if i else (args.task or "panoptic"),
                                                                   i.raw if i else None))
     backends += peers
@@ -450,9 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--engine", help=".plan for tensorrt when --model is the .onnx")
     lat.add_argument("--int8-model", help="the Q/DQ graph of --model (export-model --from-onnx M.onnx --precision int8) "
                                           "for the openvino-int8 / openvino-int8-bf16 peers")
+    lat.add_argument("--msda-model", help="the --msda plugin export of the same model (export-model ... --msda plugin) "
+                                          "for the openvino-msda / openvino-msda-bf16 peers: OpenVINO runs its "
+                                          "MSDeformAttn nodes with zsdeploy's extension (the fastest CPU path)")
+    lat.add_argument("--msda-int8-model", help="the Q/DQ graph of --msda-model (export-model --from-onnx M_msda.onnx "
+                                               "--precision int8) for openvino-msda-int8 / openvino-msda-int8-bf16")
     lat.add_argument("--backends", default="torch,onnxruntime",
                      help="comma list of torch, torch-compile, onnxruntime, openvino, openvino-bf16 (CPUs with AMX / "
-                          "AVX512-BF16), openvino-int8, openvino-int8-bf16 (with --int8-model), tensorrt; torch-compile and openvino* for PADing .onnx only; peers with "
+                          "AVX512-BF16), openvino-int8, openvino-int8-bf16 (with --int8-model), openvino-msda, "
+                          "openvino-msda-bf16 (with --msda-model), openvino-msda-int8, openvino-msda-int8-bf16 (with "
+                          "--msda-int8-model), tensorrt; torch-compile and openvino* for PADing .onnx only; peers with "
                           "upstream's PyTorch post-processing: upstream (torch eager network: the research code end "
                           "to end), openvino-bf16-upstream-post (OpenVINO bf16 used by hand)")
     lat.add_argument("--sizes", default="512x512", help="network input sizes HxW, comma-separated")

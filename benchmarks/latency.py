@@ -104,10 +104,34 @@ CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
 
 # Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline).
 PEERS = ("torch", "upstream", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8",
-         "openvino-int8-bf16", "openvino-bf16-upstream-post", "tensorrt")
-# OpenVINO peers: (name, inference precision, which graph: the fp32 --model or the Q/DQ --int8-model)
+         "openvino-int8-bf16", "openvino-msda", "openvino-msda-bf16", "openvino-msda-int8",
+         "openvino-msda-int8-bf16", "openvino-bf16-upstream-post", "tensorrt")
+# OpenVINO peers: (name, inference precision, which graph: see GRAPHS)
 OPENVINO_PEERS = (("openvino", "f32", "model"), ("openvino-bf16", "bf16", "model"),
-                  ("openvino-int8", "f32", "int8"), ("openvino-int8-bf16", "bf16", "int8"))
+                  ("openvino-int8", "f32", "int8"), ("openvino-int8-bf16", "bf16", "int8"),
+                  ("openvino-msda", "f32", "msda"), ("openvino-msda-bf16", "bf16", "msda"),
+                  ("openvino-msda-int8", "f32", "msda-int8"), ("openvino-msda-int8-bf16", "bf16", "msda-int8"))
+
+
+@dataclass(frozen=True)
+class PeerGraph:
+    """One graph of the same model the OpenVINO peers run: the option that names it, and what its metadata must say."""
+
+    option: str
+    precision: str  # the graph's precision (metadata `precision`)
+    plugin: bool  # MSDeformAttn as plugin nodes (--msda plugin/nvidia: run with zsdeploy's OpenVINO extension)
+    make: str  # how to make it
+
+
+GRAPHS = {
+    "model": PeerGraph("--model", "fp32", False, "export-model ... --output M.onnx"),
+    "int8": PeerGraph("--int8-model", "int8", False,
+                      "export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx"),
+    "msda": PeerGraph("--msda-model", "fp32", True, "export-model ... --msda plugin --output M_msda.onnx (the same "
+                      "model, size and --dynamic as --model)"),
+    "msda-int8": PeerGraph("--msda-int8-model", "int8", True,
+                           "export-model --from-onnx M_msda.onnx --precision int8 --output M_msda_int8.onnx"),
+}
 COMPILE_TIMEOUT_S = 180  # torch.compile slower than this (all sizes/batches together) is reported N/A
 CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
 
@@ -156,22 +180,24 @@ def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: li
     return compiled
 
 
-def _check_int8_pair(path: str, info: Any) -> None:
-    """--int8-model must be the Q/DQ graph of the same model as the other peers (same classes, task); checked from
-    its metadata before OpenVINO compiles anything."""
+def _check_pair(path: str, graph: PeerGraph, info: Any) -> None:
+    """A peer graph must be a graph of the same model as the other peers (same classes, task), of the precision and
+    MSDeformAttn lowering its option promises; checked from its metadata before OpenVINO compiles anything."""
     from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, read_onnx_metadata
 
     meta = read_onnx_metadata(Path(path))
     precision = meta.get("precision", "fp32")
-    if precision != "int8":
-        raise ZsdError(f"--int8-model {path} is a {precision} graph, not an int8 (Q/DQ) one.",
-                       "make it with: export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx.")
-    int8_info = ModelInfo.from_metadata(meta, path)
-    if info is not None and (int8_info.model, int8_info.task, int8_info.num_classes) != \
+    plugin = meta.get("msda_lowering", "gridsample") in ("plugin", "nvidia")
+    if precision != graph.precision or plugin != graph.plugin:
+        got = f"a graph of precision {precision} with MSDeformAttn {'plugin nodes' if plugin else 'as GridSample'}"
+        want = f"one of precision {graph.precision} with MSDeformAttn {'plugin nodes' if graph.plugin else 'as GridSample'}"
+        raise ZsdError(f"{graph.option} {path} is {got}, not {want}.", f"make it with: {graph.make}.")
+    peer_info = ModelInfo.from_metadata(meta, path)
+    if info is not None and (peer_info.model, peer_info.task, peer_info.num_classes) != \
             (info.model, info.task, info.num_classes):
-        raise ZsdError(f"--int8-model {path} ({int8_info.model} {int8_info.task}, {int8_info.num_classes} classes) "
+        raise ZsdError(f"{graph.option} {path} ({peer_info.model} {peer_info.task}, {peer_info.num_classes} classes) "
                        f"is not a graph of --model ({info.model} {info.task}, {info.num_classes} classes).",
-                       "pass the int8 graph converted from --model (export-model --from-onnx M.onnx --precision int8).")
+                       f"pass a graph of the same model: {graph.make}.")
 
 
 def openvino_unavailable(precision: str) -> str | None:
@@ -191,28 +217,30 @@ def openvino_unavailable(precision: str) -> str | None:
 
 def peer_backends(names: list[str], model: str | None, *, threads: int | None, sizes: list[tuple[int, int]],
                   batches: list[int], info: Any = None, reference: Callable[[Any], Backend] | None = None,
-                  int8_model: str | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
+                  int8_model: str | None = None, msda_model: str | None = None,
+                  msda_int8_model: str | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
     """The CPU peers of a PADing .onnx beyond torch / onnxruntime / tensorrt: `openvino` (f32), `openvino-bf16`
     (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in f32),
     `openvino-int8` / `openvino-int8-bf16` (the Q/DQ graph `int8_model` of the same export, its other ops in f32 /
-    bf16) and `torch-compile` (of `reference(info)`, the eager baseline's model). Returns (runners, unavailable)."""
+    bf16), `openvino-msda*` (the `--msda plugin` export `msda_model` and its Q/DQ graph `msda_int8_model`: their
+    MSDeformAttn nodes run with zsdeploy's OpenVINO extension) and `torch-compile` (of `reference(info)`, the eager
+    baseline's model). Returns (runners, unavailable)."""
+    graphs = {"model": model, "int8": int8_model, "msda": msda_model, "msda-int8": msda_int8_model}
     out: list[NamedBackend] = []
     unavailable: list[dict[str, str]] = []
-    for name, precision, graph in OPENVINO_PEERS:
+    for name, precision, kind in OPENVINO_PEERS:
         if name not in names:
             continue
-        path = model if graph == "model" else int8_model
-        if graph == "int8" and not path:
-            raise ZsdError(f"--backends {name} needs --int8-model M_int8.onnx (the Q/DQ graph of --model).",
-                           "make it with: export-model --from-onnx M.onnx --precision int8 --output M_int8.onnx.")
+        graph = GRAPHS[kind]
+        path = graphs.get(kind)
         if not path or not path.endswith(".onnx"):
-            raise ZsdError(f"--backends {name} needs --model M.onnx.", "pass the ONNX file export-model wrote.")
+            raise ZsdError(f"--backends {name} needs {graph.option} (an .onnx).", f"make it with: {graph.make}.")
         why = openvino_unavailable(precision)
         if why:
             unavailable.append({"backend": name, "reason": why})
             continue
-        if graph == "int8":
-            _check_int8_pair(path, info)
+        if kind != "model":
+            _check_pair(path, graph, info)
         try:
             from zsdeploy.runtime.backends import load_backend
 

@@ -95,11 +95,17 @@ def check_source(model: onnx.ModelProto, precision: str, where: str) -> None:
         raise ZsdError(f"{where} is already a {meta.get('precision', 'float16')} graph; --precision {precision} "
                        "converts fp32 graphs only.",
                        "pass the fp32 export (export-model without --precision) to --from-onnx, or re-export.")
-    if precision == "int8" and any(n.op_type in ("MSDeformAttn", "MultiscaleDeformableAttnPlugin_TRT")
-                                   for n in model.graph.node):
-        raise ZsdError(f"{where} has TensorRT plugin nodes (exported with --msda plugin/nvidia); int8 calibration "
-                       "runs the graph in ONNX Runtime, which cannot execute them.",
-                       "export with --msda gridsample for --precision int8 (TensorRT builds its GridSample form).")
+    if precision == "int8" and plugin_node_count(model):
+        try:
+            import onnxruntime_extensions  # noqa: F401
+        except ImportError:
+            raise ZsdError(f"{where} has MSDeformAttn plugin nodes (exported with --msda plugin/nvidia); int8 "
+                           "calibration runs them in ONNX Runtime as Python ops, which needs onnxruntime-extensions.",
+                           'pip install "zsdeploy[plugins]", or convert a --msda gridsample export.') from None
+
+
+def plugin_node_count(model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node if n.op_type in ("MSDeformAttn", "MultiscaleDeformableAttnPlugin_TRT"))
 
 
 # ------------------------------------------------------------------------------------- calibration data
@@ -324,6 +330,34 @@ def constant_operand_matmuls(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name and n.input[0] in constants]
 
 
+CALIB_PERCENTILE = 99.999
+
+
+def _calibrate_plugin_graph(src: Path, feeds: Sequence[dict[str, np.ndarray]], method: str, cache: Path,
+                            tmp: Path) -> None:
+    """Activation ranges of a graph with MSDeformAttn plugin nodes, written to ONNX Runtime's range cache: ORT's own
+    calibrator (the same class and settings quantize_static would make, see create_calibrator) on a session in which
+    the plugin nodes run as Python ops (msda_ort.plugin_graph_session)."""
+    from onnxruntime.quantization.calibrate import (EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater,
+                                                    save_tensors_data)
+
+    from .msda_ort import plugin_graph_session
+
+    augmented = str(tmp / "augmented.onnx")
+    ops = list(QUANTIZED_OPS)
+    if method == "minmax":
+        calibrator = MinMaxCalibrater(src, ops, augmented, symmetric=True)
+    elif method == "entropy":
+        calibrator = EntropyCalibrater(src, ops, augmented, symmetric=True)
+    else:
+        calibrator = PercentileCalibrater(src, ops, augmented, symmetric=True, percentile=CALIB_PERCENTILE)
+    with _quiet():
+        calibrator.augment_graph()
+        calibrator.infer_session = plugin_graph_session(augmented)
+        calibrator.collect_data(_reader(feeds))
+        save_tensors_data(calibrator.compute_data(), cache)
+
+
 def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes: Sequence[str], *,
             method: str = "minmax", cache: Path | None = None) -> onnx.ModelProto:
     """Explicit Q/DQ int8 (symmetric, per-channel weights) on Conv/MatMul/Gemm inputs; `exclude_nodes` stay fp32.
@@ -338,15 +372,25 @@ def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes
     with tempfile.TemporaryDirectory(prefix="zsd-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, src)
+        if plugin_node_count(model):
+            # ONNX Runtime's calibrator cannot run plugin nodes: the ranges are collected here with the nodes as
+            # Python ops on the host kernel (msda_ort), and quantize_static reads them from the range cache.
+            cache = cache or Path(tmp) / "ranges.json"
+            if not cache.is_file():
+                if calib is None:
+                    raise ZsdError("int8 quantization of a plugin graph needs calibration data or a range cache.",
+                                   "pass --calib DIR or let export-model generate scenes.")
+                _calibrate_plugin_graph(src, calib.feeds, method, cache, Path(tmp))
         with _quiet():
             quantize_static(
-                src, dst, _reader(calib.feeds) if calib is not None else None, quant_format=QuantFormat.QDQ,
+                src, dst, _reader(calib.feeds) if calib is not None and not (cache and cache.is_file()) else None,
+                quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude_nodes),
                 calibrate_method=_ort_method(method), calibration_cache_path=cache,
                 extra_options={
                     "ActivationSymmetric": True, "WeightSymmetric": True,  # TensorRT: zero points must be 0
-                    "CalibPercentile": 99.999,
+                    "CalibPercentile": CALIB_PERCENTILE,
                 })
         out = onnx.load(str(dst))
     return out

@@ -313,10 +313,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function in float32; exp overflow for very negative logits correctly gives 0."""
+def _sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Logistic function in float32; exp overflow for very negative logits correctly gives 0. `out`: a float32
+    array of x's shape to write into (x itself is never changed)."""
     x = np.asarray(x, dtype=np.float32)
-    out = np.negative(x)  # in place from here on: one buffer instead of four (same operations, same bits)
+    out = np.negative(x, out=out)  # in place from here on: one buffer instead of four (same operations, same bits)
     with np.errstate(over="ignore"):
         np.exp(out, out=out)
     out += np.float32(1.0)
@@ -569,21 +570,36 @@ def panoptic_streamed(class_logits: np.ndarray, mask_logits: np.ndarray, rs: Res
     if keep.size == 0:  # upstream returns early: all-void map, no segments
         return np.zeros((oh, ow), np.int32), []
     n = keep.size
-    cur_scores = scores[keep][None, :, None]
+    cur_scores = scores[keep]
     x = rows_first(mask_logits[keep])
     code = np.empty((oh, ow), np.uint8 if n < 255 else np.uint16)
     mask_area = np.zeros(n, np.int64)
     original_area = np.zeros(n, np.int64)
     intersection = np.zeros(n, np.int64)
+    half = np.float32(0.5)
     with one_blas_thread():
         for r0, r1 in row_bands(oh, n * ow):
-            sig = _sigmoid(rs.rows(x, r0, r1))  # [B, N, OW]
-            winner = (cur_scores * sig).argmax(axis=1)  # [B, OW]; first maximum on ties, as the full tensor
-            own = sig >= np.float32(0.5)
-            del sig
-            winner_own = np.take_along_axis(own, winner[:, None, :], axis=1)[:, 0]
-            original_area += own.sum(axis=(0, 2))
-            del own
+            logits = rs.rows(x, r0, r1)  # [B, N, OW]
+            # One query at a time over [B, OW] planes that stay in cache (instead of argmax over a [B, N, OW]
+            # product): the same float32 operations per pixel, and a later query wins only when strictly
+            # greater, which is argmax's first maximum on ties. Measured ~2x faster on PADing's 512x512 outputs.
+            plane = (r1 - r0, ow)
+            prob, own, better = np.empty(plane, np.float32), np.empty(plane, bool), np.empty(plane, bool)
+            best, winner, winner_own = np.empty(plane, np.float32), np.zeros(plane, np.int32), np.empty(plane, bool)
+            for j in range(n):
+                _sigmoid(logits[:, j], out=prob)
+                np.greater_equal(prob, half, out=own)
+                original_area[j] += np.count_nonzero(own)
+                prob *= cur_scores[j]
+                if j == 0:
+                    best[...] = prob
+                    winner_own[...] = own
+                    continue
+                np.greater(prob, best, out=better)
+                np.copyto(best, prob, where=better)
+                np.copyto(winner, j, where=better)
+                np.copyto(winner_own, own, where=better)
+            del logits
             mask_area += np.bincount(winner.ravel(), minlength=n)
             intersection += np.bincount(winner[winner_own], minlength=n)
             code[r0:r1] = np.where(winner_own, winner + 1, 0)

@@ -200,3 +200,70 @@ def test_sources_ship_with_the_package():
     for rel in (*ov_extension.SOURCES, *ov_extension.HEADERS):
         assert (root / rel).is_file(), rel
     assert root.resolve() == (REPO / "plugins_trt").resolve() or "site-packages" in str(root)
+
+
+# ------------------------------------------------------------------------------------- int8 and the benchmark
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**_trt_infer_env(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+
+
+@pytest.fixture(scope="module")
+def plugin_int8(plugin_export, tmp_path_factory) -> Path:
+    """`export-model --from-onnx` of the plugin export to int8: ONNX Runtime's calibrator runs on a session where
+    the plugin nodes are Python ops on the host kernel (precision._calibrate_plugin_graph)."""
+    out = tmp_path_factory.mktemp("plugin_int8") / "plugin_int8.onnx"
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", "--from-onnx", str(plugin_export), "--precision",
+                        "int8", "--calib-scenes", "2", "--output", str(out)],
+                       capture_output=True, text=True, timeout=900, env=_env(out.parent))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def test_int8_plugin_graph_keeps_plugin_nodes_and_runs(plugin_int8, plugin_export, tmp_path):
+    from zsdeploy.export import msda_ort
+    from zsdeploy.export.plugin_lowering import PLUGIN
+
+    graph = onnx.load(str(plugin_int8))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["precision"] == "int8" and meta["msda_lowering"] == "plugin"
+    nodes = [n for n in graph.graph.node if n.op_type == PLUGIN.op_type]
+    assert len(nodes) == 6 and all(n.domain == PLUGIN.domain for n in nodes)
+    assert {a.name: a.s.decode() for a in nodes[0].attribute} == PLUGIN.attributes
+    dq = sum(1 for n in graph.graph.node if n.op_type == "DequantizeLinear")
+    assert dq > 50, dq
+    # the calibrated ranges are real: OpenVINO (extension) and ONNX Runtime (Python ops) agree on the int8 graph,
+    # and int8 stays near fp32 on a scene
+    x = _scenes(1, 128, 160, seed=21)
+    ov_int8 = _run_openvino(graph, x, tmp_path)
+    sess = msda_ort.plugin_graph_session(graph)
+    ort_int8 = sess.run(None, {"images": x})
+    fp32 = _run_openvino(onnx.load(str(plugin_export)), x, tmp_path)
+    for a, b, f in zip(ov_int8, ort_int8, fp32):
+        assert rel_l2(a, b) < 0.05
+        assert 1e-4 < rel_l2(a, f) < 0.2, rel_l2(a, f)
+
+
+def test_bench_latency_msda_peers(onnx_exports, plugin_export, plugin_int8, tmp_path):
+    """zsd-bench latency runs the plugin graphs as openvino-msda / openvino-msda-int8 next to openvino on the
+    gridsample export; a graph of the wrong kind is refused from its metadata (exit 2, one paragraph, no report)."""
+    out = tmp_path / "lat"
+    base = [sys.executable, "-m", "zsdeploy.benchmarks.cli", "latency", "--model", str(onnx_exports["static_b1"]),
+            "--sizes", "128x160", "--warmup", "0", "--repeat", "1", "--threads", "1"]
+    proc = subprocess.run([*base, "--backends", "openvino,openvino-msda,openvino-msda-int8", "--msda-model",
+                           str(plugin_export), "--msda-int8-model", str(plugin_int8), "--output", str(out)],
+                          capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["backend"] for r in report["results"]] == ["openvino", "openvino-msda", "openvino-msda-int8"]
+    assert all(r["e2e"]["median_ms"] > r["infer"]["median_ms"] > 0 for r in report["results"])
+    for extra, says in ((["--msda-model", str(onnx_exports["static_b1"])], "with MSDeformAttn as GridSample, not "
+                         "one of precision fp32 with MSDeformAttn plugin nodes"),
+                        (["--msda-int8-model", str(plugin_export)], "not one of precision int8"),
+                        ([], "needs --msda-model")):
+        backend = "openvino-msda-int8" if "--msda-int8-model" in extra else "openvino-msda"
+        bad = subprocess.run([*base, "--backends", backend, *extra, "--output", str(tmp_path / "bad")],
+                             capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+        assert not (tmp_path / "bad").exists()

@@ -350,3 +350,22 @@ def test_peak_memory_is_bounded_at_12_megapixels():
     assert res["inst"]["instances"]["pred_masks"].shape == (len(res["inst"]["instances"]["scores"]), *out)
     assert _peak_mb(sem) < 150
     assert res["lab"].shape == out and len(np.unique(res["lab"])) == k
+
+
+@pytest.mark.parametrize("bands", [777, 1 << 21])
+def test_streamed_panoptic_ties_go_to_the_first_query(bands, monkeypatch):
+    """panoptic_streamed compares one query at a time; a later query must win only when strictly greater, as
+    argmax's first maximum: query 0 covers A and B, query 1 only B with the same logits and score there, so
+    query 0 keeps B and query 1 (no pixel won) is no segment. Ties to the last query would make two segments."""
+    monkeypatch.setattr(pp, "BAND_ELEMENTS", bands)
+    cls = np.zeros((3, 4), np.float32)
+    cls[0, 0] = cls[1, 0] = 20.0  # same thing class, bit-identical scores
+    cls[2, 3] = 20.0  # void: dropped
+    masks = np.full((3, 9, 11), -6.0, np.float32)
+    masks[0, :, :7] = 4.0  # A: columns 0..3, B: columns 4..6
+    masks[1, :, 4:7] = 4.0
+    ref_seg, ref_info = pp.panoptic_inference(cls, masks, thing_ids=[0, 1])
+    seg, info = pp.panoptic_streamed(cls, masks, pp.Resampler(np.eye(9), np.eye(11)), thing_ids=[0, 1])
+    assert info == ref_info == [{"id": 1, "isthing": True, "category_id": 0}]
+    np.testing.assert_array_equal(seg, ref_seg)
+    assert (seg[:, :7] == 1).all() and (seg[:, 7:] == 0).all()

@@ -1,7 +1,8 @@
 """Inference backends behind one `infer()` (Polygraphy-style runners): ONNX Runtime, OpenVINO and TensorRT.
 
 Default (`backend="auto"`): a TensorRT engine (.plan) runs with TensorRT; an .onnx runs with ONNX Runtime (starts
-at once, the reference CPU path), or with OpenVINO when bf16 is asked for. OpenVINO is opt-in (`--backend openvino`):
+at once, the reference CPU path), or with OpenVINO when bf16 is asked for or when the graph holds MSDeformAttn
+plugin nodes (`--msda plugin` / `nvidia` exports: OpenVINO runs them with zsdeploy's extension, ONNX Runtime cannot). OpenVINO is opt-in (`--backend openvino`):
 measured on a 2-core Xeon with AMX (PADing dynamic export, 512x512 / 800x1216, interleaved, quiet) its f32 is
 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x, after a first compile of a few seconds (cached on disk; a
 dynamic graph also compiles each input shape it sees twice, ~2 s, in memory). It stays opt-in because the first
@@ -21,6 +22,17 @@ BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("f32", "bf16")
 
 
+def _has_plugin_nodes(path: Path) -> bool:
+    """Whether an export's metadata says MSDeformAttn is a plugin node (an unreadable file fails later, with its
+    own message)."""
+    from ..artifacts.onnx_metadata import read_onnx_metadata
+
+    try:
+        return read_onnx_metadata(path).get("msda_lowering") in ("plugin", "nvidia")
+    except ZsdError:
+        return False
+
+
 def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: str = "f32") -> str:
     """The backend `load_backend` will use for `path` (see the module docstring for `auto`)."""
     path = Path(path)
@@ -35,8 +47,8 @@ def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: s
     if backend == "auto":
         if is_engine:
             backend = "tensorrt"
-        elif precision == "bf16":
-            backend = "openvino"  # the only backend here with a bf16 setting (it says so if it is missing)
+        elif precision == "bf16" or _has_plugin_nodes(path):
+            backend = "openvino"  # the only backend here with a bf16 setting / that runs plugin nodes on a CPU
         else:
             backend = "onnxruntime"
     if is_engine and backend != "tensorrt":

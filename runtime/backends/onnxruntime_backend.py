@@ -33,8 +33,8 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # noqa: BLE001 (onnxruntime raises its own Fail/InvalidGraph types)
             msg = str(e).splitlines()[0][:300]
             hint = ("this graph contains TensorRT plugin nodes (exported with --msda plugin/nvidia); ONNX Runtime "
-                    "cannot run them. Build an engine with build-engine, or export with --msda gridsample for ONNX "
-                    "Runtime.") if "MSDeformAttn" in msg or "MultiscaleDeformable" in msg else \
+                    "cannot run them. Run it with --backend openvino (zsdeploy's OpenVINO extension runs them on "
+                    "CPUs), build an engine with build-engine, or export with --msda gridsample for ONNX Runtime.") if "MSDeformAttn" in msg or "MultiscaleDeformable" in msg else \
                 "re-export the model with export-model."
             raise ZsdError(f"ONNX Runtime cannot load {path}: {msg}.", hint) from None
         self.input_names = tuple(i.name for i in self.session.get_inputs())
