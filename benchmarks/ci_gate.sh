@@ -34,6 +34,11 @@ print(f"CPU: {cpu['model']}; features: " + ", ".join(k for k, v in f.items() if 
 print("precision paths: f32 (ONNX Runtime, OpenVINO) yes; bf16 (OpenVINO) " + ("yes" if bf16 else "no: measured as N/A")
       + "; int8 Q/DQ graphs (ONNX Runtime) yes, " + ("with VNNI/AMX int8 instructions" if int8 else
       "without VNNI/AMX int8 (slower, same results)") + "; fp16 graphs (ONNX Runtime) yes")
+import os, shutil
+cxx = next((shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "g++", "c++")) if shutil.which(c)), None)
+print("--msda plugin graphs on OpenVINO (the fastest CPU path; tests/test_ov_extension.py): "
+      + (f"zsdeploy's extension builds with {cxx}" if cxx else "no C++ compiler: not available"
+         + (" (ZSD_OV_EXTENSION is set)" if os.environ.get("ZSD_OV_EXTENSION") else "")))
 PY
 
 echo "== [1/6] export PADing panoptic (diverse stand-in weights) at ${H}x${W} -> $OUT/pading_${H}x${W}.onnx"

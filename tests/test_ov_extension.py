@@ -109,21 +109,28 @@ def test_backend_loads_extension_for_plugin_exports(plugin_export, onnx_exports,
     np.testing.assert_array_equal(again.infer({"images": x})["mask_logits"], got["mask_logits"])
 
 
-def test_trt_infer_runs_plugin_export_with_openvino(plugin_export, tmp_path):
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory) -> Path:
+    """A ZSD_CACHE_DIR that starts empty: the first test using it builds the extension, later ones reuse it."""
+    return tmp_path_factory.mktemp("zsd_cache")
+
+
+def test_trt_infer_runs_plugin_export_with_openvino(plugin_export, fresh_cache, tmp_path):
+    """`auto` picks OpenVINO for a plugin graph; a fresh cache builds the extension once and says so."""
     img = tmp_path / "scene.png"
     from PIL import Image
 
     Image.fromarray(generate_scene(5, 128, 160, n_objects=12, size_range=(6, 40)).image).save(img)
-    env = {**os.environ, "ZSD_CACHE_DIR": str(tmp_path / "zsd_cache")}
+    env = {**os.environ, "ZSD_CACHE_DIR": str(fresh_cache)}
     env.pop("ZSD_OV_EXTENSION", None)
     r = subprocess.run([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(plugin_export), "--input",
-                        str(img), "--output", str(tmp_path / "out"), "--backend", "openvino", "--task", "panoptic"],
+                        str(img), "--output", str(tmp_path / "out"), "--task", "panoptic"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "building zsdeploy's OpenVINO extension" in r.stderr  # a fresh cache: built once, and said so
+    assert "building zsdeploy's OpenVINO extension" in r.stderr
     result = json.loads((tmp_path / "out" / "scene.json").read_text())
     assert "panoptic" in json.dumps(result)
-    assert list((tmp_path / "zsd_cache" / "ov_extension").glob("*/" + ov_extension.LIBRARY_NAME))
+    assert list((fresh_cache / "ov_extension").glob("*/" + ov_extension.LIBRARY_NAME))
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -181,13 +188,13 @@ print("ok")
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
 
 
-def test_prebuild_entry_point_prints_the_library(tmp_path):
-    env = _trt_infer_env(tmp_path)
+def test_prebuild_entry_point_prints_the_library(fresh_cache, tmp_path):
+    env = {**_trt_infer_env(tmp_path), "ZSD_CACHE_DIR": str(fresh_cache)}
     r = subprocess.run([sys.executable, "-m", "zsdeploy.runtime.backends.ov_extension"], capture_output=True,
                        text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     lib = Path(r.stdout.strip())
-    assert lib.is_file() and lib.name == ov_extension.LIBRARY_NAME and str(tmp_path) in str(lib)
+    assert lib.is_file() and lib.name == ov_extension.LIBRARY_NAME and str(fresh_cache) in str(lib)
     # and ZSD_OV_EXTENSION takes it as it is, without a compiler
     env2 = {**env, "ZSD_OV_EXTENSION": str(lib), "PATH": str(tmp_path)}
     r2 = subprocess.run([sys.executable, "-m", "zsdeploy.runtime.backends.ov_extension"], capture_output=True,
@@ -267,3 +274,19 @@ def test_bench_latency_msda_peers(onnx_exports, plugin_export, plugin_int8, tmp_
                              capture_output=True, text=True, timeout=900, env=_env(tmp_path))
         assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]
         assert not (tmp_path / "bad").exists()
+
+
+def test_export_triton_serves_plugin_exports_with_zsdeploys_backend(plugin_export, tmp_path):
+    """Triton's own onnxruntime / openvino backends cannot run plugin nodes: refused in one paragraph; the default
+    is zsdeploy's Python backend (which runs the graph with OpenVINO and the extension)."""
+    cli = [sys.executable, "-m", "zsdeploy.runtime.serving.cli", "--model", str(plugin_export)]
+    for backend in ("onnxruntime", "openvino"):
+        r = subprocess.run([*cli, "--output", str(tmp_path / backend), "--backend", backend], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2 and "MSDeformAttn plugin nodes" in r.stderr and " Fix: " in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / backend).exists()
+    r = subprocess.run([*cli, "--output", str(tmp_path / "repo")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    configs = {p.parent.name: p.read_text() for p in (tmp_path / "repo").glob("*/config.pbtxt")}
+    network = next(text for name, text in configs.items() if name.endswith("_network"))
+    assert 'backend: "python"' in network

@@ -118,9 +118,18 @@ def check_common_options(opts: RepositoryOptions) -> None:
 
 def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: Path) -> tuple[str, int]:
     """(backend, max_batch_size) after checking the flags against the export."""
-    backend = opts.backend or ("tensorrt" if kind == "plan" else "onnxruntime")
+    plugin_graph = kind == "onnx" and info.raw.get("msda_lowering") in ("plugin", "nvidia")
+    # A --msda plugin export: Triton's own onnxruntime / openvino backends cannot run its MSDeformAttn nodes;
+    # zsdeploy's Python backend runs it with OpenVINO and zsdeploy's extension.
+    backend = opts.backend or ("tensorrt" if kind == "plan" else "python" if plugin_graph else "onnxruntime")
     if backend not in BACKENDS:
         raise ZsdError(f"--backend {backend} is not one of {', '.join(BACKENDS)}.", "choose one of them.")
+    if plugin_graph and backend in ("onnxruntime", "openvino"):
+        raise ZsdError(f"{model.name} has MSDeformAttn plugin nodes (exported with --msda "
+                       f"{info.raw.get('msda_lowering')}), which Triton's {backend} backend cannot run.",
+                       "drop --backend (zsdeploy's Python backend runs it with OpenVINO and zsdeploy's extension), "
+                       "build a TensorRT engine and serve it with --backend tensorrt, or re-export with --msda "
+                       "gridsample.")
     if backend == "tensorrt" and kind != "plan":
         raise ZsdError(f"--backend tensorrt needs a TensorRT engine, {model.name} is an ONNX model.",
                        "build one with build-engine --onnx M.onnx --output M.plan, or serve the ONNX with --backend "
