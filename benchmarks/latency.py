@@ -139,18 +139,10 @@ CPU_FEATURES = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni")
 def cpu_report() -> dict[str, Any]:
     """The CPU's model name and the instruction-set features that decide the precision paths (from /proc/cpuinfo;
     'unknown' where it cannot be read)."""
-    from zsdeploy.runtime.backends.openvino_backend import cpu_flags
+    from zsdeploy.runtime.backends.openvino_backend import cpu_flags, cpu_model
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     flags = cpu_flags()
-    return {"model": model, "features": {f: (f in flags) if flags else "unknown" for f in CPU_FEATURES}}
+    return {"model": cpu_model(), "features": {f: (f in flags) if flags else "unknown" for f in CPU_FEATURES}}
 
 
 def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: list[int]) -> Backend:

@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 17..21 (default {DEFAULT_OPSET})")
     p.add_argument("--msda", default="gridsample", choices=list(LOWERINGS),
-                   help="MSDeformAttn lowering: gridsample (portable, default), plugin (zsdeploy TensorRT plugin), "
-                        "nvidia (TensorRT's MultiscaleDeformableAttnPlugin_TRT v2)")
+                   help="MSDeformAttn lowering: gridsample (portable, default), plugin (zsdeploy TensorRT plugin; "
+                        "also the fastest CPU path: OpenVINO runs it with zsdeploy's extension), nvidia (TensorRT's "
+                        "MultiscaleDeformableAttnPlugin_TRT v2; OpenVINO runs it too)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     z = p.add_argument_group("ZegFormer")
     z.add_argument("--clip", help="OpenAI's CLIP file (ViT-B-16.pt, TorchScript) or a state dict in its key layout; "

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...runtime.backends.openvino_backend import cpu_model
 from ...runtime.errors import ZsdError
 from ...export.pading_export import demo_weights_path
 from .ceiling import fmt_metric, ground_truth_table
@@ -27,16 +27,6 @@ TRAINING_LOG = WEIGHTS_DIR / "training_log.json"
 LOG_FORMAT = "zsdeploy-demo-training-log/1"
 LOSS_POINTS = 300  # loss history kept per stage in the log (evenly thinned)
 TARGETS = {"pq_all": 50.0, "miou_all": 70.0, "ap_small": 25.0}  # issue 9's acceptance on 50 held-out scenes
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _reproduce_line(args: dict[str, Any], out: str, init_from: str | None) -> str:
@@ -72,7 +62,7 @@ def stage_record(run: Path, last: dict[str, Any], best: dict[str, Any], report: 
                 "iters", "batch", "threads", "lr", "warmup", "seed", "weight_decay", "clip", "eval_scenes",
                 "init_from")},
             "iteration": int(last["iteration"]), "best_iteration": int(best["iteration"]), "bf16": bool(last.get("bf16")),
-            "wall_s": float(last.get("wall_s", 0.0)), "cpu": _cpu_model(), "eval": last["history"]["eval"],
+            "wall_s": float(last.get("wall_s", 0.0)), "cpu": cpu_model(), "eval": last["history"]["eval"],
             "loss": [[h["iter"], round(float(h["loss"]), 4)] for h in train[::step]],
             "heldout": heldout_summary(report)}
 

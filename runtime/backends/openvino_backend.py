@@ -64,6 +64,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform's processor / machine name where there is none)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def bf16_support() -> tuple[bool, str]:
     """(whether this CPU computes bf16 natively, the flags that say so or the reason not)."""
     have = [f for f in BF16_FLAGS if f in cpu_flags()]

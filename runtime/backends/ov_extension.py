@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -85,17 +84,9 @@ def _compiler_version(cxx: str) -> str:
 
 def _cpu_identity() -> str:
     """-march=native code is only valid on a CPU with the same features: the CPU model and flags are in the key."""
-    from .openvino_backend import cpu_flags
+    from .openvino_backend import cpu_flags, cpu_model
 
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return model + "|" + " ".join(sorted(cpu_flags()))
+    return cpu_model() + "|" + " ".join(sorted(cpu_flags()))
 
 
 def _linked_libraries(libs: Path) -> list[Path]:
