@@ -175,11 +175,11 @@ def _torch_compile(reference: Backend, sizes: list[tuple[int, int]], batches: li
 def _check_pair(path: str, graph: PeerGraph, info: Any) -> None:
     """A peer graph must be a graph of the same model as the other peers (same classes, task), of the precision and
     MSDeformAttn lowering its option promises; checked from its metadata before OpenVINO compiles anything."""
-    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, read_onnx_metadata
+    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, has_msda_plugin, read_onnx_metadata
 
     meta = read_onnx_metadata(Path(path))
     precision = meta.get("precision", "fp32")
-    plugin = meta.get("msda_lowering", "gridsample") in ("plugin", "nvidia")
+    plugin = has_msda_plugin(meta)
     if precision != graph.precision or plugin != graph.plugin:
         got = f"a graph of precision {precision} with MSDeformAttn {'plugin nodes' if plugin else 'as GridSample'}"
         want = f"one of precision {graph.precision} with MSDeformAttn {'plugin nodes' if graph.plugin else 'as GridSample'}"

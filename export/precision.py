@@ -38,6 +38,7 @@ import onnx
 from ..runtime.errors import ZsdError
 from ..runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
 from ..runtime.artifacts.onnx_metadata import update_onnx_metadata as update_metadata
+from .msda_ort import plugin_nodes
 from .precision_islands import island_nodes, parse_islands
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -95,17 +96,13 @@ def check_source(model: onnx.ModelProto, precision: str, where: str) -> None:
         raise ZsdError(f"{where} is already a {meta.get('precision', 'float16')} graph; --precision {precision} "
                        "converts fp32 graphs only.",
                        "pass the fp32 export (export-model without --precision) to --from-onnx, or re-export.")
-    if precision == "int8" and plugin_node_count(model):
+    if precision == "int8" and plugin_nodes(model):
         try:
             import onnxruntime_extensions  # noqa: F401
         except ImportError:
             raise ZsdError(f"{where} has MSDeformAttn plugin nodes (exported with --msda plugin/nvidia); int8 "
                            "calibration runs them in ONNX Runtime as Python ops, which needs onnxruntime-extensions.",
                            'pip install "zsdeploy[plugins]", or convert a --msda gridsample export.') from None
-
-
-def plugin_node_count(model: onnx.ModelProto) -> int:
-    return sum(1 for n in model.graph.node if n.op_type in ("MSDeformAttn", "MultiscaleDeformableAttnPlugin_TRT"))
 
 
 # ------------------------------------------------------------------------------------- calibration data
@@ -372,7 +369,7 @@ def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes
     with tempfile.TemporaryDirectory(prefix="zsd-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, src)
-        if plugin_node_count(model):
+        if plugin_nodes(model):
             # ONNX Runtime's calibrator cannot run plugin nodes: the ranges are collected here with the nodes as
             # Python ops on the host kernel (msda_ort), and quantize_static reads them from the range cache.
             cache = cache or Path(tmp) / "ranges.json"
@@ -383,8 +380,7 @@ def to_int8(model: onnx.ModelProto, calib: CalibrationData | None, exclude_nodes
                 _calibrate_plugin_graph(src, calib.feeds, method, cache, Path(tmp))
         with _quiet():
             quantize_static(
-                src, dst, _reader(calib.feeds) if calib is not None and not (cache and cache.is_file()) else None,
-                quant_format=QuantFormat.QDQ,
+                src, dst, _reader(calib.feeds) if calib is not None else None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude_nodes),
                 calibrate_method=_ort_method(method), calibration_cache_path=cache,

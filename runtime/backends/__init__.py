@@ -25,10 +25,10 @@ PRECISIONS = ("f32", "bf16")
 def _has_plugin_nodes(path: Path) -> bool:
     """Whether an export's metadata says MSDeformAttn is a plugin node (an unreadable file fails later, with its
     own message)."""
-    from ..artifacts.onnx_metadata import read_onnx_metadata
+    from ..artifacts.onnx_metadata import has_msda_plugin, read_onnx_metadata
 
     try:
-        return read_onnx_metadata(path).get("msda_lowering") in ("plugin", "nvidia")
+        return has_msda_plugin(read_onnx_metadata(path))
     except ZsdError:
         return False
 

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ZsdError
+from ..artifacts.onnx_metadata import has_msda_plugin
 from ..metadata import ModelInfo
 from .base import Backend
 from .onnxruntime_backend import check_feeds, read_onnx_metadata
@@ -38,7 +39,6 @@ PRECISIONS = ("f32", "bf16")
 HINTS = ("LATENCY", "THROUGHPUT")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INSTALL_HINT = 'pip install "zsdeploy[openvino]"'
-PLUGIN_LOWERINGS = ("plugin", "nvidia")  # MSDeformAttn as a plugin node: needs zsdeploy's extension
 SPECIALIZED_SHAPES_KEPT = 2  # static compiles kept per backend (each holds its own copy of the weights)
 
 
@@ -126,7 +126,7 @@ class OpenVINOBackend(Backend):
         self.msda_lowering = self.info.raw.get("msda_lowering", "gridsample")
         extra: dict[str, str] = {}
         self.extension: Path | None = None
-        if self.msda_lowering in PLUGIN_LOWERINGS:
+        if has_msda_plugin(self.info.raw):  # MSDeformAttn as a plugin node: needs zsdeploy's extension
             from .ov_extension import add_to_core
 
             self.extension = add_to_core(self.core, self.say)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ZsdError
+from .openvino_backend import _say_stderr, cpu_flags, cpu_model, import_openvino
 
 LIBRARY_NAME = "libzsd_msda_openvino.so"
 SOURCES = ("openvino/msDeformAttnOvExtension.cpp", "msdeformattn/msDeformAttnHost.cpp")
@@ -41,8 +42,6 @@ LINKED = ("libopenvino.so*", "libopenvino_onnx_frontend.so*", "libtbb.so*")
 DEFINES = ("-D_GLIBCXX_USE_CXX11_ABI=1", "-DOV_THREAD=OV_THREAD_TBB_ADAPTIVE", "-DNDEBUG")
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fPIC", "-shared", "-fvisibility=hidden")
 BUILD_TIMEOUT_S = 600
-# The op types this extension adds to OpenVINO's ONNX frontend (export/plugin_lowering.py spells the nodes).
-OP_TYPES = ("MSDeformAttn", "MultiscaleDeformableAttnPlugin_TRT")
 
 _lock = threading.Lock()
 _library: Path | None = None
@@ -55,8 +54,6 @@ def sources_root() -> Path:
 
 
 def _openvino_dirs() -> tuple[Path, Path, str]:
-    from .openvino_backend import import_openvino
-
     ov = import_openvino()
     root = Path(ov.__file__).resolve().parent
     return root / "include", root / "libs", ov.get_version()
@@ -84,8 +81,6 @@ def _compiler_version(cxx: str) -> str:
 
 def _cpu_identity() -> str:
     """-march=native code is only valid on a CPU with the same features: the CPU model and flags are in the key."""
-    from .openvino_backend import cpu_flags, cpu_model
-
     return cpu_model() + "|" + " ".join(sorted(cpu_flags()))
 
 
@@ -113,10 +108,6 @@ def build_key(cxx: str, include: Path, ov_version: str) -> str:
 def cache_root() -> Path:
     base = os.environ.get("ZSD_CACHE_DIR")
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "zsdeploy") / "ov_extension"
-
-
-def _say_stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def _compile(cxx: str, include: Path, libs: Path, out: Path, say: Callable[[str], None]) -> None:

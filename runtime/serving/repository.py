@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..atomic_dir import publish, staging_dir
 from ..errors import ZsdError
-from ..artifacts.onnx_metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo, has_msda_plugin
 from ..families import family_of
 from .pbtxt import EnsembleStep, ModelConfig, Tensor
 from .steps import IMAGE_INFO, STEP_FORMAT, step_segmenter
@@ -118,7 +118,7 @@ def check_common_options(opts: RepositoryOptions) -> None:
 
 def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: Path) -> tuple[str, int]:
     """(backend, max_batch_size) after checking the flags against the export."""
-    plugin_graph = kind == "onnx" and info.raw.get("msda_lowering") in ("plugin", "nvidia")
+    plugin_graph = kind == "onnx" and has_msda_plugin(info.raw)
     # A --msda plugin export: Triton's own onnxruntime / openvino backends cannot run its MSDeformAttn nodes;
     # zsdeploy's Python backend runs it with OpenVINO and zsdeploy's extension.
     backend = opts.backend or ("tensorrt" if kind == "plan" else "python" if plugin_graph else "onnxruntime")
