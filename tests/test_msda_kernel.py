@@ -302,68 +302,45 @@ def test_nvcc_check_skips_cleanly_without_nvcc():
 
 # ---- TensorRT IPluginV3 glue ----------------------------------------------------------------------------------------
 
-_TRT_INCLUDE_CANDIDATES = [
-    "/usr/include/x86_64-linux-gnu",
-    "/usr/include/aarch64-linux-gnu",
-    "/usr/local/tensorrt/include",
-    "/opt/tensorrt/include",
-    "/usr/include",
-]
+SMOKE_HEADERS = PLUGINS / "scripts" / "smoke_test_headers.sh"
+# NVIDIA's public headers beside the checkout (never copied into it); a user's machine has none: TENSORRT_ROOT then.
+SHARED_TENSORRT = REPO.parent / "shared" / "tensorrt"
 
 
-def _tensorrt_include_dir() -> tuple[Path | None, list[str]]:
-    searched = []
+def _tensorrt_root() -> Path | None:
     root = os.environ.get("TENSORRT_ROOT")
-    candidates = ([str(Path(root) / "include"), root] if root else []) + _TRT_INCLUDE_CANDIDATES
-    for c in candidates:
-        searched.append(c)
-        if (Path(c) / "NvInfer.h").is_file():
-            return Path(c), searched
-    return None, searched
-
-
-def _find_nvcc() -> str | None:
-    for c in (os.environ.get("NVCC"), os.path.join(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc"),
-              shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
-        if c and os.access(c, os.X_OK):
-            return c
-    return None
+    if root:
+        return Path(root)
+    jetpack6 = SHARED_TENSORRT / "v10.3.0"  # the API JetPack 6 ships; CI builds every header set (.ci/run)
+    return jetpack6 if (jetpack6 / "include" / "NvInfer.h").is_file() else None
 
 
 def test_iplugin_v3_glue_compiles_and_passes_smoke_test(tmp_path):
-    include, searched = _tensorrt_include_dir()
-    if include is None:
-        pytest.skip(
-            "TensorRT headers (NvInfer.h) not found: searched "
-            + ", ".join(searched)
-            + "; set TENSORRT_ROOT to a TensorRT install to compile and smoke-test the IPluginV3 glue"
-        )
-    nvcc = _find_nvcc()
-    if nvcc is None or shutil.which("cmake") is None:
-        pytest.skip(f"TensorRT headers found in {include}, but building the plugin needs nvcc and cmake "
-                    f"(nvcc={nvcc}, cmake={shutil.which('cmake')})")
-    build = tmp_path / "build"
-    configure = [
-        "cmake", "-S", str(PLUGINS), "-B", str(build), f"-DTENSORRT_ROOT={include.parent}",
-        f"-DTENSORRT_INCLUDE_DIR={include}", "-DZSD_CUDA_ARCHS=87", f"-DCMAKE_CUDA_COMPILER={nvcc}",
-    ]
-    if shutil.which("ninja"):
-        configure += ["-G", "Ninja"]
-    res = _run(configure)
+    root = _tensorrt_root()
+    if root is None:
+        pytest.skip(f"no TensorRT headers: TENSORRT_ROOT is unset and {SHARED_TENSORRT}/v10.3.0 does not exist; set "
+                    "TENSORRT_ROOT to a TensorRT install (or NVIDIA's OSS include/ folder) to compile and smoke-test "
+                    "the IPluginV3 glue")
+    env = dict(os.environ, ZSD_SMOKE_BUILD_DIR=str(tmp_path))
+    res = _run(["bash", str(SMOKE_HEADERS), str(root)], env=env)
+    if res.returncode == 0 and res.stdout.startswith("SKIP"):
+        pytest.skip(res.stdout.strip())
     assert res.returncode == 0, res.stdout + res.stderr
-    res = _run(["cmake", "--build", str(build), "--parallel", "2"])
-    assert res.returncode == 0, res.stdout + res.stderr
-    lib = build / "libzsdeploy_plugins.so"
-    assert lib.is_file()
-    res = _run([str(build / "zsd_plugin_smoke_test"), str(lib)])
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert " 0 failures" in res.stdout
+    assert " 0 failures -> passed" in res.stdout
+    if "GPU: not available" in res.stdout:  # the no-device path names its cause, never "already pending"
+        assert "names the cause" in res.stdout
+    lib = tmp_path / root.name / "libzsdeploy_plugins.so"
     # only the TensorRT entry points and the init function are exported
     nm = shutil.which("nm")
     if nm:
         syms = _run([nm, "-D", "--defined-only", str(lib)]).stdout.split()
         assert {"getCreators", "setLoggerFinder", "zsdeployInitPlugins"} <= set(syms)
         assert not any("MSDeformAttn" in s for s in syms)
+
+
+def test_smoke_test_script_refuses_a_folder_without_headers(tmp_path):
+    res = _run(["bash", str(SMOKE_HEADERS), str(tmp_path)])
+    assert res.returncode == 1 and "no include/NvInfer.h below it" in res.stdout, res.stdout + res.stderr
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@
 #include "msDeformAttnPlugin.h"
 
 #include "msDeformAttnKernel.h"
+#include "zsdCudaStatus.h"
 #include "zsdPluginLogger.h"
 
 #include <cstring>
@@ -345,20 +346,17 @@ int32_t MSDeformAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTen
                 + typeName(coordType));
         int32_t const dtype = kernelDataType(type, coordType);
         // An error left pending by an earlier layer (or the application) would otherwise be returned by the
-        // launch check below and blamed on this plugin: name it as what it is and stop.
+        // launch check below and blamed on this plugin. Without a driver or device every call reports an error too:
+        // describeEnqueueCudaError asks the runtime which of these it is (only on this failure path).
         cudaError_t const pending = cudaPeekAtLastError();
-        ZSD_PLUGIN_CHECK(pending == cudaSuccess,
-            std::string("a CUDA error was already pending before MSDeformAttn ran (raised by an earlier layer or "
-                        "the application, not by this plugin): ")
-                + cudaGetErrorName(pending) + ": " + cudaGetErrorString(pending));
+        ZSD_PLUGIN_CHECK(pending == cudaSuccess, describeEnqueueCudaError(pending, true, queryCudaEnvironment()));
         int const status = zsdMSDeformAttnForward(inputs[kVALUE], static_cast<int32_t const*>(inputs[kSPATIAL_SHAPES]),
             static_cast<int32_t const*>(inputs[kLEVEL_START_INDEX]), inputs[kSAMPLING_LOCATIONS],
             inputs[kATTENTION_WEIGHTS], outputs[0], static_cast<int32_t>(s.batch), static_cast<int32_t>(s.spatialSize),
             static_cast<int32_t>(s.numHeads), static_cast<int32_t>(s.channels), static_cast<int32_t>(s.numLevels),
             static_cast<int32_t>(s.numQueries), static_cast<int32_t>(s.numPoints), dtype, stream);
         ZSD_PLUGIN_CHECK(status == 0,
-            std::string("CUDA kernel launch failed: ") + cudaGetErrorName(static_cast<cudaError_t>(status)) + ": "
-                + cudaGetErrorString(static_cast<cudaError_t>(status)));
+            describeEnqueueCudaError(static_cast<cudaError_t>(status), false, queryCudaEnvironment()));
         return kSTATUS_SUCCESS;
     }
     ZSD_PLUGIN_CATCH("MSDeformAttnPlugin::enqueue")

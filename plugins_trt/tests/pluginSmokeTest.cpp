@@ -17,6 +17,7 @@
 #include <NvInferVersion.h>
 
 #include "msDeformAttnHost.h"
+#include "zsdCudaStatus.h"
 
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -620,26 +621,63 @@ int main(int argc, char** argv)
     check(attached != nullptr && attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME) != nullptr,
         "attachToContext returns a runtime-capable clone");
 
-    // enqueue
-    int deviceCount = 0;
-    cudaError_t const devErr = cudaGetDeviceCount(&deviceCount);
-    if (devErr != cudaSuccess || deviceCount == 0)
+    // How a CUDA failure in enqueue is told: every branch of the decision, on any machine.
     {
-        std::printf("GPU: not available (%s); checking that enqueue fails cleanly\n", cudaGetErrorString(devErr));
-        std::vector<PluginTensorDesc> in = pr.inputDescs(F);
-        PluginTensorDesc out = pr.outputDesc(F);
-        // Never dereferenced: the launch fails before any kernel runs because there is no device.
-        std::vector<char> dummy(64);
-        void const* inputs[5] = {dummy.data(), dummy.data(), dummy.data(), dummy.data(), dummy.data()};
-        void* outputs[1] = {dummy.data()};
+        using zsd::plugin::CudaEnvironment;
+        using zsd::plugin::describeEnqueueCudaError;
+        CudaEnvironment const healthy{cudaSuccess, 1, 13000, 13000};
+        CudaEnvironment const noDriver{cudaErrorInsufficientDriver, 0, 0, 13000};
+        CudaEnvironment const oldDriver{cudaErrorInsufficientDriver, 0, 12040, 13000};
+        CudaEnvironment const noDevice{cudaErrorNoDevice, 0, 13000, 13000};
+        auto has = [](std::string const& text, char const* needle) { return text.find(needle) != std::string::npos; };
+        std::string m = describeEnqueueCudaError(cudaErrorMemoryAllocation, true, healthy);
+        check(has(m, "already pending") && has(m, "earlier layer") && has(m, "cudaErrorMemoryAllocation"),
+            "an error pending on a working device is blamed on an earlier layer");
+        m = describeEnqueueCudaError(cudaErrorInsufficientDriver, true, noDriver);
+        check(has(m, "no NVIDIA driver is installed") && !has(m, "already pending") && has(m, "Fix:"),
+            "no driver: named as such, with the fix, not as a pending error");
+        m = describeEnqueueCudaError(cudaErrorInsufficientDriver, true, oldDriver);
+        check(has(m, "supports CUDA 12.4, older than the CUDA runtime 13.0") && !has(m, "already pending"),
+            "an old driver: both CUDA versions named");
+        m = describeEnqueueCudaError(cudaErrorNoDevice, true, noDevice);
+        check(has(m, "sees no GPU") && has(m, "CUDA_VISIBLE_DEVICES") && !has(m, "already pending"),
+            "a driver without a device: CUDA_VISIBLE_DEVICES named");
+        m = describeEnqueueCudaError(cudaErrorInvalidConfiguration, false, healthy);
+        check(has(m, "CUDA kernel launch failed") && has(m, "cudaErrorInvalidConfiguration"),
+            "a failed launch on a working device is the plugin's own error");
+    }
+
+    // enqueue
+    zsd::plugin::CudaEnvironment const env = zsd::plugin::queryCudaEnvironment();
+    std::string const noGpu = zsd::plugin::whyCudaCannotRun(env);
+    std::vector<PluginTensorDesc> const inF = pr.inputDescs(F);
+    PluginTensorDesc const outF = pr.outputDesc(F);
+    std::vector<char> dummy(64); // never dereferenced: enqueue stops before any kernel runs
+    void const* dummyInputs[5] = {dummy.data(), dummy.data(), dummy.data(), dummy.data(), dummy.data()};
+    void* dummyOutputs[1] = {dummy.data()};
+    if (!noGpu.empty())
+    {
+        std::printf("GPU: not available (driver CUDA %d, runtime CUDA %d, cudaGetDeviceCount: %s); checking that "
+                    "enqueue fails cleanly and names the cause\n",
+            env.driverVersion, env.runtimeVersion, cudaGetErrorName(env.deviceQuery));
         logger.messages.clear();
-        check(runtime->enqueue(in.data(), &out, inputs, outputs, nullptr, nullptr) != 0
-                && logger.contains("CUDA kernel launch failed"),
-            "enqueue without a GPU returns an error and logs the CUDA error");
+        check(runtime->enqueue(inF.data(), &outF, dummyInputs, dummyOutputs, nullptr, nullptr) != 0
+                && logger.contains("CUDA cannot run kernels in this process") && logger.contains(noGpu.c_str())
+                && !logger.contains("already pending"),
+            "enqueue without a GPU returns an error and names the real cause (" + noGpu.substr(0, 40) + " ...)");
     }
     else
     {
-        std::printf("GPU: %d device(s); running enqueue against the host kernel\n", deviceCount);
+        std::printf("GPU: %d device(s); running enqueue against the host kernel\n", env.deviceCount);
+        // An error really left pending by someone else (a failed allocation is not sticky) is told apart.
+        void* tooLarge = nullptr;
+        cudaError_t const allocErr = cudaMalloc(&tooLarge, static_cast<size_t>(1) << 62);
+        logger.messages.clear();
+        check(allocErr != cudaSuccess
+                && runtime->enqueue(inF.data(), &outF, dummyInputs, dummyOutputs, nullptr, nullptr) != 0
+                && logger.contains("already pending") && logger.contains(cudaGetErrorName(allocErr)),
+            "an error left pending by the application is named as such, not as the plugin's");
+        (void) cudaGetLastError();
         std::mt19937 rng(1234);
         gpuCheck(runtime, pr, false, rng);
         gpuCheck(runtime, pr, true, rng);
