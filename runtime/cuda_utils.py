@@ -21,6 +21,7 @@ from .errors import ZsdError
 
 __all__ = [
     "CudaError",
+    "CudaUnavailable",
     "CudaGraph",
     "DeviceBuffer",
     "DeviceInfo",
@@ -28,25 +29,84 @@ __all__ = [
     "Stream",
     "check",
     "cudart",
+    "describe_cuda_environment",
     "device_info",
     "memcpy_dtoh_async",
     "memcpy_htod_async",
+    "why_cuda_cannot_run",
 ]
 
 _cudart: Any = None
 
-# What to do about the errors a user meets first (no GPU, driver too old); others get a generic hint.
+# What to do about the errors a user meets first; no driver / old driver / no device are told apart by
+# `why_cuda_cannot_run`, others get a generic hint.
 _FIXES = {
-    "cudaErrorNoDevice": "no CUDA GPU is visible to this process: check `nvidia-smi` and CUDA_VISIBLE_DEVICES.",
-    "cudaErrorInsufficientDriver": "the NVIDIA driver is older than the CUDA runtime of the installed cuda-python: "
-                                   "update the driver, or install the cuda-python major version that matches the "
-                                   "driver's CUDA version (`nvidia-smi` shows it), e.g. "
-                                   "pip install 'cuda-python>=12,<13'.",
     "cudaErrorInvalidDevice": "the requested GPU index does not exist: check CUDA_VISIBLE_DEVICES / --device.",
     "cudaErrorMemoryAllocation": "the GPU is out of memory: use a smaller batch/input size or free the GPU.",
     "cudaErrorStreamCaptureUnsupported": "an operation in the engine cannot be captured into a CUDA graph: run "
                                          "without CUDA graphs.",
 }
+_GENERIC_FIX = "check the GPU with `nvidia-smi`; if it persists, report it with this message."
+# Errors that mean "this process cannot use a GPU at all": their fix comes from asking the driver why.
+_NO_GPU_ERRORS = frozenset({"cudaErrorInsufficientDriver", "cudaErrorNoDevice", "cudaErrorStubLibrary",
+                            "cudaErrorInitializationError", "cudaErrorCompatNotSupportedOnDevice"})
+
+
+@dataclass(frozen=True)
+class CudaUnavailable:
+    """Why this process cannot run CUDA work, and what to do."""
+
+    problem: str
+    fix: str
+
+
+def _cuda_version_text(version: int) -> str:
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
+def describe_cuda_environment(driver_version: int, runtime_version: int, device_query_error: str | None,
+                              device_count: int) -> CudaUnavailable | None:
+    """No driver, an old driver or no device, from what CUDA reports (None: a device is usable).
+
+    `driver_version` is cudaDriverGetVersion's (0 where no driver is installed), `runtime_version`
+    cudaRuntimeGetVersion's, `device_query_error` the error name cudaGetDeviceCount returned (None on success).
+    The same decision as the plugin's (plugins_trt/common/zsdCudaStatus.h).
+    """
+    cpu_way = ("on a CPU-only machine run the .onnx instead: trt-infer --model M.onnx --backend "
+               "onnxruntime|openvino.")
+    if driver_version == 0 or device_query_error == "cudaErrorStubLibrary":
+        return CudaUnavailable("no NVIDIA driver is installed (libcuda.so.1 was not found), so no GPU is usable here.",
+                               "run on a machine with an NVIDIA GPU and its driver (Jetson: JetPack); " + cpu_way)
+    if device_query_error == "cudaErrorInsufficientDriver" or (
+            device_query_error is not None and driver_version < runtime_version):
+        return CudaUnavailable(
+            f"the NVIDIA driver supports CUDA {_cuda_version_text(driver_version)}, older than the CUDA runtime "
+            f"{_cuda_version_text(runtime_version)} of the installed cuda-python.",
+            "update the driver, or install the cuda-python major version that matches the driver's CUDA version "
+            "(`nvidia-smi` shows it), e.g. pip install 'zsdeploy[gpu-cu12]' for a CUDA 12 driver (JetPack 6).")
+    if device_query_error == "cudaErrorNoDevice" or (device_query_error is None and device_count == 0):
+        return CudaUnavailable(f"the NVIDIA driver (CUDA {_cuda_version_text(driver_version)}) sees no GPU.",
+                               "check `nvidia-smi` and CUDA_VISIBLE_DEVICES (a container needs --gpus).")
+    if device_query_error is not None:
+        return CudaUnavailable(f"CUDA could not be initialised ({device_query_error}).", _GENERIC_FIX)
+    return None
+
+
+def why_cuda_cannot_run() -> CudaUnavailable | None:
+    """Why no GPU is usable in this process; None where one is, or where cuda-python is missing (cannot tell)."""
+    try:
+        rt = cudart()
+    except ZsdError:
+        return None
+    driver = rt.cudaDriverGetVersion()
+    runtime = rt.cudaRuntimeGetVersion()
+    count = rt.cudaGetDeviceCount()
+    success = int(rt.cudaError_t.cudaSuccess)
+    return describe_cuda_environment(
+        int(driver[1]) if int(driver[0]) == success else 0,
+        int(runtime[1]) if int(runtime[0]) == success else 0,
+        None if int(count[0]) == success else _error_text(rt, count[0])[0],
+        int(count[1] or 0) if int(count[0]) == success else 0)
 
 
 class CudaError(ZsdError):
@@ -54,9 +114,14 @@ class CudaError(ZsdError):
 
     def __init__(self, call: str, code: int, name: str, description: str) -> None:
         self.call, self.code, self.name, self.description = call, code, name, description
-        super().__init__(f"CUDA call {call} failed with {name} ({code}): {description}.",
-                         _FIXES.get(name, "check the GPU with `nvidia-smi`; if it persists, report it with this "
-                                          "message."))
+        problem = f"CUDA call {call} failed with {name} ({code}): {description}."
+        fix = _FIXES.get(name, _GENERIC_FIX)
+        if name in _NO_GPU_ERRORS:
+            reason = why_cuda_cannot_run()
+            if reason is not None:
+                # CUDA's own text ("driver version is insufficient") reads as "update the driver" even with none.
+                problem, fix = f"{reason.problem[:-1]} (CUDA call {call} reported {name}).", reason.fix
+        super().__init__(problem, fix)
 
 
 def cudart() -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 from .. import cuda_utils
 from ..artifacts.sidecar import EngineSidecar, check_plan_source, read_sidecar, rebuild_command
 from ..errors import ZsdError
-from ..tensorrt.loader import import_tensorrt, make_logger
+from ..tensorrt.loader import create_runtime, import_tensorrt, make_logger, numpy_dtype
 from ..tensorrt.plugins import PLUGIN_LIBRARY_NAME, ZSD_PLUGIN, load_plugin_library, require_creators
 from .base import Backend
 
@@ -81,7 +81,7 @@ class TensorRTBackend(Backend):
         if lib is not None:
             load_plugin_library(lib, self._logger)
         require_creators(self.sidecar.plugins, lib, self._logger)
-        self._runtime = trt_mod.Runtime(self._logger)
+        self._runtime = create_runtime(trt_mod, self._logger)
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             errors = "; ".join(getattr(self._logger, "errors", [])[-3:]) or "no message"
@@ -98,8 +98,8 @@ class TensorRTBackend(Backend):
         is_input = {n: engine.get_tensor_mode(n) == trt_mod.TensorIOMode.INPUT for n in names}
         self.input_names = tuple(n for n in names if is_input[n])
         self.output_names = tuple(n for n in names if not is_input[n])
-        self._dtypes: dict[str, np.dtype[Any]] = {n: np.dtype(trt_mod.nptype(engine.get_tensor_dtype(n)))
-                                                  for n in names}
+        self._dtypes: dict[str, np.dtype[Any]] = {
+            n: numpy_dtype(trt_mod, engine.get_tensor_dtype(n), n, path.name) for n in names}
         self._profile: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {}
         for n in self.input_names:
             mn, opt, mx = engine.get_tensor_profile_shape(n, 0)

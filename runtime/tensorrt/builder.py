@@ -17,7 +17,7 @@ from ..cuda_utils import DeviceInfo
 from ..errors import ZsdError
 from ..imageio import _atomic_write, file_sha256
 from .calibration import make_calibrator
-from .loader import Say, import_tensorrt, logged_errors, make_logger
+from .loader import Say, create_builder, import_tensorrt, logged_errors, make_logger
 from .plugins import load_plugin_library, require_creators
 from .precision import BUILDER_FLAGS, check_caps, network_flags, tensorrt_caps
 from .preflight import BuildOptions, BuildPlan, preflight
@@ -103,10 +103,7 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
         say(f"loaded plugin library {opts.plugin_lib} ({loaded_by})")
     require_creators(model.plugins, opts.plugin_lib, logger)
 
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise ZsdError(f"TensorRT could not create a builder ({'; '.join(logged_errors(logger)) or 'no message'}).",
-                       "check the GPU and driver with nvidia-smi.")
+    builder = create_builder(trt, logger)
     # Explicit-precision graphs: STRONGLY_TYPED (TensorRT follows the graph's fp16 tensors / Q/DQ nodes; the only
     # mode on TensorRT 11). Otherwise 0 (TensorRT 10: explicit batch is the only mode, its flag is deprecated).
     network = builder.create_network(
@@ -155,9 +152,8 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
         config.int8_calibrator = make_calibrator(plan.calib_files, calib_shape, model.info, plan.calib_cache, say)
 
     timing_cache = _use_timing_cache(config, opts.timing_cache, trt.__version__, say)
-    monitor = make_progress_monitor(say)
-    if monitor is not None:
-        config.progress_monitor = monitor
+    if caps.progress_monitor:
+        config.progress_monitor = make_progress_monitor(say)
 
     say(f"building {pplan.precision} engine ({network_kind} network; profile {profile_text(plan.profile)}); "
         "this takes minutes ...")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+
+import numpy as np
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ZsdError
@@ -15,7 +17,8 @@ from ..errors import ZsdError
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["MIN_TENSORRT", "Say", "import_tensorrt", "logged_errors", "make_logger", "version_tuple"]
+__all__ = ["MIN_TENSORRT", "Say", "create_builder", "create_runtime", "import_tensorrt", "logged_errors", "make_logger",
+           "numpy_dtype", "version_tuple"]
 
 MIN_TENSORRT = (10, 0)
 
@@ -86,3 +89,57 @@ def make_logger(verbose: bool = False, say: Say | None = None) -> trt.ILogger:
 def logged_errors(logger: trt.ILogger) -> list[str]:
     """The error messages a `make_logger` logger has seen (none for another ILogger)."""
     return list(getattr(logger, "errors", []))
+
+
+def _cannot_start_cuda(what: str, trt: Any, logger: trt.ILogger, error: BaseException | None) -> ZsdError:
+    """TensorRT returned no object: it could not start CUDA. Name why where cuda-python can tell."""
+    from .. import cuda_utils
+
+    reason = cuda_utils.why_cuda_cannot_run()
+    messages = "; ".join(logged_errors(logger)[-3:])
+    detail = f" ({messages})" if messages else (f" ({error})" if error is not None else "")
+    if reason is not None:
+        return ZsdError(f"TensorRT {trt.__version__} could not create its {what}{detail}: {reason.problem}",
+                        reason.fix)
+    return ZsdError(f"TensorRT {trt.__version__} could not create its {what}{detail}: TensorRT needs a working CUDA "
+                    "GPU and driver.",
+                    "check the GPU with nvidia-smi (no driver, a driver older than this TensorRT's CUDA, or no "
+                    "visible device: CUDA_VISIBLE_DEVICES); pip install 'zsdeploy[gpu]' lets zsdeploy name which.")
+
+
+def create_builder(trt: Any, logger: trt.ILogger) -> trt.Builder:
+    """`trt.Builder(logger)`, or a ZsdError naming why TensorRT could not start CUDA.
+
+    The bindings raise TypeError ("factory function returned nullptr") where libnvinfer returns no builder, which
+    is what happens without a usable GPU or driver.
+    """
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:
+        raise _cannot_start_cuda("builder", trt, logger, e) from None
+    if builder is None:
+        raise _cannot_start_cuda("builder", trt, logger, None)
+    return builder
+
+
+def create_runtime(trt: Any, logger: trt.ILogger) -> trt.Runtime:
+    """`trt.Runtime(logger)`, or a ZsdError naming why TensorRT could not start CUDA (see `create_builder`)."""
+    try:
+        runtime = trt.Runtime(logger)
+    except TypeError as e:
+        raise _cannot_start_cuda("runtime", trt, logger, e) from None
+    if runtime is None:
+        raise _cannot_start_cuda("runtime", trt, logger, None)
+    return runtime
+
+
+def numpy_dtype(trt: Any, dtype: trt.DataType, tensor: str, engine_name: str) -> np.dtype[Any]:
+    """The numpy type of an engine I/O tensor; a ZsdError for types numpy has none of (BF16, FP8, INT4, FP4)."""
+    try:
+        return np.dtype(trt.nptype(dtype))
+    except TypeError:
+        name = getattr(dtype, "name", str(dtype))
+        raise ZsdError(f"engine {engine_name}: I/O tensor {tensor!r} is {name}, which has no numpy type, so zsdeploy "
+                       "cannot feed or read it.",
+                       "export with float32 inputs and outputs (export-model keeps them float32 at every --precision) "
+                       "and rebuild the engine with build-engine.") from None

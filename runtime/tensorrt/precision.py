@@ -29,6 +29,31 @@ BUILDER_FLAGS = "builder_flags"
 PLAIN_FP32 = "fp32"
 
 
+# Every TensorRT attribute that some supported version lacks, probed here and nowhere else: capability -> the
+# attribute paths it needs (all present = capable). The code uses these attributes only where `check_caps` /
+# `network_flags` let it; scripts/check_tensorrt_bindings.py reads this table as the list of guarded attributes and
+# fails on a used attribute that a version lacks and no capability here covers.
+CAPABILITY_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "fp16_flag": ("BuilderFlag.FP16",),  # gone in TensorRT 11
+    "int8_flag": ("BuilderFlag.INT8",),  # gone in TensorRT 11
+    "int8_calibrator": ("IInt8EntropyCalibrator2", "IBuilderConfig.int8_calibrator",
+                        "IBuilderConfig.set_calibration_profile"),  # gone in TensorRT 11
+    "strongly_typed": ("NetworkDefinitionCreationFlag.STRONGLY_TYPED",),  # TensorRT >= 9.1
+    "tf32_flag": ("BuilderFlag.TF32",),
+    "progress_monitor": ("IProgressMonitor", "IBuilderConfig.progress_monitor"),  # TensorRT >= 10.0
+}
+
+
+def has_attribute_path(module: Any, path: str) -> bool:
+    """`module.A.B` exists (e.g. "BuilderFlag.FP16")."""
+    obj = module
+    for part in path.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
 @dataclass(frozen=True)
 class TensorRTCaps:
     """What the installed TensorRT Python API offers (read with hasattr, never assumed from the version)."""
@@ -36,9 +61,10 @@ class TensorRTCaps:
     version: str
     fp16_flag: bool  # BuilderFlag.FP16 (gone in TensorRT 11)
     int8_flag: bool  # BuilderFlag.INT8 (gone in TensorRT 11)
-    int8_calibrator: bool  # IInt8EntropyCalibrator2 (gone in TensorRT 11)
+    int8_calibrator: bool  # IInt8EntropyCalibrator2 and the config's calibrator slots (gone in TensorRT 11)
     strongly_typed: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (TensorRT >= 9.1)
     tf32_flag: bool  # BuilderFlag.TF32
+    progress_monitor: bool = False  # IProgressMonitor (TensorRT >= 10.0)
 
     @property
     def weakly_typed(self) -> bool:
@@ -48,13 +74,9 @@ class TensorRTCaps:
 
 def tensorrt_caps(trt: Any) -> TensorRTCaps:
     """Capabilities of the imported `tensorrt` module."""
-    flags = getattr(trt, "BuilderFlag", None)
-    creation = getattr(trt, "NetworkDefinitionCreationFlag", None)
-    return TensorRTCaps(
-        version=str(getattr(trt, "__version__", "?")),
-        fp16_flag=hasattr(flags, "FP16"), int8_flag=hasattr(flags, "INT8"),
-        int8_calibrator=hasattr(trt, "IInt8EntropyCalibrator2"),
-        strongly_typed=hasattr(creation, "STRONGLY_TYPED"), tf32_flag=hasattr(flags, "TF32"))
+    return TensorRTCaps(version=str(getattr(trt, "__version__", "?")),
+                        **{cap: all(has_attribute_path(trt, p) for p in paths)
+                           for cap, paths in CAPABILITY_ATTRIBUTES.items()})
 
 
 def graph_precision(proto: onnx.ModelProto, metadata: dict[str, str]) -> str:

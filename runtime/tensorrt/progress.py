@@ -12,12 +12,9 @@ if TYPE_CHECKING:
 __all__ = ["make_progress_monitor"]
 
 
-def make_progress_monitor(say: Say) -> trt.IProgressMonitor | None:
-    """Print the builder's top phases (steps at most every 10 s); None where the API is absent."""
+def make_progress_monitor(say: Say) -> trt.IProgressMonitor:
+    """Print the builder's top phases (steps at most every 10 s). Only where `TensorRTCaps.progress_monitor`."""
     import tensorrt as trt
-
-    if not hasattr(trt, "IProgressMonitor"):
-        return None
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
