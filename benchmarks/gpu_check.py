@@ -14,10 +14,19 @@ self-attention; N = 1 and 4):
 * timing with CUDA events (median, p10, p90 of --iters runs after --warmup) of: the kernel (vectorised), the kernel
   forced onto its scalar fallback (misaligned buffers), and the grid_sample formulation, in fp32 and fp16.
 
-Prints a table and writes JSON (--json). Exit status 1 when an accuracy check fails.
+With --all it first builds the TensorRT plugin library and its smoke test (plugins_trt/, cmake + nvcc) against
+NVIDIA's public TensorRT headers for the visible GPU and runs the smoke test: the IPluginV3 interfaces, a CUDA error
+left pending by the application told apart, and enqueue on device buffers against the host kernel (fp32, fp16).
+The GPU machines have no TensorRT and no network, so the headers travel with the checkout: `--stage-headers` copies
+../shared/tensorrt into build/gpu_check/tensorrt (ignored by git; carry it), where --all finds them.
 
+Prints a table and writes JSON (--json). Exit status 1 when a check fails, 2 when something needed is missing.
+
+    python benchmarks/gpu_check.py --stage-headers            # here: headers into build/gpu_check/ (then carry it)
+    python benchmarks/gpu_check.py --all --json gpu.json      # there: plugin smoke test + kernel accuracy + timing
     python benchmarks/gpu_check.py [--json gpu_check.json] [--batches 1 4] [--iters 200] [--warmup 20]
-    python benchmarks/gpu_check.py --cpu-smoke   # exercise this script on a CPU with the host kernel (no timing claims)
+    python benchmarks/gpu_check.py --cpu-smoke [--all]   # exercise this script on a CPU with the host kernel (no timing
+                                                         # claims; --all: the plugin's no-device path)
 
 Environment: TORCH_EXTENSIONS_DIR (build cache; default ~/.cache/zsdeploy/gpu_check), TORCH_CUDA_ARCH_LIST (archs;
 default: the visible GPU), ZSD_MSDA_VERBOSE=1 (compiler output).
@@ -29,7 +38,10 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +52,62 @@ import torch.nn.functional as F
 PADING_LEVELS = [(25, 38), (50, 76), (100, 152)]
 NUM_HEADS, HEAD_DIM, NUM_POINTS = 8, 32, 4
 FP32_REL_TARGET = 1e-6
-DEFAULT_SRC = Path(__file__).resolve().parent.parent / "plugins_trt" / "msdeformattn"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SRC = REPO / "plugins_trt" / "msdeformattn"
+SMOKE_SCRIPT = REPO / "plugins_trt" / "scripts" / "smoke_test_headers.sh"
+SHARED_HEADERS = REPO.parent / "shared" / "tensorrt"  # NVIDIA's public headers beside the checkout (never in it)
+STAGED_HEADERS = REPO / "build" / "gpu_check" / "tensorrt"  # what travels to a GPU machine (git-ignored)
+HEADER_SET = "v10.3.0"  # the API JetPack 6 ships
+# --cpu-smoke checks the script, not the kernel's speed: a PADing-like pyramid 1/4 the size per side.
+SMOKE_LEVELS = [(7, 10), (13, 19), (25, 38)]
+
+
+# ---- the TensorRT plugin: build + smoke test ------------------------------------------------------------------------
+def stage_headers(dest: Path = STAGED_HEADERS) -> int:
+    """Copy ../shared/tensorrt/<version>/include into `dest` so a GPU machine's checkout carries them."""
+    sets = sorted(p for p in SHARED_HEADERS.glob("v*") if (p / "include" / "NvInfer.h").is_file())
+    if not sets:
+        print(f"error: no TensorRT header sets in {SHARED_HEADERS}. Fix: pass --tensorrt-root to --all on the GPU "
+              "machine instead (a TensorRT install or NVIDIA's OSS include/ folder).")
+        return 2
+    for src in sets:
+        shutil.rmtree(dest / src.name, ignore_errors=True)
+        shutil.copytree(src / "include", dest / src.name / "include")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"staged {', '.join(p.name for p in sets)} in {dest} ({size / 2**20:.1f} MiB); on the GPU machine, with "
+          f"{dest.parent.relative_to(REPO)} carried: python benchmarks/gpu_check.py --all --json gpu.json")
+    return 0
+
+
+def find_tensorrt_root(explicit: Path | None) -> Path | None:
+    candidates = [explicit] if explicit else [
+        Path(os.environ["TENSORRT_ROOT"]) if os.environ.get("TENSORRT_ROOT") else None,
+        STAGED_HEADERS / HEADER_SET, SHARED_HEADERS / HEADER_SET]
+    return next((c for c in candidates if c is not None and (c / "include" / "NvInfer.h").is_file()), None)
+
+
+def plugin_smoke_test(root: Path, arch: str, build_dir: Path) -> dict:
+    """Build libzsdeploy_plugins.so + zsd_plugin_smoke_test for `arch` against `root`'s headers and run it."""
+    env = dict(os.environ, ZSD_CUDA_ARCHS=arch, ZSD_SMOKE_BUILD_DIR=str(build_dir))
+    t0 = time.perf_counter()
+    res = subprocess.run(["bash", str(SMOKE_SCRIPT), str(root)], capture_output=True, text=True, env=env, check=False)
+    out = res.stdout + res.stderr
+    counts = re.search(r"(\d+) checks, (\d+) failures", out)
+    version = re.search(r"TensorRT ([0-9.]+) headers", out)
+    row = {"tensorrt_headers": version.group(1) if version else None, "root": str(root), "arch": f"sm_{arch}",
+           "skipped": out.startswith("SKIP"), "checks": int(counts.group(1)) if counts else 0,
+           "failures": int(counts.group(2)) if counts else None, "seconds": round(time.perf_counter() - t0, 1),
+           "enqueue_on_device": bool(re.search(r"GPU: \d+ device", out)),
+           "failed_checks": [line[6:] for line in out.splitlines() if line.strip().startswith("FAIL")]}
+    row["pass"] = res.returncode == 0 and (row["skipped"] or row["failures"] == 0)
+    print(f"plugin smoke test (TensorRT {row['tensorrt_headers']} headers, {row['arch']}): "
+          + ("SKIPPED: " + out.strip() if row["skipped"] else
+             f"{row['checks']} checks, {row['failures']} failures, enqueue on device buffers: "
+             f"{'yes' if row['enqueue_on_device'] else 'no (no GPU: the no-device path was checked)'} "
+             f"({row['seconds']} s)"))
+    if not row["pass"] and not row["skipped"]:
+        print(out[-4000:])
+    return row
 
 
 # ---- build ------------------------------------------------------------------------------------------------------------
@@ -94,11 +161,11 @@ def reference(value, shapes, starts, loc, attn):
     return out.view(n, m, d, lq).permute(0, 3, 1, 2).reshape(n, lq, m * d)
 
 
-def make_inputs(n: int, device: torch.device, seed: int):
+def make_inputs(n: int, device: torch.device, seed: int, levels: list[tuple[int, int]] = PADING_LEVELS):
     """Encoder self-attention inputs at the PADing shapes: one query per pixel (Lq = S), reference point = pixel
     centre, offsets ~ N(0, 2 px) (some samples fall outside the map), attention softmaxed jointly over L*P."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    shapes = PADING_LEVELS
+    shapes = levels
     areas = [h * w for h, w in shapes]
     starts = [sum(areas[:i]) for i in range(len(areas))]
     s = sum(areas)
@@ -272,8 +339,34 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="run the whole script on the CPU with the host kernel (checks the script, not the GPU)")
+    ap.add_argument("--all", action="store_true",
+                    help="first build the TensorRT plugin + smoke test for this GPU and run it (needs nvcc, cmake and "
+                         "TensorRT headers: --tensorrt-root, $TENSORRT_ROOT, build/gpu_check/tensorrt/v10.3.0 from "
+                         "--stage-headers, or ../shared/tensorrt/v10.3.0)")
+    ap.add_argument("--tensorrt-root", type=Path, help="TensorRT root (include/NvInfer.h below it) for --all")
+    ap.add_argument("--stage-headers", action="store_true",
+                    help="copy ../shared/tensorrt into build/gpu_check/tensorrt (to carry to a GPU machine) and stop")
     args = ap.parse_args(argv)
+    if args.stage_headers:
+        return stage_headers()
 
+    smoke = None
+    if args.all:
+        root = find_tensorrt_root(args.tensorrt_root)
+        if root is None and args.tensorrt_root is not None:
+            print(f"error: --tensorrt-root {args.tensorrt_root} has no include/NvInfer.h. Fix: pass a TensorRT install "
+                  "or NVIDIA's OSS tree (the folder above include/).")
+            return 2
+        if root is None:
+            print("error: --all needs TensorRT headers and found none (--tensorrt-root, $TENSORRT_ROOT, "
+                  f"{STAGED_HEADERS / HEADER_SET}, {SHARED_HEADERS / HEADER_SET}). Fix: run "
+                  "`python benchmarks/gpu_check.py --stage-headers` where ../shared exists and carry build/gpu_check.")
+            return 2
+        on_gpu = not args.cpu_smoke and torch.cuda.is_available()
+        arch = "".join(map(str, torch.cuda.get_device_capability())) if on_gpu else "87"
+        build_dir = REPO / "build" / "gpu_check" / "plugins"
+        shutil.rmtree(build_dir, ignore_errors=True)  # a CMake cache from another checkout path would be refused
+        smoke = plugin_smoke_test(root, arch, build_dir)
     if args.cpu_smoke:
         device = torch.device("cpu")
         ext = build_extension(args.src, with_cuda=False)
@@ -293,7 +386,7 @@ def main(argv=None) -> int:
         "capability": list(torch.cuda.get_device_capability(device)) if device.type == "cuda" else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "levels": PADING_LEVELS,
+        "levels": SMOKE_LEVELS if args.cpu_smoke else PADING_LEVELS,
         "M": NUM_HEADS,
         "D": HEAD_DIM,
         "P": NUM_POINTS,
@@ -302,7 +395,7 @@ def main(argv=None) -> int:
     print(f"device: {info['device']}  capability: {info['capability']}  torch {info['torch']}  CUDA {info['cuda']}")
     accuracy, timing = [], []
     for i, n in enumerate(args.batches):
-        inp = make_inputs(n, device, args.seed + i)
+        inp = make_inputs(n, device, args.seed + i, SMOKE_LEVELS if args.cpu_smoke else PADING_LEVELS)
         acc = check_accuracy(ext, inp, cpu_ext)
         accuracy.append(acc)
         f32, f16 = acc["fp32"], acc["fp16"]
@@ -328,8 +421,13 @@ def main(argv=None) -> int:
     for r in timing:
         print(f"{r['N']:>2} {r['dtype']:>8}  {r['impl']:<34} {r['median_ms']:>10.4f} {r['p10_ms']:>8.4f} "
               f"{r['p90_ms']:>8.4f} {r['speedup_vs_grid_sample']:>7.2f}x")
-    ok = all(a["fp32"]["pass"] and a["fp16"]["pass"] for a in accuracy)
-    result = {"info": info, "accuracy": accuracy, "timing": timing, "timing_runs": iters, "pass": ok}
+    if smoke is not None:
+        print(f"\nplugin smoke test: TensorRT {smoke['tensorrt_headers']} headers, {smoke['arch']}: "
+              + ("skipped" if smoke["skipped"] else f"{smoke['checks']} checks, {smoke['failures']} failures")
+              + f"; enqueue on device: {'yes' if smoke['enqueue_on_device'] else 'no'}")
+    ok = all(a["fp32"]["pass"] and a["fp16"]["pass"] for a in accuracy) and (smoke is None or smoke["pass"])
+    result = {"info": info, "plugin_smoke_test": smoke, "accuracy": accuracy, "timing": timing,
+              "timing_runs": iters, "pass": ok}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"\n{'PASS' if ok else 'FAIL'}; results written to {args.json}")

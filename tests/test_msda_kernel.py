@@ -338,6 +338,13 @@ def test_iplugin_v3_glue_compiles_and_passes_smoke_test(tmp_path):
         assert not any("MSDeformAttn" in s for s in syms)
 
 
+def test_gpu_check_all_refuses_a_root_without_headers(tmp_path):
+    res = _run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--all", "--tensorrt-root", str(tmp_path),
+                "--json", str(tmp_path / "g.json")])
+    assert res.returncode == 2 and "has no include/NvInfer.h" in res.stdout, res.stdout + res.stderr
+    assert not (tmp_path / "g.json").exists()
+
+
 def test_smoke_test_script_refuses_a_folder_without_headers(tmp_path):
     res = _run(["bash", str(SMOKE_HEADERS), str(tmp_path)])
     assert res.returncode == 1 and "no include/NvInfer.h below it" in res.stdout, res.stdout + res.stderr

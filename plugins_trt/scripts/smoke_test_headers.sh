@@ -38,6 +38,7 @@ command -v ninja > /dev/null && generator=(-G Ninja)
 
 work="${ZSD_SMOKE_BUILD_DIR:-$(mktemp -d)}"
 [[ -z "${ZSD_SMOKE_BUILD_DIR:-}" ]] && trap 'rm -rf "${work}"' EXIT
+mkdir -p "${work}"
 
 failures=0
 summary=()
