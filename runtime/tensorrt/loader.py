@@ -107,30 +107,29 @@ def _cannot_start_cuda(what: str, trt: Any, logger: trt.ILogger, error: BaseExce
                     "visible device: CUDA_VISIBLE_DEVICES); pip install 'zsdeploy[gpu]' lets zsdeploy name which.")
 
 
-def create_builder(trt: Any, logger: trt.ILogger) -> trt.Builder:
-    """`trt.Builder(logger)`, or a ZsdError naming why TensorRT could not start CUDA.
+def _start(factory: Callable[[Any], Any], what: str, trt: Any, logger: trt.ILogger) -> Any:
+    """`factory(logger)`, or a ZsdError naming why TensorRT could not start CUDA.
 
-    The bindings raise TypeError ("factory function returned nullptr") where libnvinfer returns no builder, which
-    is what happens without a usable GPU or driver.
+    The bindings raise TypeError ("factory function returned nullptr") where libnvinfer returns no object, which is
+    what happens without a usable GPU or driver.
     """
     try:
-        builder = trt.Builder(logger)
+        made = factory(logger)
     except TypeError as e:
-        raise _cannot_start_cuda("builder", trt, logger, e) from None
-    if builder is None:
-        raise _cannot_start_cuda("builder", trt, logger, None)
-    return builder
+        raise _cannot_start_cuda(what, trt, logger, e) from None
+    if made is None:
+        raise _cannot_start_cuda(what, trt, logger, None)
+    return made
+
+
+def create_builder(trt: Any, logger: trt.ILogger) -> trt.Builder:
+    """`trt.Builder(logger)`, or a ZsdError naming why TensorRT could not start CUDA."""
+    return _start(trt.Builder, "builder", trt, logger)
 
 
 def create_runtime(trt: Any, logger: trt.ILogger) -> trt.Runtime:
-    """`trt.Runtime(logger)`, or a ZsdError naming why TensorRT could not start CUDA (see `create_builder`)."""
-    try:
-        runtime = trt.Runtime(logger)
-    except TypeError as e:
-        raise _cannot_start_cuda("runtime", trt, logger, e) from None
-    if runtime is None:
-        raise _cannot_start_cuda("runtime", trt, logger, None)
-    return runtime
+    """`trt.Runtime(logger)`, or a ZsdError naming why TensorRT could not start CUDA."""
+    return _start(trt.Runtime, "runtime", trt, logger)
 
 
 def numpy_dtype(trt: Any, dtype: trt.DataType, tensor: str, engine_name: str) -> np.dtype[Any]:
