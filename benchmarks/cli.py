@@ -11,13 +11,13 @@ Exit status: 0 pass, 1 accuracy limit broken / regression, 2 usage or input erro
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from zsdeploy.runtime.errors import ZsdError
+
+from .report_io import progress, say, write_report
 
 
 EXIT_INTERNAL = 70  # BSD EX_SOFTWARE: distinct from 1 (regression) and 2 (bad input)
@@ -25,29 +25,6 @@ EXIT_INTERNAL = 70  # BSD EX_SOFTWARE: distinct from 1 (regression) and 2 (bad i
 OPTIONAL_PACKAGES = {"torch": "export", "fvcore": "export", "onnxslim": "export", "onnxscript": "export",
                      "pycocotools": "bench", "matplotlib": "bench", "onnxruntime_extensions": "plugins",
                      "cuda": "gpu"}
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def _progress(**kw):
-    from tqdm import tqdm
-
-    return tqdm(file=sys.stderr, mininterval=1.0, **kw)
-
-
-def _write(out: Path, name: str, text: str) -> Path:
-    from zsdeploy.runtime.imageio import write_json_atomic
-
-    out.mkdir(parents=True, exist_ok=True)
-    p = out / name
-    if name.endswith(".json"):
-        return write_json_atomic(p, json.loads(text))
-    from zsdeploy.runtime.imageio import _atomic_write
-
-    data = text.encode("utf-8")
-    return _atomic_write(p, lambda f: f.write(data))
 
 
 def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None, family: str = "pading"):
@@ -113,9 +90,9 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         family, _ = family_for(args.model)  # refuses a graph that runs only inside a bundle
         backend = _load(args.model, args.threads, *ACCURACY_BACKENDS[args.backend])
         reference = _reference(args, backend.info.task, backend.info.raw, family.name)
-    _say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
+    say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
-                          progress=lambda it: _progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
+                          progress=lambda it: progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
                           segmenters=segmenters)
     report["model"]["path"] = str(args.model)
     if getattr(args, "backend", "auto") == "openvino-bf16":
@@ -123,24 +100,14 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         report["model"].update(runtime_precision="bf16", runtime="OpenVINO")
     apply_tolerances(report, tol)
     out = Path(args.output)
-    _write(out, "report.json", json.dumps(report, default=_json_default))
-    _write(out, "report.md", markdown(report))
+    write_report(out, "report.json", report)
+    write_report(out, "report.md", markdown(report))
     for n in report["notes"]:
-        _say(f"note: {n}")
+        say(f"note: {n}")
     for line in summary_lines(report):
-        _say(line)
-    _say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+        say(line)
+    say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0 if report["passed"] else 1
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, tuple):
-        return list(o)
-    raise TypeError(type(o).__name__)
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -235,7 +202,7 @@ def _zegformer_torch_bundle(args: argparse.Namespace):
     manifest = read_bundle_manifest(bundle_root(args.model))
     twins = TorchBackend.zegformer(manifest.made_from.as_metadata(), args.weights, args.clip, args.config,
                                    threads=args.threads)
-    return ZegFormerBundle(args.model, backends=twins, say=_say)
+    return ZegFormerBundle(args.model, backends=twins, say=say)
 
 
 def _zegformer_pair(args: argparse.Namespace, backend_name: str):
@@ -243,7 +210,7 @@ def _zegformer_pair(args: argparse.Namespace, backend_name: str):
     from zsdeploy.runtime.zegformer import ZegFormerBundle
 
     torch_bundle = _zegformer_torch_bundle(args)  # first: a wrong --clip/--weights fails before loading graphs
-    bundle = ZegFormerBundle(args.model, threads=args.threads, prefer_engines=backend_name == "tensorrt", say=_say)
+    bundle = ZegFormerBundle(args.model, threads=args.threads, prefer_engines=backend_name == "tensorrt", say=say)
     return ((backend_name, bundle.segmenter, _zegformer_segmenter_factory(args, bundle)),
             ("torch", torch_bundle.segmenter, _zegformer_segmenter_factory(args, torch_bundle)))
 
@@ -261,7 +228,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
     backends, unavailable = [], []
     if "onnxruntime" in names:
         backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                             say=_say, backend="onnxruntime"),
+                                                             say=say, backend="onnxruntime"),
                               device_note=CPU_DEVICE_NOTE))
     from .latency import openvino_unavailable
 
@@ -269,7 +236,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
         why = openvino_unavailable(precision) if name in names else None
         if name in names and why is None:
             backends.append(named(name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                        say=_say, backend="openvino", precision=precision)))
+                                                        say=say, backend="openvino", precision=precision)))
         elif name in names:
             unavailable.append({"backend": name, "reason": why})
     for name in ("torch-compile", "upstream", "openvino-bf16-upstream-post"):
@@ -284,7 +251,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
         else:
             try:
                 before, why = device_memory_in_use()
-                bundle = ZegFormerBundle(args.model, say=_say)
+                bundle = ZegFormerBundle(args.model, say=say)
                 if bundle.segmenter.name != "tensorrt":
                     raise ZsdError("TensorRT is not available here.", "install TensorRT.")
                 backends.append(named("tensorrt", bundle, device_baseline=before, device_note=why))
@@ -327,11 +294,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
         raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
                        "pass --backends torch,onnxruntime with --model M.onnx.")
     for u in unavailable:
-        _say(f"skipping {u['backend']}: {u['reason']}")
-    _say(f"zsd-bench latency: {', '.join(b.name for b in backends)} at {args.sizes}, batch {args.batch}, "
+        say(f"skipping {u['backend']}: {u['reason']}")
+    say(f"zsd-bench latency: {', '.join(b.name for b in backends)} at {args.sizes}, batch {args.batch}, "
          f"warm-up {args.warmup}, {args.repeat} timed runs")
     report = run_latency(backends, sizes, batches, warmup=args.warmup, repeat=args.repeat, task=args.task,
-                         progress=lambda **kw: _progress(**kw))
+                         progress=lambda **kw: progress(**kw))
     report["model"] = args.model
     report["unavailable"] = unavailable
     if not report["results"]:
@@ -341,15 +308,15 @@ def cmd_latency(args: argparse.Namespace) -> int:
     out = Path(args.output)
     png = plot(report, out / "latency.png")
     report["plot"] = str(png) if png else None
-    _write(out, "report.json", json.dumps(report, default=_json_default))
-    _write(out, "report.md", markdown(report, png.name if png else None))
-    _say(markdown_table(report))
+    write_report(out, "report.json", report)
+    write_report(out, "report.md", markdown(report, png.name if png else None))
+    say(markdown_table(report))
     for s in report["skipped"]:
-        _say(f"skipped {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}")
-    _say("device memory: " + "; ".join(device_notes(report)))
+        say(f"skipped {s['backend']} at {s['size']} batch {s['batch']}: {s['reason']}")
+    say("device memory: " + "; ".join(device_notes(report)))
     for k, v in report["gate"]["speedup"].items():
-        _say(f"speed-up {k}: {v:.2f}x")
-    _say(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {png}" if png else ""))
+        say(f"speed-up {k}: {v:.2f}x")
+    say(f"wrote {out / 'report.json'}, {out / 'report.md'}" + (f", {png}" if png else ""))
     return 0
 
 
@@ -363,12 +330,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not rows:
         raise ZsdError(f"the baseline {' '.join(args.baseline)} has no speed-up or accuracy values to compare.",
                        "pass a baseline written by zsd-bench merge (or report.json files with a 'gate' section).")
-    _say(table(rows))
+    say(table(rows))
     ok, text = verdict(rows)
-    _say(f"verdict: {text}")
+    say(f"verdict: {text}")
     if args.output:
-        _write(Path(args.output).parent, Path(args.output).name, json.dumps({"rows": rows, "passed": ok,
-                                                                              "verdict": text}))
+        write_report(Path(args.output).parent, Path(args.output).name,
+                     {"rows": rows, "passed": ok, "verdict": text})
     return 0 if ok else 1
 
 
@@ -377,8 +344,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     gate = load_gate(args.inputs)
     doc = {"kind": "baseline", "sources": args.inputs, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "gate": gate}
-    _write(Path(args.output).parent, Path(args.output).name, json.dumps(doc))
-    _say(f"wrote {args.output} ({len(gate['speedup'])} speed-ups, {len(gate['accuracy'])} accuracy values)")
+    write_report(Path(args.output).parent, Path(args.output).name, doc)
+    say(f"wrote {args.output} ({len(gate['speedup'])} speed-ups, {len(gate['accuracy'])} accuracy values)")
     return 0
 
 
@@ -393,8 +360,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     out = Path(args.output)
     png = plot(cmp, out / "compare.png")
     cmp["plot"] = str(png) if png else None
-    _write(out, "compare.json", json.dumps(cmp))
-    _write(out, "compare.md", markdown(cmp, png.name if png else None))
+    write_report(out, "compare.json", cmp)
+    write_report(out, "compare.md", markdown(cmp, png.name if png else None))
     for row in cmp["rows"]:
         gt = row["vs_ground_truth"].get("small", {})
         delta = row["delta_vs_baseline"].get("small", {})
@@ -402,9 +369,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                  f"AP {gt['instance.ap']:.2f} ({delta['instance.ap']:+.2f}); "
                  if gt.get("panoptic.pq") is not None and gt.get("instance.ap") is not None else "")
         ref = row["vs_reference"]["small"]
-        _say(f"  {row['label']}: {vs_gt}vs reference small PQ "
+        say(f"  {row['label']}: {vs_gt}vs reference small PQ "
              + (f"{ref['panoptic.pq']:.2f}" if ref.get("panoptic.pq") is not None else "N/A"))
-    _say(f"wrote {out / 'compare.json'}, {out / 'compare.md'}" + (f", {png}" if png else ""))
+    say(f"wrote {out / 'compare.json'}, {out / 'compare.md'}" + (f", {png}" if png else ""))
     return 0
 
 
@@ -539,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
               "traceback above.", file=sys.stderr)
         return EXIT_INTERNAL
     if args.cmd in ("accuracy", "latency"):
-        _say(f"done in {time.perf_counter() - t0:.1f} s")
+        say(f"done in {time.perf_counter() - t0:.1f} s")
     return rc
 
 

@@ -249,7 +249,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from zsdeploy.runtime.imageio import write_json_atomic
+    from zsdeploy.runtime.files import write_json_atomic
 
     for flag, v, low in (("--clients", args.clients, 1), ("--requests", args.requests, 1),
                          ("--warmup", args.warmup, 0), ("--in-process-requests", args.in_process_requests, 0),

@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.imageio import save_png, write_json_atomic
+from zsdeploy.runtime.files import write_json_atomic
+from zsdeploy.runtime.imageio import save_png
 
 __all__ = [
     "COCO_PANOPTIC_NAMES",

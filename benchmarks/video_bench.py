@@ -155,13 +155,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_video(args) -> int:
-    import json
-
     from zsdeploy.runtime.errors import ZsdError
     from zsdeploy.runtime.families import OpenOptions, open_pipeline
     from zsdeploy.runtime.results_io import check_output_dir
 
-    from .cli import _json_default, _say, _write
+    from .report_io import say, write_report
     from .latency import parse_sizes
 
     for flag, n in (("--frames", args.frames), ("--rounds", args.rounds), ("--queue", args.queue)):
@@ -174,16 +172,16 @@ def cmd_video(args) -> int:
     else:
         h, w = pipe.info.static_hw or (256, 320)
     clip = write_synthetic_clip(out / "clip.mp4", args.frames, h, w)
-    _say(f"zsd-bench video: {pipe.backend.name} ({args.model}), {args.frames} frames {h}x{w}, threads "
+    say(f"zsd-bench video: {pipe.backend.name} ({args.model}), {args.frames} frames {h}x{w}, threads "
          f"{args.threads or 'default'}, {args.rounds} rounds")
-    report = run_video_bench(pipe, clip, rounds=args.rounds, queue_size=args.queue, say=_say)
+    report = run_video_bench(pipe, clip, rounds=args.rounds, queue_size=args.queue, say=say)
     report["model"], report["threads"] = str(args.model), args.threads
-    _write(out, "report.json", json.dumps(report, default=_json_default))
-    _write(out, "report.md", markdown(report))
+    write_report(out, "report.json", report)
+    write_report(out, "report.md", markdown(report))
     s = report["summary"]
-    _say(f"network alone {s['network_ms_per_frame']:.1f} ms/frame ({s['network_frames_per_s']:.2f}/s); sequential "
+    say(f"network alone {s['network_ms_per_frame']:.1f} ms/frame ({s['network_frames_per_s']:.2f}/s); sequential "
          f"{s['sequential_frames_per_s']:.2f} frames/s; pipelined {s['pipelined_frames_per_s']:.2f} frames/s => "
          f"efficiency {s['efficiency']:.2f} (acceptance >= {s['acceptance']}: "
          f"{'passed' if s['passed'] else 'not met'})")
-    _say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
+    say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0

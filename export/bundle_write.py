@@ -1,11 +1,11 @@
-"""A ZegFormer bundle directory is written as a whole (runtime.atomic_dir: staged in `.<name>.partial-*` next to the
+"""A ZegFormer bundle directory is written as a whole (runtime.files: staged in `.<name>.partial-*` next to the
 target, then swapped into place); this module adds the bundle's own check of the target before any slow work."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..runtime.artifacts.bundle_manifest import BUNDLE_FILE
-from ..runtime.atomic_dir import publish, staging_dir
+from ..runtime.files import publish, staging_dir
 from ..runtime.errors import ZsdError
 from ..runtime.results_io import check_output_dir
 

@@ -45,7 +45,7 @@ class LoadReport:
 
 
 def sha256_of(path: Path) -> str:
-    from ..runtime.imageio import file_sha256
+    from ..runtime.files import file_sha256
 
     return file_sha256(path)
 

@@ -75,7 +75,7 @@ def build_pading(task: str, config_path: str | Path | None = None, weights: str 
 
 
 def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: str) -> dict[str, object]:
-    from ..runtime.imageio import file_sha256
+    from ..runtime.files import file_sha256
 
     classes, class_note = classes_for(built.task, built.spec.num_classes)
     s = built.settings

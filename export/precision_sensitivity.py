@@ -213,7 +213,7 @@ def build_parser(prog: str = "python -m zsdeploy.export.precision_sensitivity") 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from ..runtime.imageio import write_json_atomic
+    from ..runtime.files import write_json_atomic
 
     args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     try:

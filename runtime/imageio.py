@@ -11,20 +11,19 @@ No torch here: this module is part of the runtime.
 from __future__ import annotations
 
 import io
-import json
 import os
 import struct
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ZsdError
+from .files import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -36,7 +35,6 @@ __all__ = [
     "read_png",
     "id_to_rgb",
     "rgb_to_id",
-    "write_json_atomic",
 ]
 
 #: Extensions `list_images` picks up in a directory (compared case-insensitively).
@@ -294,60 +292,6 @@ def list_images(path: str | os.PathLike[str]) -> list[Path]:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _file_mode() -> int:
-    # mkstemp creates 0600 files; after os.replace the result should carry the usual umask-derived mode.
-    # Reading the umask via os.umask() would briefly change it for every thread, so read it from /proc.
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o644
-
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write via `write(fileobj)` to a temp file next to `path`, fsync, then os.replace onto `path`.
-
-    A reader sees either the old file or the complete new one; on any failure the temp file is removed and
-    an existing `path` is left untouched.
-    """
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ZsdError(
-            f"cannot create output directory {parent}: {e.strerror or e}.", "choose a writable output location."
-        ) from e
-    if p.is_dir():
-        raise ZsdError(f"output path {p} is a directory.", "give a file name, e.g. " f"{p / 'out.png'}.")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
-    except OSError as e:
-        raise ZsdError(f"cannot write in {parent}: {e.strerror or e}.", "choose a writable output location.") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, p)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ZsdError(
-                f"writing {p} failed: {e.strerror or e}.",
-                "check free disk space and permissions of the output location.",
-            ) from e
-        raise
-    return p
-
-
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
     """COCO panoptic colour encoding of an id map: R + 256*G + 256**2*B = id. Returns uint8 (H, W, 3)."""
     a = np.asarray(ids)
@@ -426,7 +370,7 @@ def save_png(
     def _write(f: io.BufferedWriter) -> None:
         pil.save(f, format="PNG")
 
-    _atomic_write(path, _write)
+    atomic_write(path, _write)
     return enc
 
 
@@ -448,47 +392,3 @@ def read_png(path: str | os.PathLike[str]) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise _unreadable(p, str(e) or type(e).__name__) from e
     return a
-
-
-def _json_default(o: Any) -> Any:
-    # Results are full of numpy scalars/arrays and Paths; serialise them instead of failing after a long run.
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, os.PathLike):
-        return os.fspath(o)
-    raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
-
-
-def write_json_atomic(
-    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, allow_nan: bool = False
-) -> Path:
-    """Write `obj` as UTF-8 JSON atomically (temp file in the same directory + os.replace).
-
-    numpy scalars/arrays and paths are converted. NaN/Infinity are rejected by default (ValueError, raised
-    before anything is written) because they are not valid JSON; pass `allow_nan=True` to emit them anyway.
-    """
-    # Serialise first: a TypeError/ValueError must not leave a temp file or touch the target.
-    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=allow_nan, ensure_ascii=False)
-    data = (text + "\n").encode("utf-8")
-
-    def _write(f: io.BufferedWriter) -> None:
-        f.write(data)
-
-    return _atomic_write(path, _write)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks (checkpoints, engines and caches can be GBs)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ZsdError
-from .imageio import _atomic_write, save_png, write_json_atomic
+from .files import atomic_write, write_json_atomic
+from .imageio import save_png
 from .metadata import ModelInfo
 from .pipeline import Segmentation
 
@@ -110,7 +111,7 @@ def describe(seg: Segmentation, info: ModelInfo) -> tuple[np.ndarray, dict[str, 
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def write_outputs(seg: Segmentation, info: ModelInfo, out_dir: Path, stem: str, *, rgb: np.ndarray | None = None,

@@ -40,7 +40,7 @@ from .artifacts.bundle_manifest import (  # noqa: F401  (BUNDLE_FILE, is_bundle:
 from .backends import load_backend
 from .backends.base import Backend
 from .errors import ZsdError
-from .imageio import _atomic_write
+from .files import atomic_write
 from .metadata import ModelInfo
 from .pipeline import Segmenter
 from .postprocess import _softmax, postprocess
@@ -259,7 +259,7 @@ class ZegFormerBundle:
         if use_cache:
             try:
                 cache.parent.mkdir(exist_ok=True)
-                _atomic_write(cache, lambda f: np.savez(f, names=np.array(vocab.names), embeddings=arr))
+                atomic_write(cache, lambda f: np.savez(f, names=np.array(vocab.names), embeddings=arr))
             except (OSError, ZsdError) as e:  # read-only bundle, disk full, ...: run without a cache
                 why = e.problem.rstrip(".") if isinstance(e, ZsdError) else (e.strerror or str(e))
                 self._say(f"note: the embeddings could not be cached in {cache.parent} ({why}); continuing "

@@ -23,7 +23,7 @@ from zsdeploy.runtime.artifacts.sidecar import SIDECAR_FORMAT, SIDECAR_FORMAT_V1
 from zsdeploy.runtime.build_cli import main as build_main
 from zsdeploy.runtime.cuda_utils import DeviceInfo
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.imageio import file_sha256
+from zsdeploy.runtime.files import file_sha256
 from zsdeploy.runtime.tensorrt.builder import make_sidecar
 from zsdeploy.runtime.tensorrt.calibration import fit_short_edge
 from zsdeploy.runtime.tensorrt.loader import import_tensorrt, version_tuple

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 
 from zsdeploy.runtime import imageio
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.files import write_json_atomic
 from zsdeploy.runtime.imageio import (
     id_to_rgb,
     list_images,
@@ -23,7 +24,6 @@ from zsdeploy.runtime.imageio import (
     read_png,
     rgb_to_id,
     save_png,
-    write_json_atomic,
 )
 
 

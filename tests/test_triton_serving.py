@@ -126,7 +126,7 @@ def fake_plan(export: Path, work: Path) -> Path:
     engine (no TensorRT here): only the repository written for it and its config are checked."""
     from zsdeploy.runtime.backends.onnxruntime_backend import read_onnx_metadata
     from zsdeploy.runtime.artifacts.sidecar import SIDECAR_FORMAT
-    from zsdeploy.runtime.imageio import file_sha256
+    from zsdeploy.runtime.files import file_sha256
 
     plan = work / "pading.plan"
     plan.write_bytes(b"not a real TensorRT engine")

@@ -348,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from zsdeploy.runtime.imageio import write_json_atomic
+    from zsdeploy.runtime.files import write_json_atomic
     from zsdeploy.runtime.results_io import check_output_dir
 
-    from ..cli import _progress, _write
+    from ..report_io import progress, write_report
 
     check_stride(args.stride)  # before anything is loaded
     try:
@@ -363,11 +363,11 @@ def run_cli(args: argparse.Namespace) -> int:
     check_output_dir(args.output)
     report = run_ceiling(args.model, ds, stride=args.stride, reference=args.reference, short_edge=args.short_edge,
                          threads=args.threads,
-                         progress=lambda it: _progress(iterable=it, total=len(ds), desc="oracle", unit="img"))
+                         progress=lambda it: progress(iterable=it, total=len(ds), desc="oracle", unit="img"))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)  # check_output_dir created nothing
     write_json_atomic(out / "report.json", report)
-    _write(out, "report.md", ceiling_markdown(report))
+    write_report(out, "report.md", ceiling_markdown(report))
     for line in summary_lines(report):
         print(line, flush=True)
     print(f"wrote {out / 'report.json'} and {out / 'report.md'}", flush=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ZsdError
-from ..imageio import file_sha256, write_json_atomic
+from ..files import file_sha256, write_json_atomic
 from ..metadata import ModelInfo
 from ..tensorrt.plugins import PluginSpec
 from ..tensorrt.profiles import Profile, ShapeRange

@@ -36,7 +36,7 @@ def entry_key(model: Path, settings: dict[str, str]) -> str:
 
 
 def _digest(path: Path) -> str:
-    from ..imageio import file_sha256
+    from ..files import file_sha256
 
     return file_sha256(path)
 

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic_dir import publish, staging_dir
+from ..files import publish, staging_dir
 from ..errors import ZsdError
 from ..artifacts.onnx_metadata import ModelInfo, has_msda_plugin
 from ..families import family_of
@@ -153,7 +153,7 @@ def _check_options(opts: RepositoryOptions, info: ModelInfo, kind: str, model: P
 
 
 def sha256_of(path: Path) -> str:
-    from ..imageio import file_sha256
+    from ..files import file_sha256
 
     return file_sha256(path)
 

@@ -7,12 +7,13 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ..backends.base import Backend
 from ..errors import ZsdError
+from ..files import json_default
 from ..metadata import ModelInfo
 from ..pipeline import Segmentation, Segmenter
 from ..preprocess import Batch
@@ -87,12 +88,6 @@ def run_network(seg: Segmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndar
     return seg.infer(Batch(images, [], [], hw))
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
 def postprocess_request(seg: Segmenter, class_logits: np.ndarray, mask_logits: np.ndarray,
                         image_info: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
     """Raw outputs of one request -> (id map int32 [B, Hmax, Wmax], JSON documents).
@@ -116,7 +111,7 @@ def postprocess_request(seg: Segmenter, class_logits: np.ndarray, mask_logits: n
                          batch.image_sizes[i], padded)
         label_map, doc = describe(s, seg.info)
         maps.append(label_map)
-        docs.append(json.dumps(doc, default=_json_default).encode())
+        docs.append(json.dumps(doc, default=json_default).encode())
     h = max(m.shape[0] for m in maps)
     w = max(m.shape[1] for m in maps)
     out = np.full((len(maps), h, w), -1, np.int32)

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..artifacts.bundle_manifest import BUNDLE_FILE, BundleManifest, read_bundle_manifest
-from ..atomic_dir import publish, staging_dir
+from ..files import publish, staging_dir
 from ..errors import ZsdError
 from .pbtxt import ModelConfig, Tensor
 from .repository import (_SHIM, DEFAULT_MAX_BATCH, MARKER, MARKER_FORMAT, RepositoryOptions, check_common_options,

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ZsdError
-from .steps import _json_default, decode_image
+from ..files import json_default
+from .steps import decode_image
 
 ZEGFORMER_STEP_FORMAT = "zsdeploy-triton-zegformer/1"
 DEFAULT_VOCAB_CACHE = 16
@@ -176,7 +177,7 @@ class ZegFormerService:
                                  "unseen_ids": list(vocab.unseen_ids)}
             labels.append(label_map)
             scores.append(result.results["sem_seg"].max(axis=0).astype(np.float32))
-            docs.append(json.dumps(doc, default=_json_default).encode())
+            docs.append(json.dumps(doc, default=json_default).encode())
         h = max(m.shape[0] for m in labels)
         w = max(m.shape[1] for m in labels)
         label_out = np.full((len(labels), h, w), -1, np.int32)

@@ -6,7 +6,6 @@ timing cache), then the plan and its sidecar (`make_sidecar` -> artifacts.sideca
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..artifacts.sidecar import EngineSidecar, OnnxSource, PluginLibrary, sidecar_path, write_sidecar
 from ..cuda_utils import DeviceInfo
 from ..errors import ZsdError
-from ..imageio import _atomic_write, file_sha256
+from ..files import file_sha256, write_bytes_atomic
 from .calibration import make_calibrator
 from .loader import Say, create_builder, import_tensorrt, logged_errors, make_logger
 from .plugins import load_plugin_library, require_creators
@@ -67,14 +66,6 @@ def make_sidecar(plan: BuildPlan, tensorrt_version: str, gpu: DeviceInfo, loaded
         builder=BUILDER_VERSION,
         built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Temp file next to `path` + fsync + rename: an interrupted build never leaves a truncated file."""
-    def write(f: io.BufferedWriter) -> None:
-        f.write(data)
-
-    _atomic_write(path, write)
 
 
 def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
@@ -170,9 +161,9 @@ def build_engine(opts: BuildOptions, say: Say = print) -> BuildResult:
     data = bytes(serialized)
     # A sidecar left from an earlier build must never describe the new plan, even for a moment.
     sidecar_path(opts.output).unlink(missing_ok=True)
-    _write_bytes(opts.output, data)
+    write_bytes_atomic(opts.output, data)
     if timing_cache is not None:
-        _write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
         say(f"saved timing cache {timing_cache}")
 
     side = write_sidecar(make_sidecar(plan, trt.__version__, gpu, loaded_by, network_kind,

@@ -41,7 +41,8 @@ def make_calibrator(files: Sequence[Path], shape: Shape, info: ModelInfo, cache:
     import tensorrt as trt
 
     from .. import cuda_utils
-    from ..imageio import _atomic_write, load_image
+    from ..files import atomic_write
+    from ..imageio import load_image
     from ..preprocess import preprocess
 
     batch, _, height, width = shape
@@ -85,7 +86,7 @@ def make_calibrator(files: Sequence[Path], shape: Shape, info: ModelInfo, cache:
             def write(f: io.BufferedWriter) -> None:
                 f.write(payload)
 
-            _atomic_write(cache, write)
+            atomic_write(cache, write)
             say(f"  wrote calibration cache {cache}")
 
     if not files:

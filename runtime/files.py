@@ -1,0 +1,217 @@
+"""Writing files and directories so that nothing partial is ever seen: the one place zsdeploy's outputs are written.
+
+- `atomic_write` / `write_bytes_atomic` / `write_json_atomic`: a temp file next to the target, fsync, rename; the
+  result gets the mode a plain open() would give it (mkstemp's 0600 would hide models from other users, e.g. a
+  Triton container); on failure the temp file is removed, an existing target is untouched, and an OSError becomes
+  one ZsdError paragraph.
+- `staging_dir` + `publish`: a directory (ZegFormer bundles, Triton model repositories) built in a hidden sibling
+  folder, then swapped into place, so a reader, a crash, Ctrl-C or `kill` sees the old directory or the complete new
+  one, never a mix; an interrupted write removes its staging folder.
+- `json_default`, `file_sha256`.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ZsdError
+
+__all__ = ["atomic_write", "file_mode", "file_sha256", "json_default", "publish", "staging_dir",
+           "write_bytes_atomic", "write_json_atomic"]
+
+
+def file_mode() -> int:
+    """The mode a plain open() would give a new file under the current umask (e.g. 0o644 under 022)."""
+    # mkstemp creates 0600 files; after os.replace the result should carry the usual umask-derived mode.
+    # Reading the umask via os.umask() would briefly change it for every thread, so read it from /proc.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write via `write(fileobj)` to a temp file next to `path`, fsync, then os.replace onto `path`.
+
+    A reader sees either the old file or the complete new one; on any failure the temp file is removed and
+    an existing `path` is left untouched.
+    """
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZsdError(
+            f"cannot create output directory {parent}: {e.strerror or e}.", "choose a writable output location."
+        ) from e
+    if p.is_dir():
+        raise ZsdError(f"output path {p} is a directory.", "give a file name, e.g. " f"{p / 'out.png'}.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as e:
+        raise ZsdError(f"cannot write in {parent}: {e.strerror or e}.", "choose a writable output location.") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, p)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise ZsdError(
+                f"writing {p} failed: {e.strerror or e}.",
+                "check free disk space and permissions of the output location.",
+            ) from e
+        raise
+    return p
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """`data` as the whole new content of `path` (see `atomic_write`)."""
+    def write(f: io.BufferedWriter) -> None:
+        f.write(data)
+
+    return atomic_write(path, write)
+
+
+def json_default(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars / arrays and paths (results are full of them)."""
+    # Results are full of numpy scalars/arrays and Paths; serialise them instead of failing after a long run.
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"object of type {type(o).__name__} is not JSON serialisable")
+
+
+def write_json_atomic(
+    path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, allow_nan: bool = False
+) -> Path:
+    """Write `obj` as UTF-8 JSON atomically (temp file in the same directory + os.replace).
+
+    numpy scalars/arrays and paths are converted. NaN/Infinity are rejected by default (ValueError, raised
+    before anything is written) because they are not valid JSON; pass `allow_nan=True` to emit them anyway.
+    """
+    # Serialise first: a TypeError/ValueError must not leave a temp file or touch the target.
+    text = json.dumps(obj, indent=indent, default=json_default, allow_nan=allow_nan, ensure_ascii=False)
+    data = (text + "\n").encode("utf-8")
+
+    def _write(f: io.BufferedWriter) -> None:
+        f.write(data)
+
+    return atomic_write(path, _write)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file, read in 1 MiB chunks (checkpoints, engines and caches can be GBs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- directories
+
+
+
+@contextlib.contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A fresh hidden folder next to `out` for the new directory's files; removed if the block does not finish."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        # mkdtemp makes a private 0700 folder; the result gets the mode a plain mkdir would give it.
+        mode = file_mode()
+        os.chmod(tmp, mode | (mode & 0o444) >> 2)
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM while the renames run (an interrupt between them would leave no directory at all); the
+    signals that arrived are listed for the caller to report."""
+    got: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
+    except ValueError:  # not the main thread: signals cannot arrive here anyway
+        pass
+    try:
+        yield got
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def publish(tmp: Path, out: Path, what: str = "the bundle") -> bool:
+    """Make the staged folder `tmp` the directory `out`, replacing an existing one as a whole: swapped in one step
+    where the system can (a reader polling `out`, e.g. a Triton server, never sees it missing), else the old one is
+    renamed aside first and put back if the second rename fails; then the old one is deleted.
+
+    Returns True when an interrupt arrived during the swap (it was held until `out` was complete)."""
+    aside = out.parent / f".{out.name}.old-{os.getpid()}"
+    with _signals_deferred() as got:
+        try:
+            if out.exists() and _exchange(tmp, out):
+                aside = tmp  # tmp now holds the old directory
+            else:
+                if out.exists():
+                    os.replace(out, aside)
+                try:
+                    os.replace(tmp, out)
+                except BaseException:
+                    if aside.exists():
+                        os.replace(aside, out)  # put the old one back: old or new, never neither
+                    raise
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ZsdError(f"could not put {what} in place at {out}: {e.strerror or e}.",
+                           "check permissions and free space of the output location.") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    return bool(got)
