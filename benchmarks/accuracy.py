@@ -25,7 +25,7 @@ import numpy as np
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.families import family_of
-from zsdeploy.runtime.pipeline import Segmenter
+from zsdeploy.runtime.pipeline import Pipeline
 from zsdeploy.runtime.postprocess import masks_to_output
 from zsdeploy.runtime.preprocess import Batch, preprocess
 
@@ -85,8 +85,8 @@ def resize_policy(backend: Backend, first_image_hw: tuple[int, int], short_edge:
                         f"(metadata asks for {info.min_size_test}); pass --short-edge to choose")
 
 
-class BenchSegmenter(Segmenter):
-    """Segmenter with an explicit resize policy (recorded in every report)."""
+class BenchSegmenter(Pipeline):
+    """Pipeline with an explicit resize policy (recorded in every report)."""
 
     def __init__(self, backend: Backend, task: str | None = None, policy: ResizePolicy | None = None) -> None:
         super().__init__(backend, task)
@@ -145,7 +145,7 @@ class _Side:
         return out
 
 
-SegmenterFactory = Callable[[ResizePolicy], Segmenter]
+SegmenterFactory = Callable[[ResizePolicy], Pipeline]
 
 
 def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, short_edge: int | None = None,
@@ -153,7 +153,7 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
                  segmenters: tuple[SegmenterFactory, SegmenterFactory] | None = None) -> dict[str, Any]:
     """Run both models on every image of `dataset`; returns the report dict (no tolerance verdict yet).
 
-    segmenters: (backend's, reference's) Segmenter factories for a resize policy, where a plain BenchSegmenter
+    segmenters: (backend's, reference's) Pipeline factories for a resize policy, where a plain BenchSegmenter
     around the backend is not the whole model (ZegFormer bundles: vocabulary, CLIP crop classifier, fusion)."""
     info = backend.info
     if reference.info.num_classes != info.num_classes or reference.info.task != info.task:
@@ -164,8 +164,8 @@ def run_accuracy(backend: Backend, reference: Backend, dataset: Dataset, *, shor
     first = next(samples)
     policy = resize_policy(backend, first.image.shape[:2], short_edge)
     if segmenters is None:
-        be: Segmenter = BenchSegmenter(backend, None, policy)
-        ref: Segmenter = BenchSegmenter(reference, None, policy)
+        be: Pipeline = BenchSegmenter(backend, None, policy)
+        ref: Pipeline = BenchSegmenter(reference, None, policy)
     else:
         be, ref = segmenters[0](policy), segmenters[1](policy)
     tasks = be.enabled_tasks()

@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", help="also write the verdict as JSON here")
     c.set_defaults(func=cmd_check)
 
-    # The fp32-island sensitivity pass lives with the precision converter (zsdeploy.export.precision_sensitivity);
+    # The fp32-island sensitivity pass (zsdeploy.benchmarks.precision_sensitivity, a measurement over the converter);
     # `zsd-bench precision ARGS` forwards ARGS to it (see main), this entry only lists it in --help.
     sub.add_parser("precision", add_help=False,
                    help="which fp32 islands an fp16/int8 graph needs, measured per size bucket "
@@ -478,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["precision"]:
-        from zsdeploy.export.precision_sensitivity import main as precision_main
+        from zsdeploy.benchmarks.precision_sensitivity import main as precision_main
 
         return precision_main(argv[1:], prog="zsd-bench precision")
     args = build_parser().parse_args(argv)

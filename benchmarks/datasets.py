@@ -58,7 +58,7 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
                  size_range: tuple[float, float] = (6, 60), n_objects: int = 30) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        from .synthetic import _scene_seed, generate_scene
+        from zsdeploy.runtime.scenes import scene_seed, generate_scene
 
         try:
             n = int(arg) if arg else 8
@@ -69,7 +69,7 @@ def open_dataset(spec: str, *, scene_size: str = "256x320", seed: int = 0,
         h, w = _parse_hw(scene_size)
 
         def make(i: int) -> Sample:
-            s = generate_scene(_scene_seed(seed, i), h, w, n_objects=n_objects, size_range=size_range)
+            s = generate_scene(scene_seed(seed, i), h, w, n_objects=n_objects, size_range=size_range)
             segs = [{"id": g["id"], "category_id": g["category_id"], "isthing": bool(g["isthing"]), "iscrowd": 0}
                     for g in s.segments]
             return Sample(f"scene_{i:04d}", s.image, s.panoptic, segs)

@@ -33,7 +33,7 @@ import numpy as np
 
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.pipeline import Segmenter
+from zsdeploy.runtime.pipeline import Pipeline
 
 from .accuracy import BenchSegmenter, ResizePolicy
 
@@ -270,11 +270,11 @@ class NamedBackend:
     # device_note), so its own device memory is the difference after it ran.
     device_baseline: int | None = None
     device_note: str = CPU_DEVICE_NOTE
-    # Builds this backend's Segmenter for a resize policy and task (ZegFormer bundles: the segmenter with its
+    # Builds this backend's Pipeline for a resize policy and task (ZegFormer bundles: the segmenter with its
     # vocabulary and CLIP crop classifier); None = a plain BenchSegmenter around `backend`.
-    make_segmenter: Callable[[ResizePolicy, str | None], Segmenter] | None = None
+    make_segmenter: Callable[[ResizePolicy, str | None], Pipeline] | None = None
 
-    def segmenter(self, policy: ResizePolicy, task: str | None) -> Segmenter:
+    def segmenter(self, policy: ResizePolicy, task: str | None) -> Pipeline:
         if self.make_segmenter is not None:
             return self.make_segmenter(policy, task)
         return BenchSegmenter(self.backend, task, policy)
@@ -300,7 +300,7 @@ def _stats(ms: list[float], batch: int) -> dict[str, float]:
 def run_latency(backends: list[NamedBackend], sizes: list[tuple[int, int]], batches: list[int], *, warmup: int,
                 repeat: int, task: str | None = None, n_inputs: int = 4, seed: int = 0,
                 progress: Callable[..., Any] | None = None) -> dict[str, Any]:
-    from .synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
 
     if repeat < 1 or warmup < 0:
         raise ZsdError("--repeat must be >= 1 and --warmup >= 0.", "e.g. --warmup 2 --repeat 10.")

@@ -9,7 +9,7 @@ Memory: each `trt-infer` run (static 128x160 `--standin diverse` PADing export, 
 wrapper process, which prints the child's peak resident set size (getrusage(RUSAGE_CHILDREN).ru_maxrss: the
 whole process - Python, ONNX Runtime, the decoded image, results, PNG encoding). Time: one process, a dynamic
 export, images generated at the network size (kept by the resize: short edge = min(H, W)); per task the median
-over `repeat` runs of pre-processing, network and post-processing (the Segmenter's own timings; wall and,
+over `repeat` runs of pre-processing, network and post-processing (the Pipeline's own timings; wall and,
 because shared machines are noisy, the process's CPU time of the post-processing too).
 """
 from __future__ import annotations
@@ -72,14 +72,14 @@ def peak_memory_run(model: Path, image: Path, out: Path, task: str, threads: int
 
 def time_share(model: Path, hw: tuple[int, int], tasks: list[str], threads: int, repeat: int) -> list[dict]:
     from zsdeploy.runtime.backends import load_backend
-    from zsdeploy.runtime.pipeline import Segmenter
+    from zsdeploy.runtime.pipeline import Pipeline
 
     backend = load_backend(model, backend="onnxruntime", threads=threads)
     rng = np.random.default_rng(0)
     img = (rng.random((*hw, 3)) * 255).astype(np.uint8)
     rows = []
     for task in tasks:
-        seg = Segmenter(backend, task=task, short_edge=min(hw), max_size=max(hw))
+        seg = Pipeline(backend, task=task, short_edge=min(hw), max_size=max(hw))
         seg([img])  # warm-up
         pre, net, post, post_cpu = [], [], [], []
         for _ in range(repeat):

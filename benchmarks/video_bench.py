@@ -1,7 +1,7 @@
 """`zsd-bench video`: frames/s of the pipelined video loop (runtime.video) vs the sequential per-frame loop and vs
 the network alone, on a synthetic clip.
 
-The clip: a synthetic scene (benchmarks.synthetic.generate_scene) larger than the frame, seen through a window that
+The clip: a synthetic scene (runtime.scenes.generate_scene) larger than the frame, seen through a window that
 drifts a few pixels per frame, so objects move and are partly cut at the border, encoded as mp4v by OpenCV. Every
 loop decodes the same file, so decoding counts as it does in trt-infer; results are not written to disk (the bench
 measures the segmentation loop; trt-infer prints its own rate with writing).
@@ -26,11 +26,11 @@ ACCEPTANCE = 0.9
 
 def write_synthetic_clip(path: Path, frames: int, height: int, width: int, fps: float = 25.0, seed: int = 0) -> Path:
     """`frames` frames of one synthetic scene seen through a window drifting along a Lissajous path."""
-    from zsdeploy.runtime.video import _cv2
+    from zsdeploy.runtime.video import import_cv2
 
-    from .synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
 
-    cv2 = _cv2()
+    cv2 = import_cv2()
     margin = max(8, min(height, width) // 8)
     scene = generate_scene(seed, height + 2 * margin, width + 2 * margin, n_objects=25,
                            size_range=(8, 0.4 * min(height, width)))

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"blocks kept in fp32: comma list of {', '.join(BY_NAME)}; none; or default "
                         f"(PADing fp16: {','.join(DEFAULT_ISLANDS['fp16'])}; PADing int8: "
                         f"{','.join(DEFAULT_ISLANDS['int8'])}, measured by python -m "
-                        f"zsdeploy.export.precision_sensitivity; ZegFormer fp16: {','.join(ZEGFORMER_FP16_ISLANDS)})")
+                        f"zsdeploy.benchmarks.precision_sensitivity (zsd-bench precision); ZegFormer fp16: {','.join(ZEGFORMER_FP16_ISLANDS)})")
     q.add_argument("--calib", metavar="DIR", help="int8: folder of representative images (unreadable ones are listed "
                                                   "and skipped); default: generated small-target scenes")
     q.add_argument("--calib-scenes", type=int, default=DEFAULT_CALIB_SCENES,

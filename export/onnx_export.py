@@ -76,7 +76,7 @@ class Progress:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """torch.onnx/onnxscript print pages of per-node chatter; keep the user's terminal readable."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
     levels = [lg.level for lg in loggers]
@@ -115,7 +115,7 @@ def trace_to_onnx(model: torch.nn.Module, shape: ExportShape, *, opset: int, msd
         dynamic_shapes = ({0: b, 2: 32 * h, 3: 32 * w},) + tuple(extra_dynamic)
     from .plugin_lowering import custom_translations  # noqa: PLC0415 (only needed for plugin nodes)
 
-    with torch.no_grad(), lowering(msda), _quiet_exporter():
+    with torch.no_grad(), lowering(msda), quiet_exporter():
         program = torch.onnx.export(
             model, (images, *extra_inputs), dynamo=True, opset_version=opset,
             input_names=list(input_names), output_names=list(output_names),
@@ -125,13 +125,13 @@ def trace_to_onnx(model: torch.nn.Module, shape: ExportShape, *, opset: int, msd
     proto = program.model_proto
     got = {o.domain: o.version for o in proto.opset_import}.get("", None)
     if got != opset:
-        proto = _convert_opset(proto, opset)
+        proto = convert_opset(proto, opset)
     if shape.dynamic:
         _name_dynamic_axes(proto, input_names, output_names)
     return proto
 
 
-def _convert_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+def convert_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     try:
         return onnx.version_converter.convert_version(proto, opset)
     except Exception as e:  # noqa: BLE001 (the converter raises bare RuntimeErrors)
@@ -156,7 +156,7 @@ def check_and_simplify(proto: onnx.ModelProto, simplify: bool = True) -> onnx.Mo
     if simplify:
         import onnxslim
 
-        with _quiet_exporter():
+        with quiet_exporter():
             proto = onnxslim.slim(proto)
         onnx.checker.check_model(proto)
     return proto

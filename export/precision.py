@@ -14,7 +14,7 @@ and ONNX Runtime read them as they are.
   symmetric int8 weights (what TensorRT's explicit quantization accepts), on the inputs of Conv / MatMul / Gemm
   only (the ops TensorRT runs in int8); everything else stays fp32. Calibration method: MinMax by default (keeps
   the rare large activations small objects produce; percentile / entropy on request), on generated small-target
-  scenes (benchmarks/synthetic.py) unless `--calib DIR` gives images. The islands' nodes are excluded.
+  scenes (runtime/scenes.py) unless `--calib DIR` gives images. The islands' nodes are excluded.
 
 ONNX Runtime runs both on the CPU: fp16 ops without a CPU fp16 kernel get Casts around them (computed in fp32,
 stored in fp16 between ops), Q/DQ pairs are executed as quantize->dequantize (or fused into int8 kernels).
@@ -114,11 +114,11 @@ def _canvas(info: ModelInfo) -> tuple[int, int]:
 
 def _to_input(rgb: np.ndarray, info: ModelInfo) -> np.ndarray:
     """One image pre-processed as at inference (ResizeShortestEdge, shrunk further only to fit the canvas)."""
-    from ..runtime.engine import _fit_short_edge
+    from ..runtime.preprocess import fit_short_edge
     from ..runtime.preprocess import preprocess
 
     canvas = _canvas(info)
-    short, max_size = _fit_short_edge(rgb.shape[0], rgb.shape[1], canvas, info.min_size_test, info.max_size_test)
+    short, max_size = fit_short_edge(rgb.shape[0], rgb.shape[1], canvas, info.min_size_test, info.max_size_test)
     return preprocess([rgb], short_edge=short, max_size=max_size, size_divisibility=info.size_divisibility,
                       pixel_mean=info.pixel_mean, fixed_hw=canvas).tensor
 
@@ -138,12 +138,12 @@ def calibration_data(info: ModelInfo, *, calib_dir: str | Path | None, scenes: i
         if scenes < 1:
             raise ZsdError(f"--calib-scenes {scenes}: int8 needs at least one calibration scene.",
                            f"pass --calib-scenes {DEFAULT_CALIB_SCENES} (default) or --calib DIR.")
-        from ..benchmarks.synthetic import _scene_seed, generate_scene
+        from ..runtime.scenes import scene_seed, generate_scene
 
         h, w = _canvas(info)
-        rgbs = [generate_scene(_scene_seed(CALIB_SEED, i), h, w, n_objects=30, size_range=(6, min(60, 0.8 * min(h, w))))
+        rgbs = [generate_scene(scene_seed(CALIB_SEED, i), h, w, n_objects=30, size_range=(6, min(60, 0.8 * min(h, w))))
                 .image for i in range(scenes)]
-        desc = (f"{scenes} generated small-target scenes ({h}x{w}, benchmarks.synthetic.generate_scene, seed "
+        desc = (f"{scenes} generated small-target scenes ({h}x{w}, runtime.scenes.generate_scene, seed "
                 f"{CALIB_SEED}, 30 objects, sqrt(area) 6..60 px)")
         return CalibrationData(_batched([_to_input(x, info) for x in rgbs], info, input_name), "synthetic", desc)
     from ..runtime.imageio import list_images, load_image

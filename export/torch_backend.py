@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..runtime.backends.base import Backend
-from ..runtime.metadata import ModelInfo
+from ..runtime.artifacts.onnx_metadata import ModelInfo
 from .models.msdeformattn import lowering
 from .onnx_export import ExportShape
 
@@ -35,7 +35,7 @@ class TorchBackend(Backend):
     def pading(cls, task: str, config: str | Path | None = None, weights: str | Path | None = None,
                standin: str = "golden", **kwargs) -> TorchBackend:
         """PADing from a checkpoint, or the `standin` variant of the stand-in weights (the one the export used:
-        see `runtime.metadata.standin_variant_of`)."""
+        see `runtime.artifacts.onnx_metadata.standin_variant_of`)."""
         from .pading_export import build_pading, pading_metadata
 
         built = build_pading(task, config, weights, standin=standin)

@@ -65,8 +65,8 @@ from .onnx_export import (
     EXPORTER_VERSION,
     SUPPORTED_OPSETS,
     ExportShape,
-    _convert_opset,
-    _quiet_exporter,
+    convert_opset,
+    quiet_exporter,
     check_and_simplify,
     save_atomic,
     set_metadata,
@@ -480,14 +480,14 @@ def trace_graph(module: torch.nn.Module, args: tuple[torch.Tensor, ...], *, opse
     the image is static: the vocabulary size always is)."""
     if opset not in SUPPORTED_OPSETS:
         raise ZsdError(f"--opset {opset} is not supported.", f"choose one of {list(SUPPORTED_OPSETS)} (default 18).")
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             module, args, dynamo=True, opset_version=opset, input_names=list(input_names),
             output_names=list(output_names), dynamic_shapes=dynamic_shapes, external_data=False, optimize=True,
             verbose=False)
     proto = program.model_proto
     if {o.domain: o.version for o in proto.opset_import}.get("", None) != opset:
-        proto = _convert_opset(proto, opset)
+        proto = convert_opset(proto, opset)
     _name_dims(proto)
     return proto
 

@@ -22,7 +22,7 @@ from .registry import Registry
 
 if TYPE_CHECKING:
     from .artifacts.onnx_metadata import ModelInfo
-    from .pipeline import Segmenter
+    from .pipeline import Pipeline
 
 Say = Callable[[str], None]
 
@@ -93,7 +93,7 @@ class ModelFamily(ABC):
         """Write the family's artifact for `req`; returns its path."""
 
     @abstractmethod
-    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Segmenter:
+    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Pipeline:
         """The artifact at `path` as a Pipeline."""
 
     def check_single_graph(self, info: ModelInfo, path: str | os.PathLike) -> None:
@@ -150,9 +150,9 @@ class PADingFamily(ModelFamily):
                              dynamic=req.dynamic, opset=req.opset, msda=req.msda, simplify=req.simplify,
                              precision=req.precision, say=say)
 
-    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Segmenter:
+    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Pipeline:
         from .backends import load_backend
-        from .pipeline import Segmenter
+        from .pipeline import Pipeline
 
         backend = load_backend(path, plugin_lib=opts.plugin_lib, threads=opts.threads, backend=opts.backend,
                                precision=opts.precision)
@@ -160,7 +160,7 @@ class PADingFamily(ModelFamily):
         if vocab:
             raise ZsdError(f"{', '.join(vocab)}: a {backend.info.model} model has a fixed class list; only "
                            "ZegFormer bundles take a vocabulary at run time.", f"drop {', '.join(vocab)}.")
-        return Segmenter(backend, opts.task, opts.short_edge)
+        return Pipeline(backend, opts.task, opts.short_edge)
 
     def torch_reference(self, task: str, meta: dict[str, str] | None, *, config: str | None = None,
                         weights: str | None = None, threads: int | None = None) -> Any:
@@ -232,7 +232,7 @@ class ZegFormerFamily(ModelFamily):
             simplify=req.simplify, clip_bpe=req.clip_bpe, embed_defaults=req.embed_defaults, precision=precision,
             say=say, **extra)
 
-    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Segmenter:
+    def open_pipeline(self, path: str | os.PathLike, opts: OpenOptions) -> Pipeline:
         from .zegformer import open_zegformer
 
         return open_zegformer(path, classes=opts.classes, classes_file=opts.classes_file,
@@ -298,7 +298,7 @@ def family_for(path: str | os.PathLike) -> tuple[ModelFamily, ModelInfo | None]:
     return family, info
 
 
-def open_pipeline(path: str | os.PathLike, opts: OpenOptions | None = None) -> Segmenter:
+def open_pipeline(path: str | os.PathLike, opts: OpenOptions | None = None) -> Pipeline:
     """Any zsdeploy artifact (.onnx, .plan, bundle directory) as a ready Pipeline, through its family."""
     family, _ = family_for(path)
     return family.open_pipeline(Path(path), opts or OpenOptions())

@@ -172,6 +172,3 @@ class Pipeline:
                              {k: v[i] for k, v in r.raw.extra.items()})
                 for i in range(n)]
 
-
-#: The name the runtime used before the Pipeline had its step API (kept: the Python API and tests use it).
-Segmenter = Pipeline

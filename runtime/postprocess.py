@@ -306,7 +306,7 @@ class Resampler:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis in float32 (max-subtracted, as torch does)."""
     x = np.asarray(logits, dtype=np.float32)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -340,7 +340,7 @@ def _check_inputs(class_logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np
 def _class_scores(class_logits: np.ndarray, class_scores: np.ndarray | None) -> np.ndarray:
     """[Q, K] per-query class probabilities: softmax without the void column, or the given (fused) scores."""
     if class_scores is None:
-        return _softmax(class_logits)[:, :-1]  # drop the void column
+        return softmax(class_logits)[:, :-1]  # drop the void column
     class_scores = np.asarray(class_scores, dtype=np.float32)
     if class_scores.shape != (class_logits.shape[0], class_logits.shape[1] - 1):
         raise ValueError(f"class_scores must be [Q, K] = {(class_logits.shape[0], class_logits.shape[1] - 1)}, "
@@ -403,7 +403,7 @@ def panoptic_inference(
     is_thing = _thing_lookup(thing_ids, num_classes)
     h, w = mask_logits.shape[-2:]
 
-    probs = _softmax(class_logits)
+    probs = softmax(class_logits)
     labels = probs.argmax(axis=-1)
     scores = probs.max(axis=-1)
     keep = (labels != num_classes) & (scores > np.float32(object_mask_threshold))
@@ -489,7 +489,7 @@ def _boxes_from_masks(masks: np.ndarray) -> np.ndarray:
 def _instance_pairs(class_logits: np.ndarray, num_classes: int, topk: int,
                     thing_ids: Iterable[int] | np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Upstream's top-k (query, class) pairs: class scores float32, labels int64, queries int64 (sorted top-k)."""
-    cls_prob = _softmax(class_logits)[:, :-1].ravel()  # [Q*K], index = query * K + class
+    cls_prob = softmax(class_logits)[:, :-1].ravel()  # [Q*K], index = query * K + class
     k = min(int(topk), cls_prob.size)  # torch.topk would raise beyond Q*K; Q*K >= 100 for every real config
     order = np.argsort(-cls_prob, kind="stable")[:k]
     cls_scores = cls_prob[order]
@@ -563,7 +563,7 @@ def panoptic_streamed(class_logits: np.ndarray, mask_logits: np.ndarray, rs: Res
     num_classes = class_logits.shape[1] - 1
     is_thing = _thing_lookup(thing_ids, num_classes)
     oh, ow = rs.out_hw
-    probs = _softmax(class_logits)
+    probs = softmax(class_logits)
     labels = probs.argmax(axis=-1)
     scores = probs.max(axis=-1)
     keep = np.flatnonzero((labels != num_classes) & (scores > np.float32(object_mask_threshold)))

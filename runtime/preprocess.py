@@ -68,6 +68,17 @@ def resized_shape(h: int, w: int, short_edge: int, max_size: int | None) -> tupl
     return int(newh + 0.5), int(neww + 0.5)
 
 
+def fit_short_edge(h: int, w: int, canvas: tuple[int, int], short: int, max_size: int) -> tuple[int, int | None]:
+    """ResizeShortestEdge parameters that keep an image inside a fixed canvas (shrink only if needed): how
+    calibration images of any size are fed to a static-shape graph."""
+    if all(a <= b for a, b in zip(resized_shape(h, w, short, max_size), canvas)):
+        return short, max_size
+    s = int(min(canvas[0] / h, canvas[1] / w) * min(h, w))
+    while s > 1 and any(a > b for a, b in zip(resized_shape(h, w, s, None), canvas)):
+        s -= 1  # int(x + 0.5) rounding may overshoot by one pixel
+    return max(s, 1), None
+
+
 def fit_shape(h: int, w: int, canvas_hw: tuple[int, int]) -> tuple[int, int]:
     """(new_h, new_w): an (h, w) image scaled, aspect ratio kept, to the largest size inside `canvas_hw`.
 

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import ZsdError
 from .files import atomic_write, write_json_atomic
 from .imageio import save_png
-from .metadata import ModelInfo
+from .artifacts.onnx_metadata import ModelInfo
 from .pipeline import Segmentation
 
 

@@ -61,7 +61,7 @@ def refuse_video_options(args: argparse.Namespace) -> None:
                        f"drop {' and '.join(given)}, or pass a video as --input.")
 
 
-def _cv2():
+def import_cv2():
     try:
         import cv2
     except ImportError:
@@ -88,7 +88,7 @@ class VideoSource:
 
 def open_source(spec: str) -> VideoSource:
     """Open a video file, camera index or stream URL; a clear ZsdError when that is impossible."""
-    cv2 = _cv2()
+    cv2 = import_cv2()
     arg: str | int
     if _URL.match(spec):
         kind, arg, stem = "stream", spec, (Path(spec.split("?")[0]).stem or "stream")
@@ -127,7 +127,7 @@ def read_frames(src: VideoSource, *, every: int = 1, max_frames: int | None = No
                 outcome: dict[str, Any] | None = None):
     """Yield every `every`-th frame (RGB) up to `max_frames`; `outcome` gets why reading stopped:
     {"ended": True/False, "why": str, "read": frames read from the source}."""
-    cv2 = _cv2()
+    cv2 = import_cv2()
     outcome = {} if outcome is None else outcome
     n_read = yielded = 0
     while True:
@@ -405,7 +405,7 @@ class _VisVideo:
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
-        cv2 = _cv2()
+        cv2 = import_cv2()
         if self.writer is None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             h, w = rgb.shape[:2]

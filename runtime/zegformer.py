@@ -41,9 +41,9 @@ from .backends import load_backend
 from .backends.base import Backend
 from .errors import ZsdError
 from .files import atomic_write
-from .metadata import ModelInfo
-from .pipeline import Segmenter
-from .postprocess import _softmax, postprocess
+from .artifacts.onnx_metadata import ModelInfo
+from .pipeline import Pipeline
+from .postprocess import softmax, postprocess
 from .preprocess import Batch
 from .prompts import class_text_embeddings, validate_class_names
 
@@ -285,11 +285,11 @@ def fuse_scores(class_logits: np.ndarray, clip_logits: np.ndarray | None, *, see
     probabilities replaced by their mean over seen classes) and p_zeg^(1-l) * p_clip^l on unseen ones, l = 2/3;
     ENSEMBLING_ALL_CLS: p_zeg^(1-l) * p_clip^l everywhere; neither: CLIP alone, softmax over C+1 without void.
     """
-    p_zeg = _softmax(class_logits)[:, :-1]
+    p_zeg = softmax(class_logits)[:, :-1]
     if clip_logits is None:
         return p_zeg
     clip_full = np.concatenate([np.asarray(clip_logits, np.float32), class_logits[:, -1:]], axis=1)
-    p_clip = _softmax(clip_full)[:, :-1]
+    p_clip = softmax(clip_full)[:, :-1]
     lam = np.float32(ENSEMBLING_LAMBDA)
     one = np.float32(1.0)
     if ensembling:
@@ -307,8 +307,8 @@ def fuse_scores(class_logits: np.ndarray, clip_logits: np.ndarray | None, *, see
     return p_clip
 
 
-class ZegFormerSegmenter(Segmenter):
-    """Segmenter over a bundle with a vocabulary: images -> segmenter (+ crop classifier) -> fused semantic maps."""
+class ZegFormerSegmenter(Pipeline):
+    """Pipeline over a bundle with a vocabulary: images -> segmenter (+ crop classifier) -> fused semantic maps."""
 
     def __init__(self, bundle: ZegFormerBundle, vocabulary: Vocabulary, text_embeddings: np.ndarray,
                  text_embeddings_clip: np.ndarray | None = None, task: str | None = None,

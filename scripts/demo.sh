@@ -18,7 +18,7 @@ if [ "${MODEL:-pading}" = "zegformer" ]; then
     # ZegFormer (COCO-Stuff R101) as a bundle, then a vocabulary of new names chosen at run time. CLIP's tokenizer
     # vocabulary is data zsdeploy does not ship: set ZSD_CLIP_BPE=/path/to/bpe_simple_vocab_16e6.txt.gz (or
     # `pip install open-clip-torch`, which ships it). CLIP=ViT-B-16.pt for OpenAI's weights (else stand-in).
-    python -c "from zsdeploy.benchmarks.synthetic import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=640, width=960))"
+    python -c "from zsdeploy.runtime.scenes import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=640, width=960))"
     clip=()
     if [ -n "${CLIP:-}" ]; then clip=(--clip "$CLIP"); fi
     export-model --model zegformer --config cocostuff_r101 "${weights[@]}" "${clip[@]}" --dynamic \
@@ -31,12 +31,12 @@ fi
 
 if [ -n "${WEIGHTS:-}" ]; then
     # The official checkpoint: COCO-trained PADing at its test resolution (scenes are not COCO photos: expect little).
-    python -c "from zsdeploy.benchmarks.synthetic import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=640, width=960))"
+    python -c "from zsdeploy.runtime.scenes import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=640, width=960))"
     export-model --model pading --task panoptic "${weights[@]}" --height 800 --width 1216 --output demo/pading_panoptic.onnx
     model=demo/pading_panoptic.onnx
 else
     # The demo model at its training resolution (short edge 256): a scene from the same generator, never trained on.
-    python -c "from zsdeploy.benchmarks.synthetic import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=256, width=384, n_objects=24, size_range=(8, 110)))"
+    python -c "from zsdeploy.runtime.scenes import sample_image; print('sample image:', sample_image('demo/scene.png', seed=0, height=256, width=384, n_objects=24, size_range=(8, 110)))"
     export-model --model pading-demo --height 256 --width 384 --output demo/pading_demo.onnx
     model=demo/pading_demo.onnx
 fi

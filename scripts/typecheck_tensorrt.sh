@@ -37,7 +37,7 @@ fi
 
 # Every module of runtime/tensorrt/ (builder, runner-side loaders, precision, profiles, ...), the sidecar contract,
 # the facade and the CLIs/backends that use them.
-FILES=(runtime/tensorrt/*.py runtime/artifacts/sidecar.py runtime/engine.py runtime/build_cli.py
+FILES=(runtime/tensorrt/*.py runtime/artifacts/sidecar.py runtime/build_cli.py
        runtime/bundle_engines.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
 
 # The project is imported as `zsdeploy.runtime` (package-dir mapping); mypy needs no install for it because the

@@ -20,7 +20,7 @@ for m in (zsdeploy, zsdeploy.export, zsdeploy.runtime, zsdeploy.benchmarks):
     assert "site-packages" in m.__path__[0], f"{m.__name__} imported from {m.__path__[0]}, not from the wheel"
 print("imports from the wheel: ok")
 PY
-"$bin/python" -c "from zsdeploy.benchmarks.synthetic import sample_image; sample_image('scene.png', seed=5, height=128, width=160)"
+"$bin/python" -c "from zsdeploy.runtime.scenes import sample_image; sample_image('scene.png', seed=5, height=128, width=160)"
 "$bin/export-model" --model pading-demo --height 128 --width 160 --output demo.onnx | tail -n 1
 "$bin/trt-infer" --model demo.onnx --input scene.png --output results --task panoptic | tail -n 1
 test -s results/scene.json && test -s results/scene_panoptic.png

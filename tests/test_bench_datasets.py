@@ -16,7 +16,7 @@ from zsdeploy.benchmarks.accuracy import run_accuracy
 from zsdeploy.benchmarks.datasets import open_dataset, semantic_from_panoptic
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.metadata import ModelInfo
+from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 
 # COCO panoptic category id -> (contiguous id of the 133-class model, isthing); COCO ids are not contiguous.
 CATS = {1: (0, True), 3: (2, True), 187: (119, False), 193: (125, False)}  # person, car, sky, grass

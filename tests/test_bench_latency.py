@@ -9,7 +9,7 @@ import pytest
 from zsdeploy.benchmarks import latency
 from zsdeploy.benchmarks.latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use, markdown, run_latency
 from zsdeploy.runtime.backends.base import Backend
-from zsdeploy.runtime.metadata import ModelInfo
+from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 
 MIB = 2**20
 

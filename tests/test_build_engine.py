@@ -25,7 +25,7 @@ from zsdeploy.runtime.cuda_utils import DeviceInfo
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.files import file_sha256
 from zsdeploy.runtime.tensorrt.builder import make_sidecar
-from zsdeploy.runtime.tensorrt.calibration import fit_short_edge
+from zsdeploy.runtime.preprocess import fit_short_edge
 from zsdeploy.runtime.tensorrt.loader import import_tensorrt, version_tuple
 from zsdeploy.runtime.tensorrt.plugins import NVIDIA_PLUGIN, NVIDIA_PLUGIN_MIN_TENSORRT, PLUGIN_LIBRARY_NAME, \
     ZSD_PLUGIN, PluginSpec
@@ -451,21 +451,13 @@ def test_stale_bundle_plan_fix_rebuilds_the_bundle(tmp_path):
     assert e.value.fix == f"rebuild the bundle's engines: build-engine --onnx {root} --output {root}"
 
 
-def test_engine_facade_and_package_exports():
-    """runtime/engine.py keeps the old names (the same objects as in the new modules); the tensorrt package
-    exports its public API lazily."""
-    from zsdeploy.runtime import engine, tensorrt
-    from zsdeploy.runtime.tensorrt import builder, onnx_inspect
-    from zsdeploy.runtime.tensorrt import preflight as preflight_module
+def test_tensorrt_package_exports_lazily():
+    """The tensorrt package exports its public API lazily (PEP 562): each name is its module's object."""
+    from zsdeploy.runtime import tensorrt
+    from zsdeploy.runtime.tensorrt import builder
 
-    assert not [n for n in engine.__all__ if not hasattr(engine, n)]
-    assert (engine.build_engine, engine.make_sidecar, engine.read_sidecar, engine.write_sidecar) == \
-        (builder.build_engine, make_sidecar, sidecar.read_sidecar, write_sidecar)
-    assert (engine.preflight, engine.inspect_onnx, engine._fit_short_edge) == \
-        (preflight_module.preflight, onnx_inspect.inspect_onnx, fit_short_edge)
-    assert engine.SIDECAR_FORMAT == SIDECAR_FORMAT
     assert {n: getattr(tensorrt, n) for n in tensorrt.__all__}["BuildOptions"] is BuildOptions
-
+    assert tensorrt.build_engine is builder.build_engine and tensorrt.make_sidecar is make_sidecar
 
 def test_plugin_specs_match_the_exporter():
     from zsdeploy.export.plugin_lowering import NVIDIA, PLUGIN
@@ -475,7 +467,7 @@ def test_plugin_specs_match_the_exporter():
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys; import zsdeploy.runtime.engine, zsdeploy.runtime.build_cli, zsdeploy.runtime.cuda_utils, "
+    code = ("import sys; import zsdeploy.runtime.tensorrt.builder, zsdeploy.runtime.build_cli, zsdeploy.runtime.cuda_utils, "
             "zsdeploy.runtime.bundle_engines, zsdeploy.runtime.backends.tensorrt_backend; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)

@@ -334,7 +334,7 @@ def test_runtime_bundle_with_verify_refuses_a_changed_graph(tmp_path):
 def test_build_engine_refuses_a_changed_graph(tmp_path):
     """A plan built from a graph that is not the exported one would be silently wrong: build-engine hashes."""
     from zsdeploy.runtime.bundle_engines import bundle_jobs
-    from zsdeploy.runtime.engine import BuildOptions
+    from zsdeploy.runtime.tensorrt.preflight import BuildOptions
 
     d = tmp_path / "b"
     make_bundle(d)

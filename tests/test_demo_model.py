@@ -79,10 +79,10 @@ def test_training_sample_targets_are_exact():
 
 
 def test_heldout_scenes_are_never_training_scenes():
-    from zsdeploy.benchmarks.synthetic import _scene_seed
+    from zsdeploy.runtime.scenes import scene_seed
 
     held = data.heldout_seeds(200)
-    train = {_scene_seed(data.TRAIN_SEED, i) for i in range(20000)}
+    train = {scene_seed(data.TRAIN_SEED, i) for i in range(20000)}
     assert not held & train
     assert data.heldout_scene(0).image.shape == (256, 256, 3)
 
@@ -141,12 +141,12 @@ def test_shipped_weights_load_with_every_key_accounted_for():
 def test_demo_export_reproduces_pytorch(demo_export):
     from zsdeploy.export.torch_backend import TorchBackend
     from zsdeploy.runtime.backends import load_backend
-    from zsdeploy.runtime.pipeline import Segmenter
+    from zsdeploy.runtime.pipeline import Pipeline
 
     backend = load_backend(demo_export)
     assert backend.info.raw["weights"] == "demo" and not backend.info.standin_weights
     ref = TorchBackend.pading("panoptic", weights="demo")
-    seg_b, seg_r = Segmenter(backend, "panoptic"), Segmenter(ref, "panoptic")
+    seg_b, seg_r = Pipeline(backend, "panoptic"), Pipeline(ref, "panoptic")
     for i in range(3):
         scene = data.heldout_scene(i)
         [b], [r] = seg_b([scene.image]), seg_r([scene.image])

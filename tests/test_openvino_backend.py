@@ -21,11 +21,11 @@ from conftest import REPO, rel_l2
 
 ov = pytest.importorskip("openvino", reason='the OpenVINO backend needs pip install "zsdeploy[openvino]"')
 
-from zsdeploy.benchmarks.synthetic import generate_scene  # noqa: E402
+from zsdeploy.runtime.scenes import generate_scene  # noqa: E402
 from zsdeploy.runtime.backends import load_backend, resolve_backend  # noqa: E402
 from zsdeploy.runtime.backends.openvino_backend import bf16_support  # noqa: E402
 from zsdeploy.runtime.errors import ZsdError  # noqa: E402
-from zsdeploy.runtime.pipeline import Segmenter  # noqa: E402
+from zsdeploy.runtime.pipeline import Pipeline  # noqa: E402
 
 F32_TOL = 1e-5  # the README's / issue's claim (measured ~1e-6 class logits, ~3e-6 mask logits)
 # bf16 (AMX) vs f32 ONNX Runtime, measured on these stand-in exports and scenes (6 scenes, 128x160, openvino 2026.4,
@@ -38,7 +38,7 @@ def _scenes(n: int, h: int, w: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def _batch(backend, images: list[np.ndarray]) -> np.ndarray:
-    return Segmenter(backend, short_edge=0).preprocess(images).tensor
+    return Pipeline(backend, short_edge=0).preprocess(images).tensor
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_dynamic_model_is_specialised_for_a_repeated_shape(onnx_exports, cache):
 
 @pytest.mark.parametrize("name", ["static_b1", "dynamic"])
 def test_postprocessed_results_identical(backends, name):
-    """Same label / id maps, segments, instances and semantic argmax through runtime.pipeline.Segmenter."""
+    """Same label / id maps, segments, instances and semantic argmax through runtime.pipeline.Pipeline."""
     ort_b, ov_b = backends[name]
     images = _scenes(2, 128, 160, seed=7)
     per_call = 1 if ort_b.info.static_batch == 1 else 2
@@ -115,7 +115,7 @@ def test_postprocessed_results_identical(backends, name):
         for i in range(0, 2, per_call):
             chunk = images[i:i + per_call]
             # short_edge 0: the scenes at their own size (the model's 800-px policy would only cost minutes)
-            ref, got = Segmenter(ort_b, task, short_edge=0)(chunk), Segmenter(ov_b, task, short_edge=0)(chunk)
+            ref, got = Pipeline(ort_b, task, short_edge=0)(chunk), Pipeline(ov_b, task, short_edge=0)(chunk)
             for r, g in zip(ref, got):
                 assert _same(g.results, r.results, (task, i))
 

@@ -26,7 +26,7 @@ if not (os.environ.get("ZSD_OV_EXTENSION") or any(shutil.which(c) for c in ("g++
     pytest.skip("no C++ compiler to build the OpenVINO extension with (and no ZSD_OV_EXTENSION)",
                 allow_module_level=True)
 
-from zsdeploy.benchmarks.synthetic import generate_scene  # noqa: E402
+from zsdeploy.runtime.scenes import generate_scene  # noqa: E402
 from zsdeploy.runtime.backends import load_backend  # noqa: E402
 from zsdeploy.runtime.backends import ov_extension  # noqa: E402
 from zsdeploy.runtime.backends.openvino_backend import bf16_support  # noqa: E402

@@ -16,7 +16,7 @@ from conftest import REPO, rel_l2
 from zsdeploy.export.precision import PrecisionOptions, calibration_data, convert, has_qdq
 from zsdeploy.export.precision_islands import BY_NAME, island_nodes
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.metadata import ModelInfo
+from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 
 
 def export_model(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def run_ort(path: Path | bytes, x: np.ndarray) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def scene_input(fp32_onnx) -> np.ndarray:
     """A generated small-target scene pre-processed for the graph (not one of the calibration scenes)."""
-    from zsdeploy.benchmarks.synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
     from zsdeploy.export.precision import _to_input
 
     info = ModelInfo.from_metadata(meta(fp32_onnx), "fp32")
@@ -91,7 +91,7 @@ def test_fp16_graph_runs_in_onnxruntime_close_to_fp32(fp32_onnx, tmp_path, scene
 def test_int8_qdq_graph_from_a_calibration_folder(fp32_onnx, tmp_path, scene_input):
     from PIL import Image
 
-    from zsdeploy.benchmarks.synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
 
     calib = tmp_path / "calib"
     calib.mkdir()
@@ -209,7 +209,7 @@ def test_islands_are_found_by_topology(fp32_onnx):
 
 def test_sensitivity_pass_reports_what_each_island_buys(fp32_onnx, tmp_path):
     out = tmp_path / "sens.json"
-    proc = subprocess.run([sys.executable, "-m", "zsdeploy.export.precision_sensitivity", "--onnx", str(fp32_onnx),
+    proc = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.precision_sensitivity", "--onnx", str(fp32_onnx),
                            "--precision", "fp16", "--scenes", "1", "--candidates", "layernorm,class_head",
                            "--tolerance", "100", "--output", str(out)],
                           capture_output=True, text=True, timeout=1800, cwd=REPO)
@@ -222,7 +222,7 @@ def test_sensitivity_pass_reports_what_each_island_buys(fp32_onnx, tmp_path):
         assert 0 <= row["small_loss"] <= 100
     md = out.with_suffix(".md").read_text()
     assert "| + layernorm |" in md and "buys vs naive" in md and "--fp32-islands none" in md
-    bad = subprocess.run([sys.executable, "-m", "zsdeploy.export.precision_sensitivity", "--onnx",
+    bad = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.precision_sensitivity", "--onnx",
                           str(tmp_path / "missing.onnx"), "--precision", "int8", "--output", str(tmp_path / "x.json")],
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert bad.returncode == 2 and "does not exist" in bad.stderr and not (tmp_path / "x.json").exists()

@@ -153,7 +153,7 @@ def test_python_api_exports_the_demo_model_and_segments_a_file(tmp_path):
                                 say=lambda s: None)
     info = ModelInfo.from_metadata(read_onnx_metadata(out), str(out))
     assert info.raw["weights"] == "demo" and not info.standin_weights and info.static_hw == (128, 128)
-    from zsdeploy.benchmarks.synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
 
     scene = generate_scene(20261201, 128, 128, n_objects=4, size_range=(20, 60))
     Image.fromarray(scene.image).save(tmp_path / "scene.png")

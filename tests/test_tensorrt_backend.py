@@ -162,7 +162,7 @@ RUNNER_CHECK = """
 import sys
 import zsdeploy.runtime.backends.tensorrt_backend
 BUILDER_SIDE = ("zsdeploy.runtime.tensorrt.builder", "zsdeploy.runtime.tensorrt.calibration",
-                "zsdeploy.runtime.tensorrt.preflight", "zsdeploy.runtime.tensorrt.progress", "zsdeploy.runtime.engine")
+                "zsdeploy.runtime.tensorrt.preflight", "zsdeploy.runtime.tensorrt.progress")
 assert not [m for m in BUILDER_SIDE if m in sys.modules], [m for m in BUILDER_SIDE if m in sys.modules]
 from zsdeploy.runtime.backends.tensorrt_backend import TensorRTBackend
 from zsdeploy.runtime.errors import ZsdError

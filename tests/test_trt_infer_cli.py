@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsdeploy.benchmarks.synthetic import sample_image
+from zsdeploy.runtime.scenes import sample_image
 
 
 def _run(*args, cwd=None):

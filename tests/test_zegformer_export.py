@@ -44,7 +44,7 @@ def session(path) -> ort.InferenceSession:
 
 def test_bundle_files_and_metadata(bundle):
     from zsdeploy.runtime.artifacts.bundle_manifest import FORMAT, BundleInput, read_bundle_manifest
-    from zsdeploy.runtime.metadata import ModelInfo
+    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 
     out, _, lines = bundle
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # .vocab_cache: runtime tests

@@ -164,7 +164,7 @@ def test_fp16_bundle_agrees_with_the_fp32_bundle_per_size_bucket(fp16_bundle, ze
 
 def test_openvino_runs_the_fp16_bundle(fp16_bundle):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
-    from zsdeploy.benchmarks.synthetic import generate_scene
+    from zsdeploy.runtime.scenes import generate_scene
     from zsdeploy.runtime.zegformer import ZegFormerBundle, ZegFormerSegmenter
 
     image = generate_scene(3, H, W, n_objects=20, size_range=(6, 60)).image

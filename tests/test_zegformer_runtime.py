@@ -16,7 +16,7 @@ from conftest import rel_l2
 from PIL import Image
 from test_tokenizer import BPE, needs_bpe
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.metadata import ModelInfo
+from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 from zsdeploy.runtime.zegformer import (
     ZegFormerBundle,
     ZegFormerSegmenter,
@@ -313,7 +313,8 @@ def test_vocabulary_flags_refused_for_pading(onnx_exports, image_file, tmp_path)
 # ------------------------------------------------------------------------------------------------ TensorRT profiles
 def test_default_engine_profiles_of_bundle_graphs(zegformer_bundle):
     """build-engine needs no --profile for bundle graphs: the class-count and token axes get default ranges."""
-    from zsdeploy.runtime.engine import default_profile, inspect_onnx
+    from zsdeploy.runtime.tensorrt.onnx_inspect import inspect_onnx
+    from zsdeploy.runtime.tensorrt.profiles import default_profile
 
     root = zegformer_bundle[0]
     seg = default_profile(inspect_onnx(root / "segmenter.onnx"))
@@ -328,7 +329,8 @@ def test_default_engine_profiles_of_bundle_graphs(zegformer_bundle):
 
 
 def test_default_profile_of_dynamic_crop_classifier_follows_the_image_range():
-    from zsdeploy.runtime.engine import OnnxModel, default_profile
+    from zsdeploy.runtime.tensorrt.onnx_inspect import OnnxModel
+    from zsdeploy.runtime.tensorrt.profiles import default_profile
 
     info = _info(["a", "b", "c"], [0, 1])
     model = OnnxModel(Path("crop_classifier.onnx"), dict(info.raw), info, {
@@ -463,7 +465,7 @@ def _build_engine(*args: str) -> subprocess.CompletedProcess:
 
 
 def _tensorrt_missing() -> bool:
-    from zsdeploy.runtime.engine import import_tensorrt
+    from zsdeploy.runtime.tensorrt.loader import import_tensorrt
 
     try:
         import_tensorrt()

@@ -33,7 +33,9 @@ def build_engine(onnx: PathLike, output: PathLike, *, precision: str | None = No
                  profile: Iterable[str] = (), say: Callable[[str], None] = print, **options: Any) -> Any:
     """`build-engine --onnx ONNX --output PLAN ...`: a TensorRT engine + its sidecar (needs TensorRT and a GPU).
     `profile`: NAME:MIN:OPT:MAX strings; `options`: BuildOptions fields (plugin_lib, workspace_mb, ...)."""
-    from zsdeploy.runtime.engine import BuildOptions, build_engine as _build, parse_profile
+    from zsdeploy.runtime.tensorrt.builder import build_engine as _build
+    from zsdeploy.runtime.tensorrt.preflight import BuildOptions
+    from zsdeploy.runtime.tensorrt.profiles import parse_profile
 
     return _build(BuildOptions(Path(onnx), Path(output), precision=precision, profile=parse_profile(profile),
                                **options), say)

@@ -206,7 +206,7 @@ ResNet-50 at half width (WIDTH_PER_GROUP 32, RES2_OUT_CHANNELS 128), MSDeformAtt
 loading restores fp32). Test size: short edge {SCENE_SIZE[0]} (the training resolution).
 
 ## Data
-`benchmarks/synthetic.py` scenes at {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, {SCENE_OBJECTS} objects tried per scene, object sqrt(area)
+`runtime/scenes.py` scenes at {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, {SCENE_OBJECTS} objects tried per scene, object sqrt(area)
 {SCENE_OBJECT_SIZES[0]:g}..{SCENE_OBJECT_SIZES[1]:g} px (log-uniform: about half the things are COCO-small), exact panoptic ground truth;
 one new scene per sample (seed {TRAIN_SEED}, scene i of iteration t is a function of both); augmentation: scale jitter 0.75..1.5
 (image bilinear, labels nearest), random crop / pixel-mean padding back to {SCENE_SIZE[0]}x{SCENE_SIZE[1]}, horizontal flip.

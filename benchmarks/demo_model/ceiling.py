@@ -102,7 +102,7 @@ class OracleBackend(Backend):
     """Perfect network outputs at a mask stride, for inputs registered with their ground truth beforehand.
 
     `info`, input/output names and input shapes are the template's (an exported model opened with a runtime), so
-    the Segmenter pre- and post-processes exactly as for that model."""
+    the Pipeline pre- and post-processes exactly as for that model."""
 
     def __init__(self, template: Backend, *, stride: int = DEFAULT_STRIDE, margin: float = CLASS_MARGIN,
                  clip: float = FRACTION_CLIP) -> None:

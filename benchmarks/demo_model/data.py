@@ -1,4 +1,4 @@
-"""Training and held-out data for the demo model: generated scenes (benchmarks.synthetic) with exact targets."""
+"""Training and held-out data for the demo model: generated scenes (runtime.scenes) with exact targets."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..synthetic import _scene_seed, generate_scene
+from zsdeploy.runtime.scenes import scene_seed, generate_scene
 
 #: Scene parameters shared by training and the held-out set (the "training resolution").
 SCENE_SIZE = (256, 256)
@@ -24,7 +24,7 @@ PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 
 
 def heldout_seeds(n: int = HELDOUT_GUARD) -> set[int]:
-    return {_scene_seed(HELDOUT_SEED, i) for i in range(n)}
+    return {scene_seed(HELDOUT_SEED, i) for i in range(n)}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Sample:
 def heldout_scene(i: int):
     """Held-out scene i (the same scene zsd-bench builds for `--dataset synthetic:N --seed HELDOUT_SEED`)."""
     h, w = SCENE_SIZE
-    return generate_scene(_scene_seed(HELDOUT_SEED, i), h, w, n_objects=SCENE_OBJECTS, size_range=SCENE_OBJECT_SIZES)
+    return generate_scene(scene_seed(HELDOUT_SEED, i), h, w, n_objects=SCENE_OBJECTS, size_range=SCENE_OBJECT_SIZES)
 
 
 def targets_of(panoptic: np.ndarray, segments: list[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -111,15 +111,15 @@ class _Batches(torch.utils.data.IterableDataset):
         self.heldout = heldout_seeds()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
-        from ..synthetic import _scene_seed
+        from zsdeploy.runtime.scenes import scene_seed
 
         it = self.start
         while True:
             images, classes, masks = [], [], []
             for j in range(self.batch):
-                scene_seed = _scene_seed(self.seed, it * self.batch + j)
+                scene_seed = scene_seed(self.seed, it * self.batch + j)
                 if scene_seed in self.heldout:  # never train on a held-out scene
-                    scene_seed = _scene_seed(self.seed + 1, it * self.batch + j)
+                    scene_seed = scene_seed(self.seed + 1, it * self.batch + j)
                 s = training_sample(scene_seed, np.random.default_rng([self.seed, it, j]))
                 images.append(torch.from_numpy(s.image))
                 classes.append(torch.from_numpy(s.classes))
@@ -136,11 +136,11 @@ def heldout_pq(model: nn.Module, spec: Any, cfg: Any, config_path: Path, n: int)
     from ...export.onnx_export import ExportShape
     from ...export.torch_backend import TorchBackend
     from ...export import config as config_mod
-    from ...runtime.pipeline import Segmenter
+    from ...runtime.pipeline import Pipeline
     from ..metrics import PanopticQuality
 
     built = BuiltModel(model, spec, config_mod.test_settings(cfg), "panoptic", config_path, "training", "", [])
-    seg = Segmenter(TorchBackend(model, pading_metadata(built, ExportShape(dynamic=True), opset=0, msda="torch")),
+    seg = Pipeline(TorchBackend(model, pading_metadata(built, ExportShape(dynamic=True), opset=0, msda="torch")),
                     task="panoptic")
     pq = PanopticQuality()
     for i in range(n):

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from ..errors import ZsdError
 from ..files import file_sha256, write_json_atomic
-from ..metadata import ModelInfo
+from .onnx_metadata import ModelInfo
 from ..tensorrt.plugins import PluginSpec
 from ..tensorrt.profiles import Profile, ShapeRange
 

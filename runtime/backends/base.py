@@ -5,7 +5,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo
 
 
 class Backend(ABC):

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ZsdError
 from ..artifacts.onnx_metadata import has_msda_plugin
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo
 from .base import Backend
 from .onnxruntime_backend import check_feeds, read_onnx_metadata
 from .ov_cache import CompiledModelCache, entry_key
@@ -85,7 +85,7 @@ def bf16_support() -> tuple[bool, str]:
     return False, f"this CPU lists neither {' nor '.join(BF16_FLAGS)} in /proc/cpuinfo"
 
 
-def _say_stderr(msg: str) -> None:
+def say_stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
@@ -100,7 +100,7 @@ class OpenVINOBackend(Backend):
         cores); streams: NUM_STREAMS (default: what the performance hint picks, 1 for LATENCY).
         specialize: compile a dynamic model for an input shape seen twice (see the module docstring)."""
         ov = import_openvino()
-        self.say = say or _say_stderr
+        self.say = say or say_stderr
         path = Path(path)
         self.info = ModelInfo.from_metadata(read_onnx_metadata(path), str(path))
         if precision not in PRECISIONS:

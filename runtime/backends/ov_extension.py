@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ZsdError
-from .openvino_backend import _say_stderr, cpu_flags, cpu_model, import_openvino
+from .openvino_backend import say_stderr, cpu_flags, cpu_model, import_openvino
 
 LIBRARY_NAME = "libzsd_msda_openvino.so"
 SOURCES = ("openvino/msDeformAttnOvExtension.cpp", "msdeformattn/msDeformAttnHost.cpp")
@@ -143,7 +143,7 @@ def _compile(cxx: str, include: Path, libs: Path, out: Path, say: Callable[[str]
 def library_path(say: Callable[[str], None] | None = None, *, rebuild: bool = False) -> Path:
     """The extension library: $ZSD_OV_EXTENSION, else the cached build for this machine (built now if needed)."""
     global _library
-    say = say or _say_stderr
+    say = say or say_stderr
     env = os.environ.get("ZSD_OV_EXTENSION")
     if env:
         path = Path(env).expanduser()
@@ -167,7 +167,7 @@ def library_path(say: Callable[[str], None] | None = None, *, rebuild: bool = Fa
 def add_to_core(core, say: Callable[[str], None] | None = None) -> Path:  # noqa: ANN001 (openvino.Core)
     """Load the extension into `core` (call once per Core). A cached library that OpenVINO cannot load (corrupt,
     truncated) is rebuilt once, with a note."""
-    say = say or _say_stderr
+    say = say or say_stderr
     path = library_path(say)
     try:
         core.add_extension(str(path))

@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from ..errors import ZsdError
-from ..pipeline import Segmenter
+from ..pipeline import Pipeline
 from . import steps
 
 
@@ -72,8 +72,8 @@ class NetworkModel:
         if threads is None and os.environ.get("OMP_NUM_THREADS"):
             threads = int(os.environ["OMP_NUM_THREADS"])
         model = _version_dir(args) / params["model_file"]
-        # A Segmenter around the real backend: run_network fills a static batch exactly as trt-infer does.
-        self.seg = Segmenter(load_backend(model, threads=threads))
+        # A Pipeline around the real backend: run_network fills a static batch exactly as trt-infer does.
+        self.seg = Pipeline(load_backend(model, threads=threads))
 
     def finalize(self) -> None:
         self.seg.backend.close()

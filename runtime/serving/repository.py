@@ -37,7 +37,7 @@ DEFAULT_MAX_BATCH = 8
 # Triton's Python stub embeds an isolated interpreter that ignores PYTHONPATH; the generated model.py honours it,
 # so a server started with PYTHONPATH=<site-packages holding zsdeploy> works without a conda-pack environment.
 # site.addsitedir (not sys.path.append) also runs the .pth files of editable installs.
-_SHIM = '''"""zsdeploy {role} step, written by export-triton; the code lives in zsdeploy.runtime.serving.models."""
+MODEL_PY_SHIM = '''"""zsdeploy {role} step, written by export-triton; the code lives in zsdeploy.runtime.serving.models."""
 import os
 import site
 
@@ -219,7 +219,7 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
             d = tmp / names[role]
             write_text(d / "config.pbtxt", ModelConfig(names[role], max_batch, ins, outs, backend="python",
                                                    instance_count=opts.instances).text())
-            write_text(d / "1" / "model.py", _SHIM.format(role=role, cls=cls))
+            write_text(d / "1" / "model.py", MODEL_PY_SHIM.format(role=role, cls=cls))
             write_text(d / "1" / "zsdeploy_step.json", step_doc)
 
         python_step("preprocess", "PreprocessModel", [image], [images, image_info])
@@ -251,7 +251,7 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
             params["model_file"] = model_file
             if opts.threads:
                 params["threads"] = str(opts.threads)
-            write_text(net_dir / "model.py", _SHIM.format(role="network", cls="NetworkModel"))
+            write_text(net_dir / "model.py", MODEL_PY_SHIM.format(role="network", cls="NetworkModel"))
         net.parameters = params
         write_text(tmp / names["network"] / "config.pbtxt", net.text())
 

@@ -14,8 +14,8 @@ import numpy as np
 from ..backends.base import Backend
 from ..errors import ZsdError
 from ..files import json_default
-from ..metadata import ModelInfo
-from ..pipeline import Segmentation, Segmenter
+from ..artifacts.onnx_metadata import ModelInfo
+from ..pipeline import Segmentation, Pipeline
 from ..preprocess import Batch
 
 #: image_info columns, per image: resized (valid) size, original size, padded size of the batch tensor.
@@ -24,7 +24,7 @@ STEP_FORMAT = "zsdeploy-triton-step/1"
 
 
 class MetadataBackend(Backend):
-    """A backend that only carries an export's metadata: pre/post steps need the Segmenter's settings, not its
+    """A backend that only carries an export's metadata: pre/post steps need the Pipeline's settings, not its
     network (which runs in its own Triton model)."""
 
     name = "metadata"
@@ -50,9 +50,9 @@ def read_step_file(path: str | os.PathLike[str]) -> tuple[ModelInfo, str]:
     return ModelInfo.from_metadata(doc["metadata"], str(path)), str(doc["task"])
 
 
-def step_segmenter(info: ModelInfo, task: str) -> Segmenter:
-    """The Segmenter whose pre/post-processing trt-infer would run for this export and task."""
-    return Segmenter(MetadataBackend(info), task=task)
+def step_segmenter(info: ModelInfo, task: str) -> Pipeline:
+    """The Pipeline whose pre/post-processing trt-infer would run for this export and task."""
+    return Pipeline(MetadataBackend(info), task=task)
 
 
 def decode_image(data: bytes, index: int) -> np.ndarray:
@@ -73,7 +73,7 @@ def decode_image(data: bytes, index: int) -> np.ndarray:
         os.unlink(tmp)
 
 
-def preprocess_request(seg: Segmenter, blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_request(seg: Pipeline, blobs: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """A request's encoded images -> (images float32 [B,3,H,W], image_info int32 [B,6])."""
     rgbs = [decode_image(b, i) for i, b in enumerate(blobs)]
     batch = seg.preprocess(rgbs)
@@ -82,13 +82,13 @@ def preprocess_request(seg: Segmenter, blobs: Sequence[bytes]) -> tuple[np.ndarr
     return batch.tensor, info
 
 
-def run_network(seg: Segmenter, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_network(seg: Pipeline, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The network on a pre-processed batch, as trt-infer runs it (a static batch is filled with copies)."""
     hw = (int(images.shape[2]), int(images.shape[3]))
     return seg.infer(Batch(images, [], [], hw))
 
 
-def postprocess_request(seg: Segmenter, class_logits: np.ndarray, mask_logits: np.ndarray,
+def postprocess_request(seg: Pipeline, class_logits: np.ndarray, mask_logits: np.ndarray,
                         image_info: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
     """Raw outputs of one request -> (id map int32 [B, Hmax, Wmax], JSON documents).
 

@@ -23,7 +23,7 @@ from ..artifacts.bundle_manifest import BUNDLE_FILE, BundleManifest, read_bundle
 from ..files import publish, staging_dir
 from ..errors import ZsdError
 from .pbtxt import ModelConfig, Tensor
-from .repository import (_SHIM, DEFAULT_MAX_BATCH, MARKER, MARKER_FORMAT, RepositoryOptions, check_common_options,
+from .repository import (MODEL_PY_SHIM, DEFAULT_MAX_BATCH, MARKER, MARKER_FORMAT, RepositoryOptions, check_common_options,
                          check_output, sha256_of, write_text)
 from .zegformer_steps import DEFAULT_MAX_CLASSES, DEFAULT_VOCAB_CACHE, ZegFormerStep
 
@@ -101,7 +101,7 @@ def write_zegformer_repository(bundle: Path, out: Path, opts: RepositoryOptions)
             shutil.copyfile(bundle / f, version / BUNDLE_DIR / f)
         if bpe is not None:
             shutil.copyfile(bpe, version / bpe.name)
-        write_text(version / "model.py", _SHIM.format(role="ZegFormer", cls="ZegFormerModel"))
+        write_text(version / "model.py", MODEL_PY_SHIM.format(role="ZegFormer", cls="ZegFormerModel"))
         write_text(version / "zsdeploy_step.json", step.to_json())
         write_text(tmp / name / "config.pbtxt", config.text())
         write_text(tmp / MARKER, json.dumps({

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .builder import BuildResult, build_engine, make_sidecar
-    from .calibration import fit_short_edge, make_calibrator
+    from .calibration import make_calibrator
     from .loader import import_tensorrt, make_logger
     from .onnx_inspect import OnnxModel, PluginNode, inspect_onnx
     from .plugins import NVIDIA_PLUGIN, PLUGIN_LIBRARY_NAME, ZSD_PLUGIN, PluginSpec, load_plugin_library, \
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BuildResult", "build_engine", "make_sidecar",
-    "fit_short_edge", "make_calibrator",
+    "make_calibrator",
     "import_tensorrt", "make_logger",
     "OnnxModel", "PluginNode", "inspect_onnx",
     "NVIDIA_PLUGIN", "PLUGIN_LIBRARY_NAME", "ZSD_PLUGIN", "PluginSpec", "load_plugin_library", "require_creators",
@@ -47,7 +47,7 @@ __all__ = [
 # name -> the submodule that defines it (imported on first access)
 _EXPORTS = {
     **dict.fromkeys(("BuildResult", "build_engine", "make_sidecar"), "builder"),
-    **dict.fromkeys(("fit_short_edge", "make_calibrator"), "calibration"),
+    **dict.fromkeys(("make_calibrator",), "calibration"),
     **dict.fromkeys(("import_tensorrt", "make_logger"), "loader"),
     **dict.fromkeys(("OnnxModel", "PluginNode", "inspect_onnx"), "onnx_inspect"),
     **dict.fromkeys(("NVIDIA_PLUGIN", "PLUGIN_LIBRARY_NAME", "ZSD_PLUGIN", "PluginSpec", "load_plugin_library",

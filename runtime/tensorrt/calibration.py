@@ -11,23 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ZsdError
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo
+from ..preprocess import fit_short_edge
 from .loader import Say
 from .profiles import Shape
 
-__all__ = ["fit_short_edge", "make_calibrator"]
-
-
-def fit_short_edge(h: int, w: int, canvas: tuple[int, int], short: int, max_size: int) -> tuple[int, int | None]:
-    """ResizeShortestEdge parameters that keep an image inside the calibration canvas (shrink only if needed)."""
-    from ..preprocess import resized_shape
-
-    if all(a <= b for a, b in zip(resized_shape(h, w, short, max_size), canvas)):
-        return short, max_size
-    s = int(min(canvas[0] / h, canvas[1] / w) * min(h, w))
-    while s > 1 and any(a > b for a, b in zip(resized_shape(h, w, s, None), canvas)):
-        s -= 1  # int(x + 0.5) rounding may overshoot by one pixel
-    return max(s, 1), None
+__all__ = ["make_calibrator"]
 
 
 def make_calibrator(files: Sequence[Path], shape: Shape, info: ModelInfo, cache: Path, say: Say) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import ZsdError
-from ..metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo
 from .plugins import KNOWN_PLUGINS, PluginSpec
 from .precision import graph_precision
 

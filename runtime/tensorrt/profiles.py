@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import ZsdError
 
 if TYPE_CHECKING:
-    from ..metadata import ModelInfo
+    from ..artifacts.onnx_metadata import ModelInfo
     from .onnx_inspect import OnnxModel
 
 __all__ = ["MIN_MAX_CLASSES", "TEXT_ENCODER_ROWS", "TEXT_INPUTS", "Profile", "Shape", "ShapeRange",

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.files import write_json_atomic
-from zsdeploy.runtime.imageio import save_png
+from .errors import ZsdError
+from .files import write_json_atomic
+from .imageio import save_png
 
 __all__ = [
     "COCO_PANOPTIC_NAMES",
@@ -555,7 +555,7 @@ def generate_scene(
     )
 
 
-def _scene_seed(seed: int, index: int) -> int:
+def scene_seed(seed: int, index: int) -> int:
     # Independent, reproducible per-scene seeds (scene i can be regenerated alone from its recorded seed).
     return int(np.random.SeedSequence([int(seed) & (2**63 - 1), index]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -578,7 +578,7 @@ def write_scenes(out_dir: str | os.PathLike[str], n: int, seed: int, **scene_kwa
     images, annotations = [], []
     categories: list[dict[str, Any]] = []
     for i in range(n):
-        s_seed = _scene_seed(seed, i)
+        s_seed = scene_seed(seed, i)
         scene = generate_scene(s_seed, **scene_kwargs)
         categories = scene.categories
         name = f"{i:06d}.png"
@@ -597,7 +597,7 @@ def write_scenes(out_dir: str | os.PathLike[str], n: int, seed: int, **scene_kwa
     doc = {
         "info": {
             "description": "zsdeploy synthetic small-target scenes",
-            "generator": "zsdeploy.benchmarks.synthetic",
+            "generator": "zsdeploy.runtime.scenes",
             "version": 1,
             "seed": int(seed),
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in scene_kwargs.items()},

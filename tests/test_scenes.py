@@ -1,4 +1,4 @@
-"""Tests for zsdeploy.benchmarks.synthetic: determinism, size control, label consistency, dataset files."""
+"""Tests for zsdeploy.runtime.scenes: determinism, size control, label consistency, dataset files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zsdeploy.benchmarks.synthetic import (
+from zsdeploy.runtime.scenes import (
     COCO_PANOPTIC_COCO_IDS,
     COCO_PANOPTIC_NAMES,
     UNSEEN_PANOPTIC_CLASSES,

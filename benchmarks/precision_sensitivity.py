@@ -1,6 +1,6 @@
 """Which blocks must stay fp32? Measure it: the small-bucket effect of each fp32 island candidate.
 
-    python -m zsdeploy.export.precision_sensitivity --onnx pading_fp32.onnx --precision int8 \
+    python -m zsdeploy.benchmarks.precision_sensitivity --onnx pading_fp32.onnx --precision int8 \
         --scenes 4 --output sensitivity_int8.json        # also writes sensitivity_int8.md
 
 For the precision asked for, on a few generated small-target scenes (ONNX Runtime, CPU, both graphs through the
@@ -27,9 +27,9 @@ from typing import Any
 
 import onnx
 
-from ..runtime.errors import ZsdError
-from .precision import PRECISIONS, QUANTIZED_OPS, PrecisionOptions, calibration_data, check_source, convert
-from .precision_islands import BY_NAME, CANDIDATES, island_nodes
+from zsdeploy.export.precision import PRECISIONS, QUANTIZED_OPS, PrecisionOptions, calibration_data, check_source, convert
+from zsdeploy.export.precision_islands import BY_NAME, CANDIDATES, island_nodes
+from zsdeploy.runtime.errors import ZsdError
 
 # Acceptance of issue 11 (small bucket, points vs fp32): fp16 within 0.5 PQ / 0.5 AP, int8 within 2 / 2.
 DEFAULT_TOLERANCE = {"fp16": 0.5, "int8": 2.0}
@@ -57,9 +57,9 @@ def small_loss(m: dict[str, Any]) -> float:
 
 def measure(fp32: Path, candidate: Path, scenes: int, scene_size: str, threads: int = 1) -> dict[str, Any]:
     """ONNX Runtime accuracy of `candidate` vs `fp32` on `scenes` synthetic small-target scenes."""
-    from ..benchmarks.accuracy import run_accuracy
-    from ..benchmarks.datasets import open_dataset
-    from ..runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from .accuracy import run_accuracy
+    from .datasets import open_dataset
+    from zsdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     dataset = open_dataset(f"synthetic:{scenes}", scene_size=scene_size, seed=0)
     report = run_accuracy(OnnxRuntimeBackend(candidate, threads=threads), OnnxRuntimeBackend(fp32, threads=threads),
@@ -79,7 +79,7 @@ def run_sensitivity(fp32_onnx: str | Path, precision: str, *, scenes: int = 4, s
         raise ZsdError(f"--onnx {fp32} does not exist.", "pass an fp32 .onnx written by export-model.")
     model = onnx.load(str(fp32))
     check_source(model, precision, str(fp32))
-    from ..runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
+    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
 
     info = ModelInfo.from_metadata(metadata_of(model), str(fp32))
     if scene_size is None:
@@ -195,7 +195,7 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_parser(prog: str = "python -m zsdeploy.export.precision_sensitivity") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m zsdeploy.benchmarks.precision_sensitivity") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog,
                                 description="Measure which fp32 islands an fp16/int8 graph needs (small-bucket PQ/AP "
                                             "vs the fp32 graph, ONNX Runtime).")
@@ -213,7 +213,7 @@ def build_parser(prog: str = "python -m zsdeploy.export.precision_sensitivity") 
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from ..runtime.files import write_json_atomic
+    from zsdeploy.runtime.files import write_json_atomic
 
     args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
     try:
