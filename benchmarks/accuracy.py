@@ -24,7 +24,8 @@ from typing import Any, Callable
 import numpy as np
 from zsdeploy.runtime.backends.base import Backend
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.families import family_of
+from zsdeploy.runtime.options import TASKS
+from zsdeploy.families import family_of
 from zsdeploy.runtime.pipeline import Pipeline
 from zsdeploy.runtime.postprocess import masks_to_output
 from zsdeploy.runtime.preprocess import Batch, preprocess
@@ -433,7 +434,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     vr = report["vs_reference"]
-    tasks = report.get("tasks", ["semantic", "panoptic", "instance"])
+    tasks = report.get("tasks", list(TASKS))
     out = [f"  precision: {precision_text(report.get('model', {}))}"]
     for b in BUCKET_ORDER:
         r = vr[b]

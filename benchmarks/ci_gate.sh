@@ -42,7 +42,7 @@ print("--msda plugin graphs on OpenVINO (the fastest CPU path; tests/test_ov_ext
 PY
 
 echo "== [1/6] export PADing panoptic (diverse stand-in weights) at ${H}x${W} -> $OUT/pading_${H}x${W}.onnx"
-"$PY" -m zsdeploy.export.cli --model pading --task panoptic --height $H --width $W --standin diverse \
+"$PY" -m zsdeploy.cli.export_model --model pading --task panoptic --height $H --width $W --standin diverse \
     --output "$OUT/pading_${H}x${W}.onnx" > "$OUT/export.log" 2>&1 || { cat "$OUT/export.log"; exit 2; }
 tail -n 1 "$OUT/export.log"
 
@@ -62,10 +62,10 @@ if [ "$acc_rc" -ge 2 ]; then  # 2 bad input, 70 internal error, 130 interrupted:
 fi
 
 echo "== [4/6] fp16 and int8 graphs converted from the fp32 export (default fp32 islands; int8 calibrated on 4 scenes)"
-"$PY" -m zsdeploy.export.cli --from-onnx "$OUT/pading_${H}x${W}.onnx" --precision fp16 \
+"$PY" -m zsdeploy.cli.export_model --from-onnx "$OUT/pading_${H}x${W}.onnx" --precision fp16 \
     --output "$OUT/pading_${H}x${W}_fp16.onnx" > "$OUT/fp16.log" 2>&1 || { cat "$OUT/fp16.log"; exit 2; }
 tail -n 1 "$OUT/fp16.log"
-"$PY" -m zsdeploy.export.cli --from-onnx "$OUT/pading_${H}x${W}.onnx" --precision int8 --calib-scenes 4 \
+"$PY" -m zsdeploy.cli.export_model --from-onnx "$OUT/pading_${H}x${W}.onnx" --precision int8 --calib-scenes 4 \
     --output "$OUT/pading_${H}x${W}_int8.onnx" > "$OUT/int8.log" 2>&1 || { cat "$OUT/int8.log"; exit 2; }
 tail -n 1 "$OUT/int8.log"
 

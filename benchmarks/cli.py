@@ -15,50 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+from zsdeploy.runtime.cli_core import run_main
 from zsdeploy.runtime.errors import ZsdError
 
+from .pairing import ACCURACY_BACKENDS
 from .report_io import progress, say, write_report
-
-
-EXIT_INTERNAL = 70  # BSD EX_SOFTWARE: distinct from 1 (regression) and 2 (bad input)
-# top-level module -> the zsdeploy extra that installs it
-OPTIONAL_PACKAGES = {"torch": "export", "fvcore": "export", "onnxslim": "export", "onnxscript": "export",
-                     "pycocotools": "bench", "matplotlib": "bench", "onnxruntime_extensions": "plugins",
-                     "cuda": "gpu"}
-
-
-def _reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None, family: str = "pading"):
-    """The PyTorch reference of an export (its registered family's `torch_reference`)."""
-    from zsdeploy.runtime.families import MODELS
-
-    if getattr(args, "reference", "pytorch") != "pytorch":
-        raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
-    return MODELS.get(family).torch_reference(task, meta, config=args.config, weights=args.weights,
-                                              threads=args.threads)
-
-
-# zsd-bench accuracy --backend NAME -> (load_backend backend, precision)
-ACCURACY_BACKENDS = {"auto": ("auto", "f32"), "onnxruntime": ("onnxruntime", "f32"), "openvino": ("openvino", "f32"),
-                     "openvino-bf16": ("openvino", "bf16"), "tensorrt": ("tensorrt", "f32")}
-
-
-def _load(path: str, threads: int | None, backend: str = "auto", precision: str = "f32"):
-    from zsdeploy.runtime.backends import load_backend
-
-    if precision == "bf16":
-        from zsdeploy.runtime.backends.openvino_backend import bf16_support
-
-        ok, why = bf16_support()
-        if not ok:  # a bf16 accuracy row measured in f32 would be a false statement
-            raise ZsdError(f"--backend openvino-bf16 needs a CPU that computes bf16, but {why}.",
-                           "measure --backend openvino (f32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
-    return load_backend(path, threads=threads, backend=backend, precision=precision)
 
 
 # ------------------------------------------------------------------------------------------------ accuracy
 def cmd_accuracy(args: argparse.Namespace) -> int:
-    from zsdeploy.runtime.zegformer import bundle_root
-
     from .accuracy import (
         apply_tolerances,
         load_tolerances,
@@ -80,16 +45,10 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
     ds = open_dataset(args.dataset, scene_size=args.scene_size, seed=args.seed, size_range=size_range,
                       n_objects=args.objects)
     check_output_dir(args.output)
-    segmenters = None
-    if bundle_root(args.model) is not None:
-        (_, backend, make_be), (_, reference, make_ref) = _zegformer_pair(args, "onnxruntime")
-        segmenters = (make_be, make_ref)
-    else:
-        from zsdeploy.runtime.families import family_for
+    from .pairing import pairing_for
 
-        family, _ = family_for(args.model)  # refuses a graph that runs only inside a bundle
-        backend = _load(args.model, args.threads, *ACCURACY_BACKENDS[args.backend])
-        reference = _reference(args, backend.info.task, backend.info.raw, family.name)
+    pairing, family = pairing_for(args.model)  # refuses a graph that runs only inside a bundle
+    backend, reference, segmenters = pairing.accuracy_pair(args, family)
     say(f"zsd-bench accuracy: {backend.name} ({args.model}) vs {reference.name} on {args.dataset} ({len(ds)} images)")
     report = run_accuracy(backend, reference, ds, short_edge=args.short_edge, instance_ref_score=args.instance_score,
                           progress=lambda it: progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
@@ -108,158 +67,6 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
         say(line)
     say(f"wrote {out / 'report.json'} and {out / 'report.md'}")
     return 0 if report["passed"] else 1
-
-
-# ------------------------------------------------------------------------------------------------ latency
-def _pading_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
-    """torch / onnxruntime / tensorrt runners of one PADing export (or engine)."""
-    from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
-
-    backends: list[NamedBackend] = []
-    unavailable: list[dict[str, str]] = []
-    task = None
-    model = None
-    if "onnxruntime" in names:
-        if not args.model or not args.model.endswith(".onnx"):
-            raise ZsdError("--backends onnxruntime needs --model M.onnx.", "pass the ONNX file export-model wrote.")
-        model = _load(args.model, args.threads, "onnxruntime")  # auto would pick OpenVINO where installed
-        on_gpu = "CUDAExecutionProvider" in getattr(model, "providers", ())
-        backends.append(NamedBackend("onnxruntime", model, device_note=(
-            "ONNX Runtime CUDA EP: not measured (its memory arena is not attributable)" if on_gpu
-            else CPU_DEVICE_NOTE)))
-    if "tensorrt" in names:
-        plan = args.engine or (args.model if args.model and not args.model.endswith(".onnx") else None)
-        if not plan:
-            unavailable.append({"backend": "tensorrt", "reason": "no engine given (--engine M.plan)"})
-        else:
-            try:
-                before, why = device_memory_in_use()  # before the engine allocates anything on the GPU
-                trt = _load(plan, None)
-                backends.append(NamedBackend("tensorrt", trt, device_baseline=before, device_note=why))
-                model = model or trt
-            except (ZsdError, ImportError, OSError) as e:
-                unavailable.append({"backend": "tensorrt", "reason": str(e)})
-    from .latency import parse_ints, parse_sizes, peer_backends  # openvino, openvino-bf16, torch-compile
-
-    peers, missing = peer_backends(names, args.model, threads=args.threads, sizes=parse_sizes(args.sizes),
-                                   batches=parse_ints(args.batch, "--batch"), info=model.info if model else None,
-                                   int8_model=args.int8_model, msda_model=args.msda_model,
-                                   msda_int8_model=args.msda_int8_model,
-                                   reference=lambda i: _reference(args, i.task if i else (args.task or "panoptic"),
-                                                                  i.raw if i else None))
-    backends += peers
-    unavailable += missing
-    model = model or next((p.backend for p in peers if p.name.startswith("openvino")), None)
-    info = model.info if model else None
-    if "torch" in names or "upstream" in names:
-        task = info.task if info else (args.task or "panoptic")
-        torch_ref = _reference(args, task, info.raw if info else None, info.model if info else "pading")
-        if "torch" in names:
-            backends.insert(0, NamedBackend("torch", torch_ref))
-        if "upstream" in names:  # the research code end to end: torch eager + upstream's torch post-processing
-            backends.append(_upstream_post_peer("upstream", torch_ref))
-    if "openvino-bf16-upstream-post" in names:  # OpenVINO bf16 used by hand, with upstream's post-processing
-        ov = next((p.backend for p in peers if p.name == "openvino-bf16"), None)
-        if ov is None:
-            from .latency import openvino_unavailable
-
-            why = openvino_unavailable("bf16") if args.model and args.model.endswith(".onnx") else "needs --model M.onnx"
-            if why:
-                unavailable.append({"backend": "openvino-bf16-upstream-post", "reason": why})
-            else:
-                ov = _load(args.model, args.threads, "openvino", "bf16")
-        if ov is not None:
-            backends.append(_upstream_post_peer("openvino-bf16-upstream-post", ov))
-    return backends, unavailable
-
-
-def _upstream_post_peer(name: str, backend):
-    from .latency import NamedBackend
-    from .upstream_post import UpstreamPostSegmenter
-
-    return NamedBackend(name, backend, make_segmenter=lambda policy, task: UpstreamPostSegmenter(backend, task, policy))
-
-
-def _zegformer_segmenter_factory(args: argparse.Namespace, bundle):
-    """policy -> the bundle's ZegFormerSegmenter on its default vocabulary, resized by `policy`."""
-    from zsdeploy.runtime.zegformer import ZegFormerSegmenter
-
-    def make(policy, task=None):
-        return ZegFormerSegmenter.from_bundle(bundle, bpe_path=args.clip_bpe, task=task,
-                                              short_edge=policy.short_edge, max_size=policy.max_size)
-    return make
-
-
-def _zegformer_torch_bundle(args: argparse.Namespace):
-    """The bundle with its segmenter (and crop classifier) replaced by PyTorch twins built from the config and
-    weights its manifest names (the text encoder stays the bundle's, for vocabularies without stored embeddings)."""
-    from zsdeploy.runtime.zegformer import ZegFormerBundle, bundle_root, read_bundle_manifest
-
-    try:
-        from zsdeploy.export.torch_backend import TorchBackend
-    except ImportError as e:
-        raise ZsdError(f"the PyTorch reference needs torch ({e}).", "pip install 'zsdeploy[export]'.") from None
-    manifest = read_bundle_manifest(bundle_root(args.model))
-    twins = TorchBackend.zegformer(manifest.made_from.as_metadata(), args.weights, args.clip, args.config,
-                                   threads=args.threads)
-    return ZegFormerBundle(args.model, backends=twins, say=say)
-
-
-def _zegformer_pair(args: argparse.Namespace, backend_name: str):
-    """((name, segmenter backend, factory) of `backend_name`, (same) of the PyTorch twins) for a bundle."""
-    from zsdeploy.runtime.zegformer import ZegFormerBundle
-
-    torch_bundle = _zegformer_torch_bundle(args)  # first: a wrong --clip/--weights fails before loading graphs
-    bundle = ZegFormerBundle(args.model, threads=args.threads, prefer_engines=backend_name == "tensorrt", say=say)
-    return ((backend_name, bundle.segmenter, _zegformer_segmenter_factory(args, bundle)),
-            ("torch", torch_bundle.segmenter, _zegformer_segmenter_factory(args, torch_bundle)))
-
-
-def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[list, list[dict[str, str]]]:
-    """Runners of a ZegFormer bundle: each measured as its ZegFormerSegmenter (segmenter + CLIP crop classifier for
-    gzss configs + fusion) on the bundle's default vocabulary; torch = the PyTorch twins of the same graphs."""
-    from zsdeploy.runtime.zegformer import ZegFormerBundle, bundle_root, read_bundle_manifest
-
-    from .latency import CPU_DEVICE_NOTE, NamedBackend, device_memory_in_use
-
-    def named(name: str, bundle: ZegFormerBundle, **kw) -> NamedBackend:
-        return NamedBackend(name, bundle.segmenter, make_segmenter=_zegformer_segmenter_factory(args, bundle), **kw)
-
-    backends, unavailable = [], []
-    if "onnxruntime" in names:
-        backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                             say=say, backend="onnxruntime"),
-                              device_note=CPU_DEVICE_NOTE))
-    from .latency import openvino_unavailable
-
-    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
-        why = openvino_unavailable(precision) if name in names else None
-        if name in names and why is None:
-            backends.append(named(name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                        say=say, backend="openvino", precision=precision)))
-        elif name in names:
-            unavailable.append({"backend": name, "reason": why})
-    for name in ("torch-compile", "upstream", "openvino-bf16-upstream-post"):
-        if name in names:
-            unavailable.append({"backend": name, "reason": "measured for PADing exports only"})
-    if "tensorrt" in names:
-        root = bundle_root(args.model)
-        segmenter_onnx = root / read_bundle_manifest(root).graphs["segmenter"].file
-        if not segmenter_onnx.with_suffix(".plan").is_file():
-            unavailable.append({"backend": "tensorrt", "reason": f"no segmenter.plan in {root} (build-engine "
-                                                                  "each bundle graph to <graph>.plan next to it)"})
-        else:
-            try:
-                before, why = device_memory_in_use()
-                bundle = ZegFormerBundle(args.model, say=say)
-                if bundle.segmenter.name != "tensorrt":
-                    raise ZsdError("TensorRT is not available here.", "install TensorRT.")
-                backends.append(named("tensorrt", bundle, device_baseline=before, device_note=why))
-            except (ZsdError, ImportError, OSError) as e:
-                unavailable.append({"backend": "tensorrt", "reason": str(e)})
-    if "torch" in names:
-        backends.insert(0, named("torch", _zegformer_torch_bundle(args)))
-    return backends, unavailable
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
@@ -284,12 +91,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
     from zsdeploy.runtime.results_io import check_output_dir
 
     check_output_dir(args.output)  # before any model loads
-    from zsdeploy.runtime.zegformer import bundle_root
+    from .pairing import pairing_for
 
-    if args.model and bundle_root(args.model) is not None:
-        backends, unavailable = _zegformer_backends(args, names)
-    else:
-        backends, unavailable = _pading_backends(args, names)
+    backends, unavailable = pairing_for(args.model)[0].latency_backends(args, names)
     if not backends:
         raise ZsdError("no backend to measure: " + "; ".join(f"{u['backend']}: {u['reason']}" for u in unavailable),
                        "pass --backends torch,onnxruntime with --model M.onnx.")
@@ -483,31 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         return precision_main(argv[1:], prog="zsd-bench precision")
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        rc = args.func(args)
-    except ZsdError as e:
-        print(f"zsd-bench: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except ModuleNotFoundError as e:
-        # An optional dependency: name the extra that provides it (exit 2, a setup problem, not a regression).
-        err = ZsdError(f"zsd-bench {args.cmd} needs the Python package {e.name}, which is not installed.",
-                       f"pip install 'zsdeploy[{OPTIONAL_PACKAGES.get((e.name or '').split('.')[0], 'bench')}]'.")
-        print(f"zsd-bench: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("zsd-bench: interrupted; report files already written are complete (each is written whole), the "
-              "others were not written.", file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - a bug must not exit 1, which a CI gate reads as a regression
-        import traceback
 
-        traceback.print_exc()
-        print("zsd-bench: internal error (a bug in zsdeploy, not a regression): please report it with the "
-              "traceback above.", file=sys.stderr)
-        return EXIT_INTERNAL
-    if args.cmd in ("accuracy", "latency"):
-        say(f"done in {time.perf_counter() - t0:.1f} s")
-    return rc
+    def body() -> int:
+        rc = args.func(args)
+        if args.cmd in ("accuracy", "latency"):
+            say(f"done in {time.perf_counter() - t0:.1f} s")
+        return rc
+
+    return run_main("zsd-bench", body,
+                    lambda: "report files already written are complete (each is written whole), the others were "
+                            "not written")
 
 
 if __name__ == "__main__":

@@ -213,11 +213,13 @@ def build_parser(prog: str = "python -m zsdeploy.benchmarks.precision_sensitivit
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    from zsdeploy.runtime.files import write_json_atomic
+    from zsdeploy.runtime.cli_core import run_main
+    from zsdeploy.runtime.files import write_bytes_atomic, write_json_atomic
 
     args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
-    try:
-        out = Path(args.output)
+    out = Path(args.output)
+
+    def body() -> int:
         if out.suffix != ".json":
             raise ZsdError(f"--output {out} should end in .json.", f"use --output {out.with_suffix('.json')}.")
         report = run_sensitivity(args.onnx, args.precision, scenes=args.scenes, scene_size=args.scene_size,
@@ -225,19 +227,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                  candidates=args.candidates.split(",") if args.candidates else None,
                                  calib_scenes=args.calib_scenes, calib_dir=args.calib,
                                  max_islands=args.max_islands, say=print)
-        write_json_atomic(out, report)
         md = out.with_suffix(".md")
-        tmp = md.with_name(f".{md.name}.tmp")
-        tmp.write_text(markdown(report), encoding="utf-8")
-        tmp.replace(md)
-    except ZsdError as e:
-        print(f"precision-sensitivity: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("precision-sensitivity: interrupted; no report written.", file=sys.stderr)
-        return 130
-    print(f"wrote {out} and {md}")
-    return 0
+        write_json_atomic(out, report)
+        write_bytes_atomic(md, markdown(report).encode("utf-8"))
+        print(f"wrote {out} and {md}")
+        return 0
+
+    return run_main(prog or "precision-sensitivity", body, lambda: "no report written")
 
 
 if __name__ == "__main__":

@@ -186,14 +186,14 @@ def run_clients(module: Any, url: str, model: str, blobs: list[bytes], clients: 
 def run_in_process(source: str, marker: dict[str, Any], paths: list[Path], n: int, classes: str | None,
                    threads: int | None) -> tuple[dict[str, Any], dict[int, np.ndarray]]:
     """The repository's source model in this process, one image after another, as trt-infer runs it."""
-    from zsdeploy import open_pipeline
+    from zsdeploy.families import OpenOptions, family_for
     from zsdeploy.runtime.imageio import load_image
     from zsdeploy.runtime.results_io import describe
 
-    options: dict[str, Any] = {"task": marker.get("task"), "threads": threads}
-    if marker.get("kind") == "bundle":
-        options.update(classes=classes, use_cache=False)
-    pipeline = open_pipeline(source, **options)
+    family, _ = family_for(source)
+    # a vocabulary per request: the in-process twin takes the same classes, embedded afresh as the server does
+    vocabulary = {"classes": classes, "use_cache": False} if family.open_vocabulary else {}
+    pipeline = family.open_pipeline(Path(source), OpenOptions(task=marker.get("task"), threads=threads, **vocabulary))
     pipeline([load_image(paths[0]).rgb])  # warm-up, untimed
     latencies: list[float] = []
     maps: dict[int, np.ndarray] = {}

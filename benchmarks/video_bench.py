@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from zsdeploy.runtime.options import BACKENDS, RUNTIME_PRECISIONS
+
 ACCEPTANCE = 0.9
 
 
@@ -142,9 +144,9 @@ def markdown(report: dict[str, Any]) -> str:
 def add_parser(sub) -> None:
     v = sub.add_parser("video", help="video frames/s: pipelined vs sequential loop vs the network alone")
     v.add_argument("--model", required=True, help=".onnx (or .plan), as for trt-infer")
-    v.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"], default="auto")
+    v.add_argument("--backend", choices=BACKENDS, default="auto")
     v.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO")
-    v.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+    v.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="f32",
                    help="OpenVINO inference precision (bf16: CPUs with AMX / AVX512-BF16), as for trt-infer")
     v.add_argument("--frames", type=int, default=60, help="frames in the synthetic clip (default 60)")
     v.add_argument("--size", default=None, help="clip frame size HxW (default: the model's static size, else 256x320)")
@@ -156,7 +158,7 @@ def add_parser(sub) -> None:
 
 def cmd_video(args) -> int:
     from zsdeploy.runtime.errors import ZsdError
-    from zsdeploy.runtime.families import OpenOptions, open_pipeline
+    from zsdeploy.families import OpenOptions, open_pipeline
     from zsdeploy.runtime.results_io import check_output_dir
 
     from .report_io import say, write_report

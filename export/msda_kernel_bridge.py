@@ -21,10 +21,5 @@ def enable_fast_kernel() -> bool:
     return True
 
 
-def disable_fast_kernel() -> None:
-    global _fast
-    _fast = None
-
-
 def fast_kernel() -> Callable | None:
     return _fast

@@ -1,4 +1,5 @@
-"""Trace a model to ONNX with the graph contract of DESIGN.md, check, simplify and self-describe it."""
+"""Trace a model to ONNX with the graph contract (DESIGN.md: inputs, outputs, metadata), check, simplify and
+self-describe it."""
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,10 @@ import onnx
 import torch
 
 from ..runtime.errors import ZsdError
+from ..runtime.version import PRODUCER
 from .models.msdeformattn import LOWERINGS, lowering
 
-EXPORTER_VERSION = "zsdeploy-0.1.0"
+EXPORTER_VERSION = PRODUCER
 DEFAULT_OPSET = 18
 SUPPORTED_OPSETS = range(17, 22)
 

@@ -33,10 +33,10 @@ DEMO_CONFIG_NAME = "demo_panoptic"
 
 
 def demo_weights_path() -> Path:
-    """The shipped demo checkpoint (package data of zsdeploy.benchmarks.demo_model)."""
+    """The shipped demo checkpoint (package data of zsdeploy.export, in export/demo_weights/ with its model card)."""
     from importlib import resources
 
-    return Path(str(resources.files("zsdeploy.benchmarks.demo_model") / "weights" / "demo_panoptic.pth"))
+    return Path(str(resources.files("zsdeploy.export") / "demo_weights" / "demo_panoptic.pth"))
 
 
 def build_pading(task: str, config_path: str | Path | None = None, weights: str | Path | None = None,

@@ -1,4 +1,4 @@
-"""Translation of the MSDeformAttn custom op for the `plugin` and `nvidia` lowerings (see DESIGN.md).
+"""Translation of the MSDeformAttn custom op for the `plugin` and `nvidia` lowerings (DESIGN.md).
 
 `gridsample` needs none: it inlines the reference formulation while tracing.
 

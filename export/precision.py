@@ -36,12 +36,13 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ZsdError
+from ..runtime.options import GRAPH_PRECISIONS
 from ..runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
 from ..runtime.artifacts.onnx_metadata import update_onnx_metadata as update_metadata
 from .msda_ort import plugin_nodes
 from .precision_islands import island_nodes, parse_islands
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = GRAPH_PRECISIONS
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_SCENES = 8
 CALIB_SEED = 20261201  # not the benchmark's seed 0: calibration scenes differ from the scenes measured
@@ -486,3 +487,30 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
     return out
 
 
+
+
+def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: Say = print) -> Path:
+    """`export-model --from-onnx M.onnx --precision P` for one graph: read, convert, write atomically."""
+    from .onnx_export import Progress, save_atomic
+
+    if output.suffix != ".onnx":
+        raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
+    if not source.is_file():
+        raise ZsdError(f"--from-onnx {source} does not exist.", "pass the .onnx written by export-model.")
+    if output.resolve() == source.resolve():
+        raise ZsdError("--output is the --from-onnx file itself; the fp32 graph would be lost.",
+                       "write the converted graph to another file.")
+    check_options(popts)
+    try:
+        proto = onnx.load(str(source))
+    except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)
+        raise ZsdError(f"{source} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}).",
+                       "re-run export-model to write it again.") from None
+    progress = Progress(2, say)
+    with progress.step(f"converting {source} to {popts.precision}"):
+        proto = convert(proto, popts, where=str(source), say=say)
+    with progress.step(f"writing {output}"):
+        save_atomic(proto, output)
+    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {len(proto.graph.node)} nodes, "
+        f"precision {popts.precision})")
+    return output

@@ -3,7 +3,7 @@
 It is the unit every CLI and benchmark runs (trt-infer, zsd-bench accuracy and latency, Triton's Python backend):
 `prepare` (resize, pad, batch), `forward` (the network, plus further networks such as ZegFormer's CLIP crop
 classifier, on the main outputs), `finish` (post-processing per image and task). `run` times the three steps; the
-benchmarks read those timings instead of re-stating the order. Model families (runtime.families) open artifacts as
+benchmarks read those timings instead of re-stating the order. Model families (zsdeploy.families) open artifacts as
 Pipelines; ZegFormer's subclass adds the vocabulary.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import ZsdError
+from .options import TASKS
 from .postprocess import PostprocessConfig, postprocess
 from .preprocess import Batch, preprocess
 
-TASKS = ("semantic", "panoptic", "instance")
 
 
 @dataclass
@@ -103,6 +103,22 @@ class Pipeline:
                 f"ratio kept, where that does not fit {h}x{w}; the rest is padded with the pixel mean. Pass "
                 "--short-edge N to choose the size yourself (images that then do not fit are skipped), or export "
                 "with --dynamic for upstream's exact sizes.")
+
+    def run_notes(self, batch: int = 1, vis_score_threshold: float | None = None) -> list[str]:
+        """Check a run's options against this model (ZsdError) and return the notes to show before it starts
+        (trt-infer on images and on video alike)."""
+        info = self.info
+        if info.static_batch is not None and batch > info.static_batch:
+            raise ZsdError(f"--batch {batch}, but the model was exported with a static batch of {info.static_batch}.",
+                           f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
+        if vis_score_threshold is not None and self.task != "instance":
+            raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {self.task}.",
+                           "drop --vis-score-threshold, or pass --task instance.")
+        notes = []
+        if info.standin_weights:
+            notes.append("this model was exported with untrained stand-in weights; its predictions are meaningless.")
+        note = self.resize_note()
+        return notes + ([note] if note else [])
 
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         return preprocess(

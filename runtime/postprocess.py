@@ -27,6 +27,7 @@ except ImportError:  # a runtime dependency; without it BLAS keeps its own threa
     ThreadpoolController = None
 
 from .errors import ZsdError
+from .options import TASKS
 from .postprocess_results import PackedMasks, SemanticScores
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "postprocess",
 ]
 
-TASKS = ("semantic", "panoptic", "instance")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Video files, camera indices and stream URLs through a Pipeline, with its steps overlapped.
 
-`trt-infer --input clip.mp4|0|rtsp://...` comes here (runtime.cli.run). Four threads joined by small bounded queues,
+`trt-infer --input clip.mp4|0|rtsp://...` comes here (zsdeploy.cli.trt_infer.run). Four threads joined by small bounded queues,
 decode -> prepare -> forward -> finish+write, so that while the network runs on frame n, frame n+1 is decoded and
 pre-processed and frame n-1 post-processed and written: throughput approaches the network's own rate (ONNX Runtime,
 OpenVINO, TensorRT, OpenCV decoding, zlib and most numpy release the GIL).
@@ -21,7 +21,6 @@ the run says "stopped at frame N (why)"), 130 interrupted, 2 user error (source 
 """
 from __future__ import annotations
 
-import argparse
 import queue
 import re
 import statistics
@@ -51,12 +50,26 @@ def is_video_source(text: str) -> bool:
     return Path(text).suffix.lower() in VIDEO_SUFFIXES and not Path(text).is_dir()
 
 
-def refuse_video_options(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class VideoRunOptions:
+    """What a video run is asked for (trt-infer's video options, without argparse)."""
+
+    input: str  # a video file, a camera index or a stream URL
+    output: str  # the folder the frames' results go to
+    every: int | None = None  # segment every N-th frame (None = every frame)
+    max_frames: int | None = None
+    batch: int = 1
+    vis: bool = False
+    save_raw: bool = False
+    vis_score_threshold: float | None = None
+    quiet: bool = False
+
+
+def refuse_video_options(input: str, every: int | None, max_frames: int | None) -> None:
     """--max-frames / --every mean nothing for images: refuse them instead of ignoring them."""
-    given = [f for f, v in (("--max-frames", getattr(args, "max_frames", None)),
-                            ("--every", getattr(args, "every", None))) if v is not None]
+    given = [f for f, v in (("--max-frames", max_frames), ("--every", every)) if v is not None]
     if given:
-        raise ZsdError(f"{' and '.join(given)} apply to video inputs, but --input {args.input} is not a video file "
+        raise ZsdError(f"{' and '.join(given)} apply to video inputs, but --input {input} is not a video file "
                        f"(suffix {', '.join(VIDEO_SUFFIXES)}), camera index or stream URL.",
                        f"drop {' and '.join(given)}, or pass a video as --input.")
 
@@ -430,8 +443,9 @@ class _VisVideo:
         return final
 
 
-def run_video(args: argparse.Namespace, state: Any, open_segmenter: Callable[[argparse.Namespace], Pipeline]) -> int:
-    """trt-infer on a video file, camera or stream. `state` is trt-infer's _RunState (done = frames written)."""
+def run_video(args: VideoRunOptions, state: Any, open_pipeline: Callable[[], Pipeline]) -> int:
+    """trt-infer on a video file, camera or stream. `state` records progress (done = frames written, out_dir,
+    total; trt-infer's _RunState); `open_pipeline()` opens the model once the source is known to open."""
     from .results_io import check_output_dir, write_outputs
 
     every = 1 if args.every is None else args.every
@@ -443,16 +457,16 @@ def run_video(args: argparse.Namespace, state: Any, open_segmenter: Callable[[ar
     state.out_dir = out_dir
     src = open_source(args.input)  # before the (slow) model load: a wrong path or camera fails at once
     try:
-        return _run_opened(args, state, open_segmenter, src, out_dir, every, write_outputs)
+        return _run_opened(args, state, open_pipeline, src, out_dir, every, write_outputs)
     finally:
         src.close()
 
 
-def _run_opened(args, state, open_segmenter, src: VideoSource, out_dir: Path, every: int, write_outputs) -> int:
-    from .cli import check_model_for_run
-
-    pipe = open_segmenter(args)
-    check_model_for_run(args, pipe)
+def _run_opened(args: VideoRunOptions, state: Any, open_pipeline: Callable[[], Pipeline], src: VideoSource,
+                out_dir: Path, every: int, write_outputs: Callable[..., Any]) -> int:
+    pipe = open_pipeline()
+    for note in pipe.run_notes(args.batch, args.vis_score_threshold):
+        print(f"note: {note}", file=sys.stderr)
     info, backend = pipe.info, pipe.backend
     vocab = getattr(pipe, "vocabulary", None)
     vis_threshold = 0.5 if args.vis_score_threshold is None else args.vis_score_threshold

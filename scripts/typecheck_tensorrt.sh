@@ -36,8 +36,8 @@ fi
 "$PY" scripts/fix_tensorrt_stubs.py
 
 # Every module of runtime/tensorrt/ (builder, runner-side loaders, precision, profiles, ...), the sidecar contract,
-# the facade and the CLIs/backends that use them.
-FILES=(runtime/tensorrt/*.py runtime/artifacts/sidecar.py runtime/build_cli.py
+# the bundle builds and the backend that use them (the CLIs are thin layers over these, in zsdeploy/cli/).
+FILES=(runtime/tensorrt/*.py runtime/artifacts/sidecar.py
        runtime/bundle_engines.py runtime/backends/tensorrt_backend.py runtime/cuda_utils.py)
 
 # The project is imported as `zsdeploy.runtime` (package-dir mapping); mypy needs no install for it because the

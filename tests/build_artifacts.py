@@ -51,7 +51,7 @@ def tiny_clip(out: Path) -> None:
 
 
 def zegformer_dynamic(out: Path, clip: str) -> None:
-    from test_tokenizer import BPE
+    from helpers import BPE
     from zsdeploy.export.zegformer_export import export_zegformer
 
     export_zegformer(out / "bundle", config="cocostuff_r101", clip=Path(clip), dynamic=True, clip_bpe=BPE,

@@ -44,7 +44,7 @@ ZEGFORMER_CLI = ["--model", "zegformer", "--config", "cocostuff_r101_gzss", "--h
 
 
 def _zegformer_commands(d: Path) -> list[Command]:
-    from test_tokenizer import BPE
+    from helpers import BPE
 
     cmd = export_model(*ZEGFORMER_CLI, "--clip", str(d / "clip_small.pt"), "--output", str(d / "bundle"))
     cmd += ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
@@ -70,6 +70,38 @@ PREFETCH.define("pading_graphs", lambda d: [
 PREFETCH.define("dynamic_bundle", lambda d: [Command(build_artifacts(
     "zegformer_dynamic", str(d), str(PREFETCH.jobs["zegformer_bundle"].folder / "clip_small.pt")))],
     after=("zegformer_bundle",))
+
+
+# ------------------------------------------------------------------------------------------------- markers
+# Assigned here from what a test needs, so the quick loop (`python -m pytest -q -m "not slow"`) never waits for an
+# export: "export" = uses a session export (traced in a child process, minutes on 2 cores); "triton" = starts a real
+# tritonserver; "gpu" = runs only with a CUDA GPU (skips elsewhere); "slow" = export, triton or a file listed below.
+EXPORT_FIXTURES = frozenset({"onnx_exports", "diverse_export", "demo_export", "zegformer_bundle", "pading_graphs",
+                             "dynamic_bundle", "pading_panoptic", "pading_exports", "engines"})
+SLOW_FILES = frozenset({"test_triton_serving.py", "test_demo_model.py", "test_demo_ceiling.py", "test_ov_extension.py",
+                        "test_export_interrupt.py", "test_tensorrt_bindings.py", "test_zegformer_parity.py"})
+GPU_NEEDS = ("require_tensorrt_gpu(", "require_gpu(", "torch.cuda.is_available()")
+
+
+def pytest_itemcollected(item):
+    needs = set(getattr(item, "fixturenames", ()))
+    name = item.path.name
+    if needs & EXPORT_FIXTURES:
+        item.add_marker(pytest.mark.export)
+    if name == "test_triton_serving.py":
+        item.add_marker(pytest.mark.triton)
+    function = getattr(item, "function", None)
+    if function is not None:
+        import inspect
+
+        try:
+            source = inspect.getsource(function) + "".join(str(m.args) for m in item.iter_markers("skipif"))
+        except (OSError, TypeError):
+            source = ""
+        if any(n in source for n in GPU_NEEDS) or needs & {"pading_exports", "engines"}:
+            item.add_marker(pytest.mark.gpu)
+    if needs & EXPORT_FIXTURES or name in SLOW_FILES:
+        item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(trylast=True)

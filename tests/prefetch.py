@@ -43,7 +43,7 @@ def python(*args: str) -> list[str]:
 
 
 def export_model(*args: str) -> list[str]:
-    return python("-m", "zsdeploy.export.cli", *args)
+    return python("-m", "zsdeploy.cli.export_model", *args)
 
 
 def build_artifacts(*args: str) -> list[str]:

@@ -19,7 +19,7 @@ from test_bench_gate import HalfResolution
 def reports(tmp_path_factory):
     """Two real zsd-bench accuracy reports on the same 2 scenes: the demo model itself and a half-resolution run of
     it (a real degradation that costs small objects most), written as zsd-bench writes them."""
-    from zsdeploy.runtime.families import MODELS
+    from zsdeploy.families import MODELS
 
     ref = MODELS.get("pading-demo").torch_reference("panoptic", {"weights": "demo"}, threads=2)
     scenes = open_dataset("synthetic:2", scene_size="128x128", size_range=(8, 60), n_objects=12, seed=20261201)

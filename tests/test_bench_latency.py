@@ -96,8 +96,8 @@ def _tensorrt_installed() -> bool:
 @pytest.mark.skipif(not (_gpu_present() and _tensorrt_installed()), reason="needs TensorRT and a GPU")
 def test_tensorrt_device_memory_on_gpu(tmp_path):
     from zsdeploy.benchmarks.cli import main as bench
-    from zsdeploy.export.cli import main as export
-    from zsdeploy.runtime.build_cli import main as build
+    from zsdeploy.cli.export_model import main as export
+    from zsdeploy.cli.build_engine import main as build
 
     onnx_path, plan = tmp_path / "p.onnx", tmp_path / "p.plan"
     assert export(["--model", "pading", "--height", "128", "--width", "160", "--output", str(onnx_path)]) == 0

@@ -63,13 +63,13 @@ def test_variant_errors():
         standin_state({"backbone.conv.weight": (4, 4)}, "diverse")  # e.g. ZegFormer keys
     with pytest.raises(ZsdError, match="unknown stand-in variant 'fancy'"):
         standin_state({"x.weight": (2, 2)}, "fancy")
-    from zsdeploy.export.cli import main
+    from zsdeploy.cli.export_model import main
 
     assert main(["--model", "pading", "--standin", "diverse", "--weights", "w.pth", "--output", "x.onnx"]) == 2
 
 
 def test_reference_rebuilds_the_variant_the_export_recorded():
-    from zsdeploy.benchmarks.cli import _reference
+    from zsdeploy.benchmarks.pairing import torch_reference as _reference
 
     args = argparse.Namespace(reference="pytorch", config=None, weights=None, threads=None)
     q = DEC + "query_feat.weight"

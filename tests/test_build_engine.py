@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from zsdeploy.runtime.artifacts import sidecar
 from zsdeploy.runtime.artifacts.sidecar import SIDECAR_FORMAT, SIDECAR_FORMAT_V1, EngineSidecar, OnnxSource, \
     check_plan_source, read_sidecar, rebuild_command, sidecar_path, write_sidecar
-from zsdeploy.runtime.build_cli import main as build_main
+from zsdeploy.cli.build_engine import main as build_main
 from zsdeploy.runtime.cuda_utils import DeviceInfo
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.files import file_sha256
@@ -33,56 +32,9 @@ from zsdeploy.runtime.tensorrt.precision import tensorrt_caps
 from zsdeploy.runtime.tensorrt.preflight import BuildOptions, preflight
 from zsdeploy.runtime.tensorrt.profiles import ShapeRange, parse_profile
 
+from helpers import CLASS_NAMES, metadata, require_tensorrt_gpu, run_cli, write_tiny_onnx  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
-
-CLASS_NAMES = ["person", "car", "sky", "grass"]
-
-
-def metadata(dynamic: bool = False, batch: int = 1, h: int = 64, w: int = 96, msda: str = "gridsample") -> dict:
-    return {
-        "model": "pading", "task": "panoptic", "num_classes": str(len(CLASS_NAMES)),
-        "class_names": json.dumps(CLASS_NAMES), "pixel_mean": json.dumps([123.675, 116.28, 103.53]),
-        "min_size_test": "800", "max_size_test": "1333", "size_divisibility": "32",
-        "dynamic": "true" if dynamic else "false", "static_batch": "" if dynamic else str(batch),
-        "static_height": "" if dynamic else str(h), "static_width": "" if dynamic else str(w),
-        "input_name": "images", "msda_lowering": msda,
-    }
-
-
-def write_tiny_onnx(path: Path, *, with_metadata: bool = True, dynamic: bool = False,
-                    plugin: str | None = None) -> Path:
-    """images [N,3,H,W] -> Conv3x3 -> mask_logits [N,4,H,W]; ReduceMean -> class_logits [N,4].
-
-    `plugin` adds a node of that op type (enough for the checks that run before TensorRT parses the graph).
-    """
-    dims = ["batch", 3, "height", "width"] if dynamic else [1, 3, 64, 96]
-    images = helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, dims)
-    masks = helper.make_tensor_value_info("mask_logits", onnx.TensorProto.FLOAT, None)
-    logits = helper.make_tensor_value_info("class_logits", onnx.TensorProto.FLOAT, None)
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32) / 100, "w")
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
-    nodes = [helper.make_node("Conv", ["images", "w"], ["mask_logits"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("ReduceMean", ["mask_logits", "axes"], ["class_logits"], keepdims=0, name="mean")]
-    opsets = [helper.make_opsetid("", 18)]
-    if plugin is not None:
-        nodes.append(helper.make_node(plugin, ["mask_logits"], ["extra"], domain="zsdeploy", name="msda_0",
-                                      plugin_version="1", plugin_namespace="zsdeploy"))
-        opsets.append(helper.make_opsetid("zsdeploy", 1))
-    graph = helper.make_graph(nodes, "tiny", [images], [logits, masks], [weight, axes])
-    model = helper.make_model(graph, opset_imports=opsets, ir_version=10)
-    if with_metadata:
-        for k, v in metadata(dynamic).items():
-            model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """build-engine in a fresh interpreter, as a user runs it (exit code, stderr)."""
-    return subprocess.run([sys.executable, "-m", "zsdeploy.runtime.build_cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
-
 
 def tensorrt_installed() -> bool:
     try:
@@ -401,7 +353,7 @@ def test_stale_plan_refused_with_the_build_engine_fix(tmp_path):
                            "the engine would run the old model.")
     assert err.fix == f"rebuild the engine: build-engine --onnx {onnx_path.resolve()} --output {plan}"
     # the fix is a command build-engine accepts (its checks before TensorRT pass)
-    from zsdeploy.runtime.build_cli import build_parser, options_from_args
+    from zsdeploy.cli.build_engine import build_parser, options_from_args
 
     assert preflight(options_from_args(build_parser().parse_args(_fix_args(err.fix)))).model.path == \
         onnx_path.resolve()
@@ -432,7 +384,7 @@ def test_rebuild_command_repeats_the_build_options(tmp_path):
     opts = BuildOptions(onnx_path.resolve(), d / "m.plan", precision="fp16", profile=profile,
                         plugin_lib=lib.resolve())
     side = make_sidecar(preflight(opts), "10.13.0.35", JETSON, "ctypes")
-    from zsdeploy.runtime.build_cli import build_parser, options_from_args
+    from zsdeploy.cli.build_engine import build_parser, options_from_args
 
     again = options_from_args(build_parser().parse_args(shlex.split(rebuild_command(side))[1:]))
     assert again == opts
@@ -467,28 +419,13 @@ def test_plugin_specs_match_the_exporter():
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys; import zsdeploy.runtime.tensorrt.builder, zsdeploy.runtime.build_cli, zsdeploy.runtime.cuda_utils, "
+    code = ("import sys; import zsdeploy.runtime.tensorrt.builder, zsdeploy.cli.build_engine, zsdeploy.runtime.cuda_utils, "
             "zsdeploy.runtime.bundle_engines, zsdeploy.runtime.backends.tensorrt_backend; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
 
 
 # ------------------------------------------------------------------------- real TensorRT (GPU machines)
-
-
-def require_tensorrt_gpu():
-    """Skip (naming what is missing) unless TensorRT, cuda-python and a GPU are all usable."""
-    try:
-        trt = import_tensorrt()
-    except ZsdError as e:
-        pytest.skip(e.problem)
-    from zsdeploy.runtime import cuda_utils
-
-    try:
-        cuda_utils.device_info(0)
-    except ZsdError as e:
-        pytest.skip(f"no usable CUDA GPU / cuda-python: {e.problem}")
-    return trt
 
 
 def plugin_library() -> Path | None:
@@ -506,7 +443,7 @@ def rel_l2(got: np.ndarray, ref: np.ndarray) -> float:
 def pading_exports(tmp_path_factory):
     """PADing panoptic (stand-in weights) at 128x160, static, in the three lowerings."""
     require_tensorrt_gpu()
-    from zsdeploy.export.cli import main as export_main
+    from zsdeploy.cli.export_model import main as export_main
 
     out = tmp_path_factory.mktemp("pading_trt")
     paths = {}

@@ -166,7 +166,7 @@ def test_trt_infer_segments_heldout_scenes_for_real(demo_export, tmp_path):
     for i, s in enumerate(scenes):
         save_png(d / f"s{i}.png", s.image)
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(demo_export), "--input", str(d), "--output", str(out),
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(demo_export), "--input", str(d), "--output", str(out),
              "--task", "panoptic")
     assert r.returncode == 0, r.stderr
     pq = PanopticQuality()
@@ -183,7 +183,7 @@ def test_corrupt_demo_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "demo_truncated.pth"
     bad.write_bytes(_demo_weights().read_bytes()[: 1 << 20])
     out = tmp_path / "m.onnx"
-    r = _run("zsdeploy.export.cli", "--model", "pading", "--config", str(DEMO_CONFIG), "--weights", str(bad),
+    r = _run("zsdeploy.cli.export_model", "--model", "pading", "--config", str(DEMO_CONFIG), "--weights", str(bad),
              "--height", "64", "--width", "64", "--output", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "corrupt or truncated" in r.stderr or "not a readable checkpoint" in r.stderr
@@ -193,7 +193,7 @@ def test_corrupt_demo_checkpoint_is_refused(tmp_path):
 def test_foreign_checkpoint_for_the_demo_config_names_the_keys(tmp_path):
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": {"backbone.stem.conv1.weight": torch.zeros(32, 3, 7, 7)}}, foreign)
-    r = _run("zsdeploy.export.cli", "--model", "pading", "--config", str(DEMO_CONFIG), "--weights", str(foreign),
+    r = _run("zsdeploy.cli.export_model", "--model", "pading", "--config", str(DEMO_CONFIG), "--weights", str(foreign),
              "--height", "64", "--width", "64", "--output", str(tmp_path / "m.onnx"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "missing key" in r.stderr and "wrong shape" in r.stderr

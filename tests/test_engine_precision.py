@@ -2,11 +2,9 @@
 typed / builder flags / plain fp32) for which graph and TensorRT API, and which clear error otherwise."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
-from test_build_engine import run_cli, write_tiny_onnx
+from helpers import explicit_copy, run_cli, write_tiny_onnx
 
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.tensorrt.onnx_inspect import inspect_onnx
@@ -24,24 +22,7 @@ TRT8 = TensorRTCaps("8.6.1", fp16_flag=True, int8_flag=True, int8_calibrator=Tru
                     tf32_flag=True)
 
 
-def explicit_copy(src, dst, kind: str):
-    """The tiny graph made explicit: int8 (Q/DQ on the conv input) or fp16 (a Cast to float16 and back)."""
-    model = onnx.load(str(src))
-    conv = model.graph.node[0]
-    if kind == "int8":
-        model.graph.initializer.extend([numpy_helper.from_array(np.array(0.5, np.float32), "s"),
-                                        numpy_helper.from_array(np.array(0, np.int8), "z")])
-        q = helper.make_node("QuantizeLinear", ["images", "s", "z"], ["q"], name="q")
-        dq = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq")
-    else:
-        q = helper.make_node("Cast", ["images"], ["q"], to=onnx.TensorProto.FLOAT16, name="to16")
-        dq = helper.make_node("Cast", ["q"], ["dq"], to=onnx.TensorProto.FLOAT, name="to32")
-    conv.input[0] = "dq"
-    nodes = [q, dq, *model.graph.node]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.save(model, str(dst))
-    return dst
+
 
 
 def test_graph_precision_from_metadata_and_nodes(tmp_path):
@@ -122,10 +103,10 @@ def test_explicit_graph_builds_strongly_typed(tmp_path, kind):
     """Where TensorRT and a GPU exist: the explicit graph builds, and the sidecar says how."""
     import json
 
-    from test_build_engine import require_tensorrt_gpu
+    from helpers import require_tensorrt_gpu
 
     from zsdeploy.runtime.artifacts.sidecar import read_sidecar
-    from zsdeploy.runtime.build_cli import main as build_main
+    from zsdeploy.cli.build_engine import main as build_main
 
     require_tensorrt_gpu()
     graph = explicit_copy(write_tiny_onnx(tmp_path / "t.onnx"), tmp_path / f"{kind}.onnx", kind)

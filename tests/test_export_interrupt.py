@@ -15,7 +15,7 @@ from zsdeploy.export.bundle_write import publish, staging_dir
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", *args], capture_output=True, text=True,
                           timeout=600, check=False)
 
 
@@ -36,7 +36,7 @@ def test_contradictory_shape_options_are_refused(tmp_path, model, args, match):
 
 def _interrupt_after(args: list[str], line_prefix: str) -> tuple[int, str, str]:
     """Start export-model, send SIGTERM once stdout shows `line_prefix` (a step has started)."""
-    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.export.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.cli.export_model", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen = []
     deadline = time.monotonic() + 300

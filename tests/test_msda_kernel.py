@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SHARED
+
 from zsdeploy.export import msda_kernel as mk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,7 +306,7 @@ def test_nvcc_check_skips_cleanly_without_nvcc():
 
 SMOKE_HEADERS = PLUGINS / "scripts" / "smoke_test_headers.sh"
 # NVIDIA's public headers beside the checkout (never copied into it); a user's machine has none: TENSORRT_ROOT then.
-SHARED_TENSORRT = REPO.parent / "shared" / "tensorrt"
+SHARED_TENSORRT = SHARED / "tensorrt"
 
 
 def _tensorrt_root() -> Path | None:

@@ -242,7 +242,7 @@ def _image(tmp_path: Path) -> Path:
 
 def test_trt_infer_backend_openvino(onnx_exports, tmp_path):
     img = _image(tmp_path)
-    cmd = [sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input",
+    cmd = [sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input",
            str(img), "--output", str(tmp_path / "out"), "--backend", "openvino", "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -252,7 +252,7 @@ def test_trt_infer_backend_openvino(onnx_exports, tmp_path):
     assert list((tmp_path / "zsd_cache" / "openvino").glob("*/*.blob"))  # ZSD_CACHE_DIR is honoured
 
 
-_NO_OPENVINO = ("import sys; sys.modules['openvino'] = None; from zsdeploy.runtime.cli import main; "
+_NO_OPENVINO = ("import sys; sys.modules['openvino'] = None; from zsdeploy.cli.trt_infer import main; "
                 "sys.exit(main(sys.argv[1:]))")
 
 

@@ -123,7 +123,7 @@ def test_trt_infer_runs_plugin_export_with_openvino(plugin_export, fresh_cache, 
     Image.fromarray(generate_scene(5, 128, 160, n_objects=12, size_range=(6, 40)).image).save(img)
     env = {**os.environ, "ZSD_CACHE_DIR": str(fresh_cache)}
     env.pop("ZSD_OV_EXTENSION", None)
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(plugin_export), "--input",
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(plugin_export), "--input",
                         str(img), "--output", str(tmp_path / "out"), "--task", "panoptic"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -148,7 +148,7 @@ def _trt_infer(plugin_export: Path, tmp_path: Path, env: dict[str, str]) -> subp
     from PIL import Image
 
     Image.fromarray(generate_scene(6, 128, 160).image).save(img)
-    return subprocess.run([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(plugin_export), "--input",
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(plugin_export), "--input",
                            str(img), "--output", str(tmp_path / "out"), "--backend", "openvino"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
 
@@ -221,7 +221,7 @@ def plugin_int8(plugin_export, tmp_path_factory) -> Path:
     """`export-model --from-onnx` of the plugin export to int8: ONNX Runtime's calibrator runs on a session where
     the plugin nodes are Python ops on the host kernel (precision._calibrate_plugin_graph)."""
     out = tmp_path_factory.mktemp("plugin_int8") / "plugin_int8.onnx"
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", "--from-onnx", str(plugin_export), "--precision",
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", "--from-onnx", str(plugin_export), "--precision",
                         "int8", "--calib-scenes", "2", "--output", str(out)],
                        capture_output=True, text=True, timeout=900, env=_env(out.parent))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -232,7 +232,7 @@ def plugin_int8(plugin_export, tmp_path_factory) -> Path:
 def grid_int8(onnx_exports, tmp_path_factory) -> Path:
     """The int8 graph of the same model's portable (gridsample) export, calibrated on the same scenes."""
     out = tmp_path_factory.mktemp("grid_int8") / "grid_int8.onnx"
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", "--from-onnx", str(onnx_exports["static_b1"]),
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", "--from-onnx", str(onnx_exports["static_b1"]),
                         "--precision", "int8", "--calib-scenes", "2", "--output", str(out)],
                        capture_output=True, text=True, timeout=900, env=_env(out.parent))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -300,7 +300,7 @@ def test_bench_latency_msda_peers(onnx_exports, plugin_export, plugin_int8, tmp_
 def test_export_triton_serves_plugin_exports_with_zsdeploys_backend(plugin_export, tmp_path):
     """Triton's own onnxruntime / openvino backends cannot run plugin nodes: refused in one paragraph; the default
     is zsdeploy's Python backend (which runs the graph with OpenVINO and the extension)."""
-    cli = [sys.executable, "-m", "zsdeploy.runtime.serving.cli", "--model", str(plugin_export)]
+    cli = [sys.executable, "-m", "zsdeploy.cli.export_triton", "--model", str(plugin_export)]
     for backend in ("onnxruntime", "openvino"):
         r = subprocess.run([*cli, "--output", str(tmp_path / backend), "--backend", backend], capture_output=True,
                            text=True, timeout=300)

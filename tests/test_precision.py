@@ -20,7 +20,7 @@ from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 
 
 def export_model(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
 
 

@@ -14,7 +14,7 @@ import pytest
 import zsdeploy
 from zsdeploy.runtime.artifacts.onnx_metadata import FORMAT, FORMAT_KEY, ModelInfo, read_onnx_metadata
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.families import MODELS, ExportRequest, family_for, open_pipeline
+from zsdeploy.families import MODELS, ExportRequest, family_for, open_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,12 +27,36 @@ def test_registered_families():
         MODELS.get("maskformer")
 
 
-def test_no_model_name_branches_outside_the_registry():
-    """Behaviour that differs per model lives in runtime/families.py, not in `if info.model == "..."` branches."""
-    pattern = re.compile(r"""(model|\.model|args\.model)\s*[!=]=\s*["'](pading|zegformer)["']""")
-    hits = [f"{p.relative_to(REPO)}:{i}" for d in ("export", "runtime", "benchmarks") for p in (REPO / d).rglob("*.py")
-            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
-    assert hits == []
+# What only a family may decide: a model name compared, "is this a bundle?" asked, the artifact kind compared.
+FAMILY_BRANCH = re.compile(r"""(\b(model|name)\s*[!=]=\s*["'](pading|pading-demo|zegformer)["'])"""
+                           r"""|\b(is_bundle|bundle_root|bundle_family)\(|\.artifact\s*[!=]=|\["kind"\]\s*[!=]=\s*["']bundle""")
+
+
+def family_specific(path: Path, root: Path = REPO) -> bool:
+    """The family package, a family's own implementation modules (named after it or its bundle: runtime/zegformer.py,
+    export/pading_export.py, runtime/artifacts/bundle_manifest.py, ...) and zsd-bench's per-family pairings."""
+    rel = path.relative_to(root)
+    return rel.parts[:2] == ("zsdeploy", "families") or any(k in path.stem for k in ("pading", "zegformer", "bundle")) \
+        or rel == Path("benchmarks/pairing.py")
+
+
+def family_branches(root: Path = REPO) -> list[str]:
+    return [f"{p.relative_to(root)}:{i}: {line.strip()}" for d in ("export", "runtime", "benchmarks", "zsdeploy")
+            for p in sorted((root / d).rglob("*.py")) if not family_specific(p, root)
+            for i, line in enumerate(p.read_text().splitlines(), 1) if FAMILY_BRANCH.search(line)]
+
+
+def test_no_family_or_bundle_branch_outside_the_families():
+    """Behaviour that differs per model is decided by its family (zsdeploy/families) and nowhere else: no model-name
+    comparison, no "is this a bundle?" and no artifact-kind test in the generic modules and CLIs."""
+    assert family_branches() == []
+
+
+@pytest.mark.parametrize("line", ['    if info.model == "pading":', "    if is_bundle(args.onnx):",
+                                  "    if bundle_root(args.model) is not None:", '    if family.artifact == "bundle":',
+                                  '    if marker["kind"] == "bundle":'])
+def test_the_family_branch_check_catches(line):
+    assert FAMILY_BRANCH.search(line), line
 
 
 def test_pipeline_steps_and_call_agree(onnx_exports):
@@ -120,7 +144,7 @@ def test_trt_infer_reports_malformed_metadata_without_traceback(tmp_path, onnx_e
     _with_metadata(onnx_exports["static_b1"], tmp_path / "m.onnx", "dynamic", "maybe")
     Image = pytest.importorskip("PIL.Image")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(tmp_path / "m.onnx"), "--input",
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(tmp_path / "m.onnx"), "--input",
                         str(tmp_path / "a.png"), "--output", str(tmp_path / "out")], capture_output=True, text=True,
                        timeout=300, check=False)
     assert r.returncode == 2 and "'dynamic' must be 'true' or 'false'" in r.stderr and "Traceback" not in r.stderr
@@ -139,7 +163,7 @@ def test_export_request_lists_given_options():
     (["--model", "zegformer", "--msda", "plugin"], "ZegFormer has no MSDeformAttn"),
 ])
 def test_family_specific_options_are_refused_before_tracing(tmp_path, args, match):
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", *args, "--output", str(tmp_path / "m.onnx")],
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", *args, "--output", str(tmp_path / "m.onnx")],
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
     assert list(tmp_path.iterdir()) == []
@@ -160,3 +184,22 @@ def test_python_api_exports_the_demo_model_and_segments_a_file(tmp_path):
     [seg] = zsdeploy.segment_files(out, [tmp_path / "scene.png"])
     assert seg.task == "panoptic" and seg.results["panoptic_seg"].shape == (128, 128)
     assert len(seg.results["segments_info"]) >= 1  # a trained model finds objects (the stand-in finds none)
+
+
+def test_segment_files_isolates_a_bad_image_like_trt_infer(onnx_exports, tmp_path):
+    """The loop trt-infer runs (runtime/image_run.py) behind the API: with `failures`, a bad file costs only its own
+    result; without, it raises; one path (a str) is one file, not its characters."""
+    from PIL import Image
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 150, 3), dtype=np.uint8)).save(good)
+    bad.write_bytes(b"not a png")
+    pipeline = zsdeploy.open_pipeline(onnx_exports["static_b1"])
+    failures: list = []
+    segs = zsdeploy.segment_files(pipeline, [bad, good, bad], failures=failures)
+    assert len(segs) == 1 and segs[0].output_hw == (120, 150)
+    assert [p for p, _ in failures] == [bad, bad] and all(isinstance(e, ZsdError) for _, e in failures)
+    with pytest.raises(ZsdError, match="bad.png"):
+        zsdeploy.segment_files(pipeline, [good, bad])
+    [seg] = zsdeploy.segment_files(pipeline, str(good))
+    np.testing.assert_array_equal(seg.results["panoptic_seg"], segs[0].results["panoptic_seg"])

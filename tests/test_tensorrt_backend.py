@@ -380,7 +380,7 @@ def test_reexported_onnx_is_refused_until_rebuilt(engines, tmp_path):
     model."""
     import shlex
 
-    from zsdeploy.runtime.build_cli import main as build_main
+    from zsdeploy.cli.build_engine import main as build_main
 
     onnx_path = Path(shutil.copy(engines["static"][0], tmp_path / "model.onnx"))
     plan = tmp_path / "model.plan"

@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_build_engine import write_tiny_onnx
-from test_engine_precision import explicit_copy
+from helpers import explicit_copy, write_tiny_onnx
 
 from zsdeploy.runtime.cuda_utils import describe_cuda_environment
 
@@ -99,7 +98,7 @@ def test_capability_table_matches_the_real_modules():
 # ------------------------------------------------------------------------------------- build-engine's decisions
 
 def _build_engine(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return _run([sys.executable, "-m", "zsdeploy.runtime.build_cli", *args], env)
+    return _run([sys.executable, "-m", "zsdeploy.cli.build_engine", *args], env)
 
 
 @pytest.mark.parametrize("version", bindings.VERSIONS)

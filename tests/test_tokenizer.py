@@ -3,29 +3,11 @@ simple_tokenizer with ftfy 6.3 + regex), context handling, errors; prompt ensemb
 from __future__ import annotations
 
 import gzip
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import BPE, needs_bpe
 from zsdeploy.runtime.errors import ZsdError
-
-BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
-
-
-def _bpe_path() -> Path | None:
-    env = os.environ.get("ZSD_CLIP_BPE")
-    for p in ([Path(env)] if env else []) + [REPO.parent / "shared" / "clip" / BPE_NAME]:
-        if p.is_file():
-            return p
-    return None
-
-
-BPE = _bpe_path()
-needs_bpe = pytest.mark.skipif(BPE is None, reason=f"CLIP's {BPE_NAME} not found ($ZSD_CLIP_BPE or ../shared/clip/); "
-                                                   "zsdeploy does not ship it")
-
 
 @pytest.fixture(scope="module")
 def tok():

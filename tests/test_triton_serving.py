@@ -41,8 +41,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    mod = {"export-model": "zsdeploy.export.cli", "trt-infer": "zsdeploy.runtime.cli",
-           "export-triton": "zsdeploy.runtime.serving.cli"}[args[0]]
+    mod = {"export-model": "zsdeploy.cli.export_model", "trt-infer": "zsdeploy.cli.trt_infer",
+           "export-triton": "zsdeploy.cli.export_triton"}[args[0]]
     return subprocess.run([sys.executable, "-m", mod, *args[1:]], capture_output=True, text=True, env=ENV,
                           timeout=timeout)
 
@@ -427,7 +427,7 @@ def test_batch_and_dims_follow_the_exports_metadata(export: Path, work: Path) ->
 # The session's ZegFormer bundle (conftest.zegformer_bundle: gzss config, static 256x320, stand-in weights). Without
 # CLIP's BPE file the bundle stores no default embeddings and no name can be embedded: skipped, as the other
 # ZegFormer tests that need it.
-from test_tokenizer import BPE, needs_bpe  # noqa: E402
+from helpers import BPE, needs_bpe  # noqa: E402
 
 ZEG_MODEL = "zegformer_semantic"
 ZEG_CLASSES = ["corgi", "fire truck", "sky", "café table", "grass"]  # unseen and seen (COCO-Stuff) names

@@ -26,7 +26,7 @@ def scene(tmp_path_factory):
 @pytest.mark.parametrize("task", ["panoptic", "semantic", "instance"])
 def test_trt_infer_end_to_end(onnx_exports, scene, tmp_path, task):
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["dynamic"]), "--input", str(scene),
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["dynamic"]), "--input", str(scene),
              "--output", str(out), "--task", task, "--vis", "--save-raw")
     assert r.returncode == 0, r.stderr
     assert "1/1 image(s) segmented" in r.stdout and "images/s" in r.stdout
@@ -57,7 +57,7 @@ def test_directory_with_a_bad_file(onnx_exports, scene, tmp_path):
     Image.open(scene).convert("L").save(d / "grey.png")
     (d / "notes.jpg").write_text("not an image")
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["dynamic"]), "--input", str(d),
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["dynamic"]), "--input", str(d),
              "--output", str(out), "--batch", "2", "--task", "semantic")
     assert r.returncode == 3
     assert "2/3 image(s) segmented" in r.stdout
@@ -81,7 +81,7 @@ def test_user_errors_are_one_paragraph(onnx_exports, scene, tmp_path, case):
     elif case == "missing_model":
         model = tmp_path / "nope.onnx"
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(model), "--input", str(image), "--output", str(out), *extra)
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(model), "--input", str(image), "--output", str(out), *extra)
     assert r.returncode == 2, r.stderr
     [error] = [line for line in r.stderr.splitlines() if line.startswith("trt-infer: error: ")]
     assert "Fix:" in error  # one paragraph: problem and fix
@@ -91,11 +91,11 @@ def test_user_errors_are_one_paragraph(onnx_exports, scene, tmp_path, case):
 
 def test_export_model_cli_errors(tmp_path):
     out = tmp_path / "m.onnx"
-    r = _run("zsdeploy.export.cli", "--model", "pading", "--height", "100", "--width", "160", "--output", str(out))
+    r = _run("zsdeploy.cli.export_model", "--model", "pading", "--height", "100", "--width", "160", "--output", str(out))
     assert r.returncode == 2 and "multiples of 32" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x80\x04garbage")
-    r = _run("zsdeploy.export.cli", "--model", "pading", "--weights", str(bad), "--output", str(out))
+    r = _run("zsdeploy.cli.export_model", "--model", "pading", "--weights", str(bad), "--output", str(out))
     assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob(".m.onnx*"))
 
@@ -122,7 +122,7 @@ def test_directory_run_keeps_going_past_images_that_fail(onnx_exports, scene, tm
     (d / "c.jpg").write_text("not an image")
     _photo(d / "d.png", 90, 120, seed=1)
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
              str(out), "--task", "semantic", "--short-edge", "100", "--quiet")
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr and "2/4 image(s) segmented" in r.stdout
@@ -140,7 +140,7 @@ def test_directory_where_every_image_fails_is_an_error(onnx_exports, tmp_path):
     d.mkdir()
     (d / "a.jpg").write_text("x")
     (d / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
              str(tmp_path / "out"))
     assert r.returncode == 2 and "none of the 2 image(s) could be segmented" in r.stderr
     assert "Traceback" not in r.stderr
@@ -153,7 +153,7 @@ def test_inputs_with_the_same_stem_keep_their_own_outputs(onnx_exports, scene, t
     _photo(d / "x.jpg", 140, 100, seed=2)  # other size: the two outputs must differ
     (d / "y.png").write_bytes(scene.read_bytes())
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(d), "--output",
              str(out), "--task", "semantic")
     assert r.returncode == 0, r.stderr
     assert "share a file stem" in r.stderr
@@ -170,7 +170,7 @@ def test_static_model_fits_ordinary_photos(onnx_exports, tmp_path):
     aspect ratio (120x160), padded with the pixel mean; results at the photo's size. --short-edge 800 refuses."""
     photo = _photo(tmp_path / "photo.jpg", 480, 640)
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(photo), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(photo), "--output",
              str(out), "--task", "semantic", "--save-raw")
     assert r.returncode == 0, r.stderr
     [note] = [ln for ln in r.stderr.splitlines() if "static 128x160" in ln]
@@ -180,14 +180,14 @@ def test_static_model_fits_ordinary_photos(onnx_exports, tmp_path):
     assert tuple(raw["output_hw"]) == (480, 640)
     assert np.array(Image.open(out / "photo_semantic.png")).shape == (480, 640)
 
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(photo), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(photo), "--output",
              str(tmp_path / "o2"), "--short-edge", "800")
     assert r.returncode == 2 and "does not fit" in r.stderr and "static 128x160" not in r.stderr
 
 
 def test_dynamic_model_keeps_upstream_sizes(onnx_exports, scene, tmp_path):
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["dynamic"]), "--input", str(scene), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["dynamic"]), "--input", str(scene), "--output",
              str(out), "--task", "semantic", "--save-raw", "--short-edge", "128")
     assert r.returncode == 0, r.stderr
     assert "static" not in r.stderr
@@ -204,7 +204,7 @@ def test_unusable_output_is_refused_before_the_model_loads(tmp_path, scene, case
     blocker.write_text("a file")
     out = {"file": blocker, "under_a_file": blocker / "results",
            "unwritable": "/proc/zsdeploy-results"}[case]  # /proc takes no new files, even for root
-    r = _run("zsdeploy.runtime.cli", "--model", str(model), "--input", str(scene), "--output", str(out))
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(model), "--input", str(scene), "--output", str(out))
     assert r.returncode == 2, r.stderr
     [error] = [ln for ln in r.stderr.splitlines() if ln.startswith("trt-infer: error: ")]
     assert f"--output {out}" in error and "Fix:" in error and "m.onnx" not in error
@@ -224,7 +224,7 @@ def test_unusable_output_is_refused_before_the_model_loads(tmp_path, scene, case
 ])
 def test_contradictory_options_are_refused(onnx_exports, scene, tmp_path, args, match):
     out = tmp_path / "out"
-    r = _run("zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]), "--input", str(scene), "--output",
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]), "--input", str(scene), "--output",
              str(out), *args)
     assert r.returncode == 2, r.stderr
     assert match in r.stderr and "Fix:" in r.stderr and "Traceback" not in r.stderr
@@ -240,7 +240,7 @@ def test_sigterm_keeps_finished_results_and_says_so(onnx_exports, tmp_path):
     for i in range(40):
         _photo(d / f"img{i:02d}.png", 96, 128, seed=i)
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]),
+    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]),
                              "--input", str(d), "--output", str(out), "--task", "semantic", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

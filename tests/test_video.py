@@ -15,7 +15,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2", reason="video tests need opencv-python-headless (pip install 'zsdeploy[video]')")
 
-from zsdeploy.runtime.cli import main  # noqa: E402
+from zsdeploy.cli.trt_infer import main  # noqa: E402
 from zsdeploy.runtime.errors import ZsdError  # noqa: E402
 from zsdeploy.runtime.imageio import read_png  # noqa: E402
 
@@ -138,7 +138,7 @@ def test_sources_that_cannot_be_opened_exit_2(onnx_exports, tmp_path, capsys):
 
 
 def test_worker_error_reaches_the_caller_and_every_stage_stops(onnx_exports, tmp_path):
-    from zsdeploy.runtime.families import OpenOptions, open_pipeline
+    from zsdeploy.families import OpenOptions, open_pipeline
     from zsdeploy.runtime.video import open_source, run_pipelined
 
     pipe = open_pipeline(onnx_exports["static_b1"], OpenOptions(threads=1))
@@ -163,7 +163,7 @@ def test_sigterm_mid_run_exits_130_with_complete_files(onnx_exports, tmp_path):
     clip = write_clip(tmp_path / "long.mp4", 400)
     out = tmp_path / "o"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.runtime.cli", "--model", str(onnx_exports["static_b1"]),
+    proc = subprocess.Popen([sys.executable, "-m", "zsdeploy.cli.trt_infer", "--model", str(onnx_exports["static_b1"]),
                              "--input", str(clip), "--output", str(out), "--vis", "--quiet", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import FIXTURES, REPO, rel_l2
 from test_clip import tiny_clip
-from test_tokenizer import BPE
+from helpers import BPE
 from zsdeploy.runtime.errors import ZsdError
 
 H, W = 256, 320  # the golden case's size

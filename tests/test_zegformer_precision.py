@@ -42,7 +42,7 @@ MIN_FP16_REL_L2 = 1e-4
 
 
 def export_model(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", *args], capture_output=True, text=True,
                           timeout=1200, cwd=REPO)
 
 
@@ -52,7 +52,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def vocabulary_args() -> list[str]:
-    from test_tokenizer import BPE
+    from helpers import BPE
 
     return ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import rel_l2
 from PIL import Image
-from test_tokenizer import BPE, needs_bpe
+from helpers import BPE, needs_bpe
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 from zsdeploy.runtime.zegformer import (
@@ -211,7 +211,7 @@ def _trt_infer(*args: str, env: dict | None = None) -> subprocess.CompletedProce
     e = dict(os.environ)
     e.pop("ZSD_CLIP_BPE", None)  # the BPE path is passed explicitly where a test needs it
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "zsdeploy.runtime.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.trt_infer", *args], capture_output=True, text=True,
                           timeout=900, env=e, check=False)
 
 
@@ -348,7 +348,7 @@ def test_default_profile_of_dynamic_crop_classifier_follows_the_image_range():
 def test_export_model_refuses_a_file_that_is_not_clip(tmp_path):
     not_clip = tmp_path / "resnet.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 2048)}, not_clip)
-    r = subprocess.run([sys.executable, "-m", "zsdeploy.export.cli", "--model", "zegformer", "--clip", str(not_clip),
+    r = subprocess.run([sys.executable, "-m", "zsdeploy.cli.export_model", "--model", "zegformer", "--clip", str(not_clip),
                         "--height", "64", "--width", "64", "--output", str(tmp_path / "b")],
                        capture_output=True, text=True, timeout=600, check=False)
     assert r.returncode == 2, r.stderr
@@ -460,7 +460,7 @@ def test_zsd_bench_accuracy_of_a_bundle(zegformer_bundle, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ build-engine
 def _build_engine(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zsdeploy.runtime.build_cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "zsdeploy.cli.build_engine", *args], capture_output=True,
                           text=True, timeout=600, check=False)
 
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zsdeploy.runtime.families import MODELS, ExportRequest, OpenOptions, family_for
+from zsdeploy.families import MODELS, ExportRequest, OpenOptions, family_for
+from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.pipeline import Pipeline, Segmentation
 
 PathLike = str | os.PathLike
@@ -30,15 +31,16 @@ def export_model(model: str, output: PathLike, *, precision: str = "fp32", fp32_
 
 
 def build_engine(onnx: PathLike, output: PathLike, *, precision: str | None = None,
-                 profile: Iterable[str] = (), say: Callable[[str], None] = print, **options: Any) -> Any:
-    """`build-engine --onnx ONNX --output PLAN ...`: a TensorRT engine + its sidecar (needs TensorRT and a GPU).
-    `profile`: NAME:MIN:OPT:MAX strings; `options`: BuildOptions fields (plugin_lib, workspace_mb, ...)."""
-    from zsdeploy.runtime.tensorrt.builder import build_engine as _build
+                 profile: Iterable[str] = (), say: Callable[[str], None] = print, **options: Any) -> list[Any]:
+    """`build-engine --onnx ONNX --output PLAN ...`: TensorRT engine(s) + sidecar(s) (needs TensorRT and a GPU); a
+    bundle directory gets one engine per graph. `profile`: NAME:MIN:OPT:MAX strings; `options`: BuildOptions fields
+    (plugin_lib, workspace_mb, ...). Returns one BuildResult per engine."""
+    from zsdeploy.families import build_engines
     from zsdeploy.runtime.tensorrt.preflight import BuildOptions
     from zsdeploy.runtime.tensorrt.profiles import parse_profile
 
-    return _build(BuildOptions(Path(onnx), Path(output), precision=precision, profile=parse_profile(profile),
-                               **options), say)
+    return build_engines(BuildOptions(Path(onnx), Path(output), precision=precision, profile=parse_profile(profile),
+                                      **options), say)
 
 
 def open_pipeline(model: PathLike, **options: Any) -> Pipeline:
@@ -49,16 +51,26 @@ def open_pipeline(model: PathLike, **options: Any) -> Pipeline:
     return family.open_pipeline(Path(model), OpenOptions(**options))
 
 
-def segment_files(model: PathLike | Pipeline, images: Sequence[PathLike], **options: Any) -> list[Segmentation]:
-    """Segment image files (EXIF orientation applied, as trt-infer does); one Segmentation per file."""
-    from zsdeploy.runtime.imageio import load_image
+def segment_files(model: PathLike | Pipeline, images: PathLike | Sequence[PathLike], *, batch: int = 1,
+                  failures: list[tuple[Path, ZsdError]] | None = None, **options: Any) -> list[Segmentation]:
+    """Segment image files as trt-infer does (EXIF orientation applied, batches of `batch`); one Segmentation per
+    file that could be segmented, in order. `images`: one path or a sequence of paths.
 
+    Without `failures`, the first image that cannot be read or segmented raises its ZsdError. With a list, each such
+    image is recorded there as (path, error) and skipped: a bad image costs only its own result, as in trt-infer.
+    """
+    from zsdeploy.runtime.image_run import segment_images
+
+    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
     pipeline = model if isinstance(model, Pipeline) else open_pipeline(model, **options)
-    return [seg for p in images for seg in pipeline([load_image(Path(p)).rgb])]
+    record = None if failures is None else (lambda path, error: failures.append((path, error)))
+    return [seg for _, seg in segment_images(pipeline, paths, batch=batch, isolate=failures is not None,
+                                             on_failure=record)]
 
 
 def export_triton(model: PathLike, output: PathLike, **options: Any) -> Path:
     """`export-triton --model MODEL --output REPO ...`: a Triton model repository (RepositoryOptions fields)."""
-    from zsdeploy.runtime.serving.repository import RepositoryOptions, write_repository
+    from zsdeploy.families import write_triton_repository
+    from zsdeploy.runtime.serving.repository import RepositoryOptions
 
-    return write_repository(model, output, RepositoryOptions(**options))
+    return write_triton_repository(model, output, RepositoryOptions(**options))

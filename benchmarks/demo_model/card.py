@@ -1,5 +1,5 @@
-"""Write the demo model's card (weights/MODEL_CARD.md) from its newest training stage, a `zsd-bench accuracy` report
-and the training log of the earlier stages (weights/training_log.json, the one record of every stage: a later session
+"""Write the demo model's card (export/demo_weights/MODEL_CARD.md) from its newest training stage, a `zsd-bench accuracy` report
+and the training log of the earlier stages (export/demo_weights/training_log.json, the one record of every stage: a later session
 continues training without the earlier run directories).
 
     python -m zsdeploy.benchmarks.demo_model.card --run demo_train4 --accuracy acc/report.json
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...runtime.backends.openvino_backend import cpu_model
+from ...runtime.cli_core import run_main
 from ...runtime.errors import ZsdError
 from ...export.pading_export import demo_weights_path
 from .ceiling import fmt_metric, ground_truth_table
@@ -43,7 +44,7 @@ def read_log(path: Path) -> dict[str, Any]:
     log = json.loads(path.read_text(encoding="utf-8"))
     if log.get("format") != LOG_FORMAT:
         raise ZsdError(f"{path} is not a demo training log (format {log.get('format')!r}, expected {LOG_FORMAT!r}).",
-                       "pass the weights/training_log.json of this repository with --log.")
+                       "pass the export/demo_weights/training_log.json of this repository with --log.")
     return log
 
 
@@ -272,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling", help="report.json of python -m zsdeploy.benchmarks.demo_model.ceiling on the same "
                                      "scenes (adds a 'What limits it' section)")
     a = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         print(write_card(Path(a.run), Path(a.accuracy), Path(a.output), a.status, Path(a.log),
                          Path(a.ceiling) if a.ceiling else None))
-    except ZsdError as e:
-        print(f"demo_model.card: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return 0
+
+    return run_main("demo_model.card", body)
 
 
 if __name__ == "__main__":

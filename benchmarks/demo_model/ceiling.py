@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from zsdeploy.runtime.backends.base import Backend
+from zsdeploy.runtime.cli_core import run_main
 from zsdeploy.runtime.errors import ZsdError
 
 from ..accuracy import BenchSegmenter, markdown, resize_policy, run_accuracy
@@ -227,7 +228,7 @@ def run_ceiling(model: str | Path, dataset: Dataset, *, stride: int = DEFAULT_ST
     reference "model": the exported model runs beside the oracle (report["vs_ground_truth"]["reference"] is the
     trained model, ["backend"] the oracle); "oracle": the oracle is its own reference (no network is run)."""
     from zsdeploy.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from zsdeploy.runtime.families import family_of
+    from zsdeploy.families import family_of
 
     if reference not in REFERENCES:
         raise ZsdError(f"--reference {reference} is not one of {', '.join(REFERENCES)}.",
@@ -376,11 +377,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run_cli(args)
-    except ZsdError as e:
-        print(f"ceiling: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return run_main("ceiling", lambda: run_cli(args))
 
 
 if __name__ == "__main__":

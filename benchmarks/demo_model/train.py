@@ -26,6 +26,7 @@ from torch import nn
 
 from ...export.config import released_config
 from ...export.pading_export import DEMO_CONFIG_NAME, demo_weights_path
+from ...runtime.cli_core import run_main
 from ...runtime.errors import ZsdError
 from .criterion import LossWeights, set_criterion
 from .data import TRAIN_SEED, heldout_scene, heldout_seeds, training_sample
@@ -117,10 +118,10 @@ class _Batches(torch.utils.data.IterableDataset):
         while True:
             images, classes, masks = [], [], []
             for j in range(self.batch):
-                scene_seed = scene_seed(self.seed, it * self.batch + j)
-                if scene_seed in self.heldout:  # never train on a held-out scene
-                    scene_seed = scene_seed(self.seed + 1, it * self.batch + j)
-                s = training_sample(scene_seed, np.random.default_rng([self.seed, it, j]))
+                seed = scene_seed(self.seed, it * self.batch + j)
+                if seed in self.heldout:  # never train on a held-out scene
+                    seed = scene_seed(self.seed + 1, it * self.batch + j)
+                s = training_sample(seed, np.random.default_rng([self.seed, it, j]))
                 images.append(torch.from_numpy(s.image))
                 classes.append(torch.from_numpy(s.classes))
                 masks.append(torch.from_numpy(s.masks))
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pth")
     p.add_argument("--init-from", metavar="WEIGHTS",
-                   help="start a new run from trained weights (e.g. weights/demo_panoptic.pth) with a new schedule")
+                   help="start a new run from trained weights (e.g. export/demo_weights/demo_panoptic.pth) with a new schedule")
     p.add_argument("--package", metavar="CKPT", help="write CKPT's model as the shipped fp16 weights and exit")
     p.add_argument("--package-output", default=str(demo_weights_path()))
     return p
@@ -383,19 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.package:
             package(Path(args.package), Path(args.package_output))
         else:
             train(args)
-    except ZsdError as e:
-        print(f"demo_model.train: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("demo_model.train: interrupted; last.pth holds the last checkpoint (--resume continues).",
-              file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_main("demo_model.train", body, lambda: "last.pth holds the last checkpoint (--resume continues)")
 
 
 if __name__ == "__main__":

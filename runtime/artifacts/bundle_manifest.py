@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import ZsdError
+from ..options import GRAPH_PRECISIONS
 
 __all__ = [
     "BUNDLE_FILE", "FORMAT", "LEGACY_FORMAT", "GRAPHS", "EMBEDDINGS", "REEXPORT",
@@ -74,7 +75,6 @@ EMBEDDINGS = ("text_embeddings", "text_embeddings_clip")
 REEXPORT = "re-export the bundle with export-model --model zegformer."
 _REQUIRED_GRAPHS = ("segmenter", "text_encoder")
 #: Precisions a bundle graph may have (ZegFormer exports fp32 and fp16; int8 is read but not written yet).
-GRAPH_PRECISIONS = ("fp32", "fp16", "int8")
 _HASH_CHUNK = 1 << 20
 
 

@@ -177,11 +177,6 @@ class _Fields:
         return value
 
 
-def parse_bool(meta: Mapping[str, str], key: str, source: str = "the model") -> bool:
-    """One boolean field, strictly ("true" / "false")."""
-    return _Fields(meta, source).boolean(key)
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """The typed view every runtime uses (from ONNX metadata_props or an engine sidecar's copy of them)."""

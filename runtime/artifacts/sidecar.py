@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import ZsdError
+from ..options import GRAPH_PRECISIONS
 from ..files import file_sha256, write_json_atomic
 from .onnx_metadata import ModelInfo
 from ..tensorrt.plugins import PluginSpec
@@ -34,7 +35,7 @@ SIDECAR_FORMAT = "zsdeploy-engine/2"
 SIDECAR_FORMAT_V1 = "zsdeploy-engine/1"
 READABLE_FORMATS = (SIDECAR_FORMAT_V1, SIDECAR_FORMAT)
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = GRAPH_PRECISIONS
 NETWORK_KINDS = ("strongly_typed", "weakly_typed")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMPUTE_CAPABILITY = re.compile(r"\d+\.\d+")

@@ -2,11 +2,12 @@
 
 Default (`backend="auto"`): a TensorRT engine (.plan) runs with TensorRT; an .onnx runs with ONNX Runtime (starts
 at once, the reference CPU path), or with OpenVINO when bf16 is asked for or when the graph holds MSDeformAttn
-plugin nodes (`--msda plugin` / `nvidia` exports: OpenVINO runs them with zsdeploy's extension, ONNX Runtime cannot). OpenVINO is opt-in (`--backend openvino`):
-measured on a 2-core Xeon with AMX (PADing dynamic export, 512x512 / 800x1216, interleaved, quiet) its f32 is
-1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x, after a first compile of a few seconds (cached on disk; a
-dynamic graph also compiles each input shape it sees twice, ~2 s, in memory). It stays opt-in because the first
-image pays that compile and ONNX Runtime is the reference the accuracy numbers are measured against.
+plugin nodes (`--msda plugin` / `nvidia` exports: OpenVINO runs them with zsdeploy's extension, ONNX Runtime
+cannot). Otherwise OpenVINO is chosen with `--backend openvino`: measured on a 2-core Xeon with AMX (PADing dynamic
+export, 512x512 / 800x1216, interleaved, quiet) its f32 is 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x,
+after a first compile of a few seconds (cached on disk; a dynamic graph also compiles each input shape it sees
+twice, ~2 s, in memory). ONNX Runtime stays the default for plain f32 graphs because the first image pays that
+compile and ONNX Runtime is the reference the accuracy numbers are measured against.
 """
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ZsdError
+from ..options import BACKENDS, RUNTIME_PRECISIONS
 from .base import Backend
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = RUNTIME_PRECISIONS
 
 
 def _has_plugin_nodes(path: Path) -> bool:

@@ -29,13 +29,14 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ZsdError
+from ..options import RUNTIME_PRECISIONS
 from ..artifacts.onnx_metadata import has_msda_plugin
 from ..artifacts.onnx_metadata import ModelInfo
 from .base import Backend
 from .onnxruntime_backend import check_feeds, read_onnx_metadata
 from .ov_cache import CompiledModelCache, entry_key
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = RUNTIME_PRECISIONS
 HINTS = ("LATENCY", "THROUGHPUT")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INSTALL_HINT = 'pip install "zsdeploy[openvino]"'

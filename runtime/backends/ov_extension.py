@@ -24,12 +24,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
+from ..cli_core import run_main
 from ..errors import ZsdError
 from .openvino_backend import say_stderr, cpu_flags, cpu_model, import_openvino
 
@@ -199,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                                             "and the same CPU).")
     p.add_argument("--rebuild", action="store_true", help="compile again even if a cached build exists")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         print(library_path(rebuild=args.rebuild))
-    except ZsdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return 0
+
+    return run_main("ov_extension", body)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from pathlib import Path
 from ..files import publish, staging_dir
 from ..errors import ZsdError
 from ..artifacts.onnx_metadata import ModelInfo, has_msda_plugin
-from ..families import family_of
 from .pbtxt import EnsembleStep, ModelConfig, Tensor
 from .steps import IMAGE_INFO, STEP_FORMAT, step_segmenter
 
@@ -74,7 +73,7 @@ def _load_export(model: Path) -> tuple[ModelInfo, str]:
     if not model.exists():
         raise ZsdError(f"model {model} does not exist.",
                        "pass an .onnx from export-model or a .plan from build-engine.")
-    if model.is_dir():  # not a bundle (write_repository sends those to the ZegFormer writer)
+    if model.is_dir():  # not a bundle (zsdeploy.families sends those to their family's writer)
         raise ZsdError(f"{model} is a directory without bundle.json, so neither a ZegFormer bundle nor a PADing "
                        "export.", "pass a PADing .onnx / .plan, or the directory export-model --model zegformer "
                               "wrote.")
@@ -90,11 +89,7 @@ def _load_export(model: Path) -> tuple[ModelInfo, str]:
         raise ZsdError(f"{model} is neither an ONNX model (.onnx) nor a TensorRT engine "
                        f"({', '.join(ENGINE_SUFFIXES)}).",
                        "pass the file export-model or build-engine wrote.")
-    info = ModelInfo.from_metadata(meta, str(model))
-    if family_of(info).artifact == "bundle":
-        raise ZsdError(f"{model} is a graph of a ZegFormer bundle; export-triton serves PADing exports only so far.",
-                       "pass a PADing .onnx or .plan.")
-    return info, kind
+    return ModelInfo.from_metadata(meta, str(model)), kind
 
 
 def _int(meta: dict[str, str], key: str) -> int:
@@ -174,20 +169,14 @@ def check_output(out: Path) -> None:
 
 def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[str],
                      options: RepositoryOptions | None = None) -> Path:
-    """Write the Triton repository for a PADing export (.onnx / .plan) or a ZegFormer bundle directory to
-    `output`; returns its path.
+    """Write the Triton repository for a one-graph export (.onnx / .plan) to `output`; returns its path. (A bundle's
+    family writes its own: zsdeploy.families.write_triton_repository chooses.)
 
     Raises ZsdError for a missing/foreign model, flags that do not fit the export, or an `output` that exists but
     was not written by export-triton. Nothing partial is left: the repository appears complete or not at all.
     """
     opts = options or RepositoryOptions()
     model, out = Path(model), Path(output)
-    from ..artifacts.bundle_manifest import is_bundle
-
-    if model.is_dir() and is_bundle(model):
-        from .zegformer_repository import write_zegformer_repository
-
-        return write_zegformer_repository(model, out, opts)
     bundle_only = [flag for flag, v in (("--clip-bpe", opts.clip_bpe), ("--max-classes", opts.max_classes),
                                         ("--vocab-cache", opts.vocab_cache)) if v is not None]
     if bundle_only:
@@ -271,3 +260,11 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
             "models": {"ensemble": name, **names}, "options": asdict(opts)}, indent=1) + "\n")
         publish(tmp, out, "the model repository")
     return out
+
+
+def describe_repository(out: Path) -> str:
+    """One sentence on what a repository written by `write_repository` serves (export-triton prints it)."""
+    marker = json.loads((out / MARKER).read_text())
+    return (f"ensemble {marker['models']['ensemble']!r} (network: {marker['network_backend']}, max_batch_size "
+            f"{marker['max_batch_size']}, task {marker['task']}). Input IMAGE (encoded image bytes, BYTES [B,1]); "
+            "outputs id_map (INT32 [B,H,W]) and segments (JSON).")

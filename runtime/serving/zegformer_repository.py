@@ -112,3 +112,15 @@ def write_zegformer_repository(bundle: Path, out: Path, opts: RepositoryOptions)
             "options": asdict(opts)}, indent=1) + "\n")
         publish(tmp, out, "the model repository")
     return out
+
+
+def describe_zegformer_repository(out: Path) -> str:
+    """One sentence on what a repository written by `write_zegformer_repository` serves (export-triton prints it)."""
+    marker = json.loads((out / MARKER).read_text())
+    vocab = ("CLASSES (optional BYTES [1]: comma-separated class names; absent = the bundle's default vocabulary)"
+             if marker["clip_bpe"] else
+             "CLASSES (optional; CLIP's BPE file was not found, so new names need $ZSD_CLIP_BPE in the server's "
+             "environment: pass --clip-bpe to copy it into the repository)")
+    return (f"model {marker['models']['model']!r} (ZegFormer, Python backend, up to {marker['max_images']} images per "
+            f"request). Inputs IMAGE (encoded image bytes, BYTES [N,1]) and {vocab}; outputs id_map (INT32 [N,H,W] "
+            "class index), scores (FP32 [N,H,W]) and segments (JSON).")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..artifacts.sidecar import EngineSidecar, OnnxSource, PluginLibrary, sidecar_path, write_sidecar
 from ..cuda_utils import DeviceInfo
 from ..errors import ZsdError
+from ..version import PRODUCER
 from ..files import file_sha256, write_bytes_atomic
 from .calibration import make_calibrator
 from .loader import Say, create_builder, import_tensorrt, logged_errors, make_logger
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILDER_VERSION", "BuildResult", "build_engine", "make_sidecar"]
 
-BUILDER_VERSION = "zsdeploy-0.1.0"
+BUILDER_VERSION = PRODUCER
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from typing import Any
 import onnx
 
 from ..errors import ZsdError
+from ..options import GRAPH_PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = GRAPH_PRECISIONS
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 LOW_FLOAT = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 

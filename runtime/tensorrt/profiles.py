@@ -32,10 +32,6 @@ class ShapeRange:
     def as_json(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
-    @classmethod
-    def from_json(cls, d: dict[str, Sequence[int]]) -> ShapeRange:
-        return cls(tuple(int(x) for x in d["min"]), tuple(int(x) for x in d["opt"]), tuple(int(x) for x in d["max"]))
-
     def contains(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.min) and all(lo <= s <= hi for s, lo, hi in zip(shape, self.min, self.max))
 

@@ -6,14 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-from ..runtime.errors import ZsdError, install_sigterm_as_interrupt
-from ..runtime.families import MODELS, ExportRequest
-from .models.msdeformattn import LOWERINGS
-from .onnx_export import DEFAULT_OPSET, Progress, save_atomic, say
-from .precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAULT_ISLANDS, PRECISIONS, PrecisionOptions, \
-    check_options, convert
-from .precision_islands import BY_NAME
-from .zegformer_precision import ZEGFORMER_FP16_ISLANDS
+from zsdeploy.export.models.msdeformattn import LOWERINGS
+from zsdeploy.export.onnx_export import DEFAULT_OPSET, say
+from zsdeploy.export.precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAULT_ISLANDS, PRECISIONS, \
+    PrecisionOptions
+from zsdeploy.export.precision_islands import BY_NAME
+from zsdeploy.export.zegformer_precision import ZEGFORMER_FP16_ISLANDS
+from zsdeploy.families import MODELS, ExportRequest, convert_precision
+from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.options import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=MODELS.names(),
                    help="model family (required unless --from-onnx): " + "; ".join(
                        f"{n}: {MODELS.get(n).summary}" for n in MODELS.names()))
-    p.add_argument("--task", choices=["panoptic", "instance", "semantic"],
+    p.add_argument("--task", choices=TASKS,
                    help="PADing: released model to build (selects configs/pading/<task>.yaml and class list; "
                         "default panoptic); ZegFormer is semantic only")
     p.add_argument("--config", help="upstream YAML config (detectron2 schema; _BASE_ is followed); for ZegFormer "
@@ -103,64 +105,30 @@ def run(args: argparse.Namespace) -> Path:
     if args.model is None:
         raise ZsdError("--model is missing.", f"pass --model {'|'.join(MODELS.names())} (or --from-onnx M.onnx to "
                                               "convert an existing export).")
-    install_sigterm_as_interrupt()
     return MODELS.get(args.model).export(export_request(args), say)
 
 
 def run_convert(args: argparse.Namespace) -> Path:
     """`--from-onnx M.onnx --precision P`: an existing fp32 export converted; nothing is traced."""
-    import onnx
-
     given = [f for f, v in (("--model", args.model), ("--task", args.task), ("--config", args.config),
                             ("--weights", args.weights), ("--standin", args.standin), ("--height", args.height),
                             ("--width", args.width), ("--dynamic", args.dynamic), ("--clip", args.clip)) if v]
     if given:
         raise ZsdError(f"--from-onnx converts an existing export; {', '.join(given)} would be ignored.",
                        f"drop {', '.join(given)} (they were fixed when {args.from_onnx} was exported).")
-    src, output = Path(args.from_onnx), Path(args.output)
-    from ..runtime.artifacts.bundle_manifest import bundle_root
-
-    if bundle_root(src) is not None:  # a ZegFormer bundle: its segmenter and crop classifier, into a new bundle
-        from .zegformer_precision import convert_zegformer_bundle
-
-        return convert_zegformer_bundle(src, output, precision_options(args), say=say)
-    if output.suffix != ".onnx":
-        raise ZsdError(f"--output {output} should end in .onnx.", f"use --output {output.with_suffix('.onnx')}.")
-    if not src.is_file():
-        raise ZsdError(f"--from-onnx {src} does not exist.", "pass the .onnx written by export-model.")
-    if output.resolve() == src.resolve():
-        raise ZsdError("--output is the --from-onnx file itself; the fp32 graph would be lost.",
-                       "write the converted graph to another file.")
-    popts = precision_options(args)
-    check_options(popts)
-    try:
-        proto = onnx.load(str(src))
-    except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)
-        raise ZsdError(f"{src} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}).",
-                       "re-run export-model to write it again.") from None
-    progress = Progress(2, say)
-    with progress.step(f"converting {src} to {popts.precision}"):
-        proto = convert(proto, popts, where=str(src), say=say)
-    with progress.step(f"writing {output}"):
-        save_atomic(proto, output)
-    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, {len(proto.graph.node)} nodes, "
-        f"precision {popts.precision})")
-    return output
+    return convert_precision(Path(args.from_onnx), Path(args.output), precision_options(args), say)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
+
+    def body() -> int:
         run(args)
-    except ZsdError as e:
-        print(f"export-model: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("export-model: interrupted; nothing was written.", file=sys.stderr)
-        return 130
-    say(f"total {time.perf_counter() - t0:.1f} s")
-    return 0
+        say(f"total {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return run_main("export-model", body)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ZsdError
-from .repository import BACKENDS, DEFAULT_MAX_BATCH, RepositoryOptions, write_repository
+from zsdeploy.families import describe_triton_repository, write_triton_repository
+from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.options import TASKS
+from zsdeploy.runtime.serving.repository import BACKENDS, DEFAULT_MAX_BATCH, RepositoryOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let Triton batch concurrent requests of the same shape on the network model")
     p.add_argument("--max-queue-delay-us", type=int, default=0,
                    help="dynamic batching: how long a request may wait for others (default 0)")
-    p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
+    p.add_argument("--task", choices=TASKS,
                    help="post-processing to serve (default: the model's task)")
     p.add_argument("--name", help="name of the ensemble to request (default <model>_<task>, e.g. pading_panoptic)")
     p.add_argument("--threads", type=int, help="CPU threads of the network (onnxruntime, openvino, python)")
@@ -58,30 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                              dynamic_batching=args.dynamic_batching, max_queue_delay_us=args.max_queue_delay_us,
                              task=args.task, name=args.name, threads=args.threads, clip_bpe=args.clip_bpe,
                              max_classes=args.max_classes, vocab_cache=args.vocab_cache)
-    try:
-        out = write_repository(args.model, args.output, opts)
-    except ZsdError as e:
-        print(f"export-triton: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("export-triton: interrupted (nothing was written).", file=sys.stderr)
-        return 130
-    import json
 
-    marker = json.loads((out / ".zsdeploy-triton.json").read_text())
-    if marker["kind"] == "bundle":
-        vocab = ("CLASSES (optional BYTES [1]: comma-separated class names; absent = the bundle's default "
-                 "vocabulary)" if marker["clip_bpe"] else
-                 "CLASSES (optional; CLIP's BPE file was not found, so new names need $ZSD_CLIP_BPE in the "
-                 "server's environment: pass --clip-bpe to copy it into the repository)")
-        print(f"export-triton: wrote {out}: model {marker['models']['model']!r} (ZegFormer, Python backend, up to "
-              f"{marker['max_images']} images per request). Inputs IMAGE (encoded image bytes, BYTES [N,1]) and "
-              f"{vocab}; outputs id_map (INT32 [N,H,W] class index), scores (FP32 [N,H,W]) and segments (JSON).")
+    def body() -> int:
+        out = write_triton_repository(args.model, args.output, opts)
+        print(f"export-triton: wrote {out}: {describe_triton_repository(args.model, out)}")
         return 0
-    print(f"export-triton: wrote {out}: ensemble {marker['models']['ensemble']!r} (network: "
-          f"{marker['network_backend']}, max_batch_size {marker['max_batch_size']}, task {marker['task']}). "
-          f"Input IMAGE (encoded image bytes, BYTES [B,1]); outputs id_map (INT32 [B,H,W]) and segments (JSON).")
-    return 0
+
+    return run_main("export-triton", body)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ZsdError, install_sigterm_as_interrupt
-from .families import OpenOptions, open_pipeline
+from zsdeploy.families import OpenOptions, open_pipeline
+from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.options import BACKENDS, RUNTIME_PRECISIONS, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="an image file or a directory of images; or a video file (.mp4 "
                                                   ".avi .mov .mkv .webm .m4v), camera index (0) or stream URL")
     p.add_argument("--output", required=True, help="output directory")
-    p.add_argument("--task", choices=["semantic", "panoptic", "instance"],
+    p.add_argument("--task", choices=TASKS,
                    help="post-processing to run (default: the model's task)")
     p.add_argument("--short-edge", type=int,
                    help="resize images to this short edge instead of the model's (min_size_test); 0 = no resize. "
@@ -36,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-raw", action="store_true", help="also write <name>_raw.npz with the raw outputs")
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / OpenVINO")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "tensorrt"], default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> onnxruntime, which starts at "
                         "once, or openvino with --precision bf16). On Intel CPUs --backend openvino is faster after "
                         "its first compile (cached): see README, CPU backends")
-    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+    p.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="f32",
                    help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     v = p.add_argument_group("video files, cameras and streams (frame_NNNNNN.json per frame; --vis: <name>_vis.mp4)")
@@ -69,24 +71,13 @@ def open_options(args: argparse.Namespace) -> OpenOptions:
 
 
 def open_segmenter(args: argparse.Namespace):
-    """The Pipeline for --model, opened by its registered model family (runtime.families)."""
+    """The Pipeline for --model, opened by its registered model family (zsdeploy.families)."""
     return open_pipeline(args.model, open_options(args))
 
 
 def check_model_for_run(args: argparse.Namespace, pipe) -> None:
-    """The options checked against the opened model, and the notes printed about it (images and video alike)."""
-    info = pipe.info
-    if info.static_batch is not None and args.batch > info.static_batch:
-        raise ZsdError(f"--batch {args.batch}, but the model was exported with a static batch of {info.static_batch}.",
-                       f"pass --batch {info.static_batch} or less (or re-export with export-model --dynamic).")
-    if args.vis_score_threshold is not None and pipe.task != "instance":
-        raise ZsdError(f"--vis-score-threshold applies to instance overlays, but the task is {pipe.task}.",
-                       "drop --vis-score-threshold, or pass --task instance.")
-    if info.standin_weights:
-        print("note: this model was exported with untrained stand-in weights; its predictions are meaningless.",
-              file=sys.stderr)
-    note = pipe.resize_note()
-    if note:
+    """The options checked against the opened model, and the notes printed about it."""
+    for note in pipe.run_notes(args.batch, args.vis_score_threshold):
         print(f"note: {note}", file=sys.stderr)
 
 
@@ -121,21 +112,21 @@ class _RunState:
                 "written whole)")
 
 
-def _failure_line(path: Path, e: ZsdError) -> str:
-    text = str(e)
-    return text if str(path) in text else f"{path}: {text}"
-
-
 def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
-    from .imageio import list_images, load_image
-    from .results_io import check_output_dir, output_stems, write_outputs
+    from zsdeploy.runtime.image_run import failure_line, segment_images
+    from zsdeploy.runtime.imageio import list_images
+    from zsdeploy.runtime.results_io import check_output_dir, output_stems, write_outputs
 
     _check_options(args)
-    from .video import is_video_source, refuse_video_options, run_video
+    from zsdeploy.runtime.video import VideoRunOptions, is_video_source, refuse_video_options, run_video
 
     if is_video_source(args.input):  # a video file, camera index or stream URL: the pipelined video path
-        return run_video(args, state if state is not None else _RunState(0, Path(args.output)), open_segmenter)
-    refuse_video_options(args)
+        opts = VideoRunOptions(args.input, args.output, every=args.every, max_frames=args.max_frames,
+                               batch=args.batch, vis=args.vis, save_raw=args.save_raw,
+                               vis_score_threshold=args.vis_score_threshold, quiet=args.quiet)
+        return run_video(opts, state if state is not None else _RunState(0, Path(args.output)),
+                         lambda: open_segmenter(args))
+    refuse_video_options(args.input, args.every, args.max_frames)
     paths = list_images(args.input)
     single = len(paths) == 1  # one image: its failure is the run's error (exit 2), not a partial result
     out_dir = check_output_dir(args.output)  # before the (slow) model load: a bad --output fails at once
@@ -158,48 +149,29 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     t0 = time.perf_counter()
     bar = tqdm(total=len(paths), unit="img", disable=args.quiet or single, file=sys.stderr)
 
-    def segment(imgs: list) -> list:
-        """Segment a batch; when it fails, each image alone, so one bad image costs only its own result."""
-        try:
-            return list(zip(imgs, segmenter([im.rgb for im in imgs])))
-        except ZsdError as e:
-            if single:
-                raise
-            if len(imgs) == 1:
-                state.failures.append(_failure_line(imgs[0].path, e))
-                bar.update(1)
-                return []
-        return [pair for im in imgs for pair in segment([im])]
+    def failed(path: Path, error: ZsdError) -> None:
+        state.failures.append(failure_line(path, error))
+        bar.update(1)
 
-    for start in range(0, len(paths), args.batch):
-        loaded = []
-        for p in paths[start:start + args.batch]:
-            try:
-                img = load_image(p)
-            except ZsdError as e:
-                if single:
-                    raise
-                state.failures.append(_failure_line(p, e))
-                bar.update(1)
-                continue
-            for note in img.notes:
-                print(note if note.startswith("note:") else f"note: {note}", file=sys.stderr)
-            loaded.append(img)
-        for img, seg in segment(loaded) if loaded else []:
-            try:
-                write_outputs(seg, info, out_dir, stems[img.path], rgb=img.rgb, vis=args.vis,
-                              save_raw=args.save_raw, vis_score_threshold=vis_threshold,
-                              extra={"image": str(img.path), "backend": backend.name,
-                                     "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
-                                     **({"vocabulary": {"source": vocab.source, "names": list(vocab.names),
-                                                        "unseen_ids": list(vocab.unseen_ids)}} if vocab else {})})
-            except ZsdError as e:  # the output location broke mid-run (disk full, removed): stop, keep what is done
-                bar.close()
-                err = ZsdError(f"{e.problem} The run stopped at {img.path}; {state.written()}.", e.fix)
-                err.exit_code = 3 if state.done else 2
-                raise err from None
-            state.done += 1
-            bar.update(1)
+    def note(text: str) -> None:
+        print(text if text.startswith("note:") else f"note: {text}", file=sys.stderr)
+
+    for img, seg in segment_images(segmenter, paths, batch=args.batch, isolate=not single, on_failure=failed,
+                                   on_note=note):
+        try:
+            write_outputs(seg, info, out_dir, stems[img.path], rgb=img.rgb, vis=args.vis,
+                          save_raw=args.save_raw, vis_score_threshold=vis_threshold,
+                          extra={"image": str(img.path), "backend": backend.name,
+                                 "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
+                                 **({"vocabulary": {"source": vocab.source, "names": list(vocab.names),
+                                                    "unseen_ids": list(vocab.unseen_ids)}} if vocab else {})})
+        except ZsdError as e:  # the output location broke mid-run (disk full, removed): stop, keep what is done
+            bar.close()
+            err = ZsdError(f"{e.problem} The run stopped at {img.path}; {state.written()}.", e.fix)
+            err.exit_code = 3 if state.done else 2
+            raise err from None
+        state.done += 1
+        bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - t0
     rate = state.done / elapsed if elapsed > 0 else float("nan")
@@ -219,16 +191,9 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    install_sigterm_as_interrupt()
     state = _RunState(0, Path(args.output))
-    try:
-        return run(args, state)
-    except ZsdError as e:
-        print(f"trt-infer: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"trt-infer: interrupted; {state.written()}.", file=sys.stderr)
-        return 130
+    return run_main("trt-infer", lambda: run(args, state), state.written)
+
 
 if __name__ == "__main__":
     sys.exit(main())

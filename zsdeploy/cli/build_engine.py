@@ -1,7 +1,7 @@
 """`build-engine`: build a TensorRT engine (.plan + .plan.json sidecar) from an exported ONNX model.
 
-A thin layer over `zsdeploy.runtime.tensorrt.builder.build_engine` (Polygraphy style: the CLI only parses
-arguments).
+A thin layer over `zsdeploy.families.build_engines` (a bundle's family builds each of its graphs; one graph goes to
+`zsdeploy.runtime.tensorrt.builder.build_engine`): the CLI only parses arguments.
 """
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts.bundle_manifest import is_bundle
-from .errors import ZsdError
-from .tensorrt.builder import build_engine
-from .tensorrt.plugins import PLUGIN_LIBRARY_NAME
-from .tensorrt.precision import PRECISIONS
-from .tensorrt.preflight import BuildOptions
-from .tensorrt.profiles import parse_profile
+from zsdeploy.families import build_engines
+from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.tensorrt.plugins import PLUGIN_LIBRARY_NAME
+from zsdeploy.runtime.tensorrt.precision import PRECISIONS
+from zsdeploy.runtime.tensorrt.preflight import BuildOptions
+from zsdeploy.runtime.tensorrt.profiles import parse_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,23 +81,14 @@ def _say(msg: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        if is_bundle(args.onnx):
-            from .bundle_engines import build_bundle
 
-            results = build_bundle(options_from_args(args), say=_say)
-        else:
-            results = [build_engine(options_from_args(args), say=_say)]
-    except ZsdError as e:
-        print(f"build-engine: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("build-engine: interrupted; no engine was written.", file=sys.stderr)
-        return 130
-    for result in results:
-        _say(f"wrote {result.plan} ({result.size_bytes / 2**20:.1f} MiB) and {result.sidecar.name}")
-    _say(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
+    def body() -> int:
+        for result in build_engines(options_from_args(args), say=_say):
+            _say(f"wrote {result.plan} ({result.size_bytes / 2**20:.1f} MiB) and {result.sidecar.name}")
+        _say(f"done in {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    return run_main("build-engine", body, lambda: "no engine was written")
 
 
 if __name__ == "__main__":
