@@ -15,8 +15,8 @@ python3 -m venv "$work/venv"
 cd "$work"  # away from the checkout, so nothing resolves to its folders
 bin="$work/venv/bin"
 "$bin/python" - <<'PY'
-import zsdeploy, zsdeploy.export, zsdeploy.runtime, zsdeploy.benchmarks
-for m in (zsdeploy, zsdeploy.export, zsdeploy.runtime, zsdeploy.benchmarks):
+import zsdeploy, zsdeploy.export, zsdeploy.runtime, zsdeploy.benchmarks, zsdeploy.families, zsdeploy.cli
+for m in (zsdeploy, zsdeploy.export, zsdeploy.runtime, zsdeploy.benchmarks, zsdeploy.families, zsdeploy.cli):
     assert "site-packages" in m.__path__[0], f"{m.__name__} imported from {m.__path__[0]}, not from the wheel"
 print("imports from the wheel: ok")
 PY
