@@ -151,7 +151,6 @@ def check_shape(req: ExportRequest) -> None:
     check_shape_flags(req.height, req.width, req.batch, req.dynamic)
 
 
-
 # ------------------------------------------------------------------------------------------------ artifacts
 def bundle_family(path: str | os.PathLike, *, whole: bool = False) -> BundleFamily | None:
     """The family whose bundle `path` is, else None (a one-graph artifact, or nothing there).
