@@ -15,6 +15,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from ..runtime.errors import ZsdError
+from ..runtime.options import TASKS
 from .models.pading import PADingSpec
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -23,7 +24,7 @@ if not (CONFIG_DIR / "pading").is_dir():  # installed (non-editable): configs sh
 
     CONFIG_DIR = Path(_configs_pkg.__file__).resolve().parent
 
-PADING_TASKS = ("panoptic", "instance", "semantic")
+PADING_TASKS = TASKS  # PADing post-processes all three (runtime/options.py)
 
 # detectron2's ResNet defaults (both models' backbones read these keys).
 DETECTRON2_RESNET_DEFAULTS: dict[str, Any] = {

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.options import TASKS
 
 from .base import ExportRequest, ModelFamily, OpenOptions, Say, check_shape, register_family
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 class PADingFamily(ModelFamily):
     name = "pading"
     summary = "PADing (CVPR 2023): Mask2Former R50 + MSDeformAttn; panoptic, instance, semantic; fixed classes"
-    tasks = ("panoptic", "instance", "semantic")
+    tasks = TASKS
     standin_variants = ("golden", "diverse")
     default_hw = (800, 1216)
     default_weights: str | None = None
