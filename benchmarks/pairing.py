@@ -20,7 +20,8 @@ from .report_io import say
 DEFAULT_FAMILY = "pading"
 
 
-def torch_reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None, family: str = "pading"):
+def torch_reference(args: argparse.Namespace, task: str, meta: dict[str, str] | None = None,
+                    family: str = DEFAULT_FAMILY):
     """The PyTorch reference of an export (its registered family's `torch_reference`)."""
     if getattr(args, "reference", "pytorch") != "pytorch":
         raise ZsdError(f"--reference {args.reference} is not supported.", "use --reference pytorch.")
@@ -44,7 +45,6 @@ def load(path: str, threads: int | None, backend: str = "auto", precision: str =
             raise ZsdError(f"--backend openvino-bf16 needs a CPU that computes bf16, but {why}.",
                            "measure --backend openvino (f32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
     return load_backend(path, threads=threads, backend=backend, precision=precision)
-
 
 
 class BenchPairing(ABC):
@@ -255,5 +255,3 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
     if "torch" in names:
         backends.insert(0, named("torch", _zegformer_torch_bundle(args)))
     return backends, unavailable
-
-

@@ -60,7 +60,6 @@ def check_shape_flags(height: int | None, width: int | None, batch: int, dynamic
                        "drop --batch (dynamic) or --dynamic (static batch).")
 
 
-
 class Progress:
     """Numbered steps with elapsed time on stderr-free stdout (long steps say they are running)."""
 

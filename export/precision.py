@@ -487,8 +487,6 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
     return out
 
 
-
-
 def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: Say = print) -> Path:
     """`export-model --from-onnx M.onnx --precision P` for one graph: read, convert, write atomically."""
     from .onnx_export import Progress, save_atomic

@@ -143,7 +143,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 # ------------------------------------------------------------------------------------------- directories
 
 
-
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh hidden folder next to `out` for the new directory's files; removed if the block does not finish."""

@@ -21,7 +21,6 @@ from .postprocess import PostprocessConfig, postprocess
 from .preprocess import Batch, preprocess
 
 
-
 @dataclass
 class Segmentation:
     """Results for one image at its original size, plus the raw network outputs it came from."""
@@ -187,4 +186,3 @@ class Pipeline:
                              r.raw.mask_logits[i], b.image_sizes[i], b.padded_hw, dict(per_image),
                              {k: v[i] for k, v in r.raw.extra.items()})
                 for i in range(n)]
-

@@ -289,17 +289,12 @@ def collect_uses(files: list[Path], trt: Any, repo: Path = REPO) -> list[Use]:
     return uses
 
 
-def capability_probes() -> dict[str, tuple[str, ...]]:
-    from zsdeploy.runtime.tensorrt.precision import CAPABILITY_ATTRIBUTES
-
-    return dict(CAPABILITY_ATTRIBUTES)
-
-
 def api_table(trt: Any, uses: list[Use]) -> list[dict[str, Any]]:
     """One row per used attribute path: where, how, and ok / guarded / MISSING in this module."""
-    probes = capability_probes()
+    # the same probe table and attribute-path test the builder's capability check uses
+    from zsdeploy.runtime.tensorrt.precision import CAPABILITY_ATTRIBUTES as probes, has_attribute_path
+
     probed = {p: cap for cap, paths in probes.items() for p in paths}
-    typer = _Typer(trt, set(), {})
     rows: dict[str, dict[str, Any]] = {}
     for cap, paths in probes.items():
         for p in paths:
@@ -310,7 +305,7 @@ def api_table(trt: Any, uses: list[Use]) -> list[dict[str, Any]]:
         row["where"].append(u.where)
     out = []
     for path, row in sorted(rows.items()):
-        present = typer.resolve(path) is not None
+        present = has_attribute_path(trt, path)
         covering = next((probed[p] for p in probed if path == p or path.startswith(p + ".")), None)
         unguarded = row["kinds"] & {"direct"}
         if present:

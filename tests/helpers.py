@@ -54,7 +54,6 @@ needs_bpe = pytest.mark.skipif(BPE is None, reason=f"CLIP's {BPE_NAME} not found
                                                    "zsdeploy does not ship it")
 
 
-
 # ----------------------------------------------------------------------------- a tiny PADing-like ONNX model
 CLASS_NAMES = ["person", "car", "sky", "grass"]
 
@@ -103,7 +102,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     """build-engine in a fresh interpreter, as a user runs it (exit code, stderr)."""
     return subprocess.run([sys.executable, "-m", "zsdeploy.cli.build_engine", *args], capture_output=True,
                           text=True, timeout=300, cwd=REPO)
-
 
 
 def explicit_copy(src, dst, kind: str):

@@ -22,9 +22,6 @@ TRT8 = TensorRTCaps("8.6.1", fp16_flag=True, int8_flag=True, int8_calibrator=Tru
                     tf32_flag=True)
 
 
-
-
-
 def test_graph_precision_from_metadata_and_nodes(tmp_path):
     tiny = write_tiny_onnx(tmp_path / "t.onnx")
     assert inspect_onnx(tiny).precision == "fp32"

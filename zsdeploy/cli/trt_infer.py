@@ -75,12 +75,6 @@ def open_segmenter(args: argparse.Namespace):
     return open_pipeline(args.model, open_options(args))
 
 
-def check_model_for_run(args: argparse.Namespace, pipe) -> None:
-    """The options checked against the opened model, and the notes printed about it."""
-    for note in pipe.run_notes(args.batch, args.vis_score_threshold):
-        print(f"note: {note}", file=sys.stderr)
-
-
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse contradictory or out-of-range options before anything is loaded (nothing is silently replaced)."""
     if args.batch < 1:
@@ -138,7 +132,8 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     state.total, state.out_dir = len(paths), out_dir
     segmenter = open_segmenter(args)
     backend, info = segmenter.backend, segmenter.info
-    check_model_for_run(args, segmenter)
+    for note in segmenter.run_notes(args.batch, args.vis_score_threshold):  # also checks the options against it
+        print(f"note: {note}", file=sys.stderr)
     vocab = getattr(segmenter, "vocabulary", None)
     if vocab is not None:
         print(f"vocabulary: {len(vocab.names)} classes ({vocab.source}; {len(vocab.seen_ids)} seen, "

@@ -216,7 +216,6 @@ def open_pipeline(path: str | os.PathLike, opts: OpenOptions | None = None) -> P
     return family.open_pipeline(Path(path), opts or OpenOptions())
 
 
-
 def convert_precision(source: str | os.PathLike, output: str | os.PathLike, precision: PrecisionOptions,
                       say: Say = print) -> Path:
     """`export-model --from-onnx`: a bundle through its family, else the one graph (a foreign fp32 ONNX without
