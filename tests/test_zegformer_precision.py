@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import needs_bpe
 from conftest import REPO
 from onnxconverter_common import float16
 
@@ -141,6 +142,7 @@ def _segmenter_factory(bundle):
                                                          max_size=policy.max_size)
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_fp16_bundle_agrees_with_the_fp32_bundle_per_size_bucket(fp16_bundle, zegformer_bundle):
     """Both bundles in ONNX Runtime on the same scenes: the fused semantic maps agree and the raw logits are close
     in every size bucket (and do differ: fp16 really ran)."""
@@ -162,6 +164,7 @@ def test_fp16_bundle_agrees_with_the_fp32_bundle_per_size_bucket(fp16_bundle, ze
     assert MIN_FP16_REL_L2 < vs["all"]["clip_logits.rel_l2"] < MAX_CLIP_REL_L2
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_openvino_runs_the_fp16_bundle(fp16_bundle):
     pytest.importorskip("openvino", reason="OpenVINO is not installed")
     from zsdeploy.runtime.scenes import generate_scene
@@ -182,6 +185,7 @@ def test_openvino_runs_the_fp16_bundle(fp16_bundle):
         assert np.linalg.norm(a - b) / np.linalg.norm(b) < MAX_CLASS_REL_L2
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_zsd_bench_accuracy_reports_the_bundle_s_precision(fp16_bundle, zegformer_bundle, tmp_path):
     """zsd-bench accuracy: the fp16 bundle vs its PyTorch twins per size bucket; the report states fp16 and its
     islands, and the fp16 limits of the CI gate hold."""

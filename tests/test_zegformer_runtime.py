@@ -420,6 +420,7 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
                           timeout=900, check=False)
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_zsd_bench_latency_of_a_bundle(zegformer_bundle, tmp_path):
     """torch twins vs ONNX Runtime on the same bundle (segmenter + CLIP crop classifier + fusion), side by side."""
     bundle, clip_file, _ = zegformer_bundle
@@ -439,6 +440,7 @@ def test_zsd_bench_latency_of_a_bundle(zegformer_bundle, tmp_path):
     assert speedup == pytest.approx(rows["torch"]["e2e"]["median_ms"] / rows["onnxruntime"]["e2e"]["median_ms"])
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_zsd_bench_accuracy_of_a_bundle(zegformer_bundle, tmp_path):
     """ONNX Runtime bundle vs its PyTorch twins on small-target scenes: raw tensors (incl. CLIP crop logits) and
     the fused semantic maps agree in every size bucket; ground truth is not comparable (vocabulary) and says so."""
@@ -500,6 +502,7 @@ def test_build_engine_on_a_bundle_bad_arguments(zegformer_bundle, output, args, 
     assert r.returncode == 2 and re.search(match, r.stderr), r.stderr
 
 
+@needs_bpe  # the bundle's default vocabulary is embedded with CLIP's BPE file
 def test_trt_infer_on_one_graph_of_a_bundle(zegformer_bundle, image_file, tmp_path):
     root = zegformer_bundle[0]
     r = _trt_infer("--model", str(root / "text_encoder.onnx"), "--input", str(image_file), "--output",
