@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..runtime.artifacts.onnx_metadata import ClassFacts
 from .config import CONFIG_DIR
 
 # Released PADing models: task -> class list file.
@@ -26,6 +27,10 @@ class ClassList:
     def seen(self) -> tuple[int, ...]:
         unseen = set(self.unseen)
         return tuple(i for i in range(len(self.names)) if i not in unseen)
+
+    def facts(self, note: str | None = None) -> ClassFacts:
+        """This list as an export records it (`note`: why the names are generic, when they are)."""
+        return ClassFacts(self.names, self.colors, self.source, self.thing_ids, self.seen, self.unseen, note or "")
 
 
 def load_class_list(name: str) -> ClassList:

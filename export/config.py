@@ -7,13 +7,13 @@ python tags load as None and the keys they set are reported, which is safe becau
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from fvcore.common.config import CfgNode
 
+from ..runtime.artifacts.onnx_metadata import InferenceSettings
 from ..runtime.errors import ZsdError
 from ..runtime.options import TASKS
 from .models.pading import PADingSpec
@@ -169,26 +169,11 @@ def released_config(model: str, task: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class TestSettings:
-    """Inference-time settings that go into the artifact's metadata."""
-
-    min_size_test: int
-    max_size_test: int
-    size_divisibility: int
-    semantic_on: bool
-    instance_on: bool
-    panoptic_on: bool
-    object_mask_threshold: float
-    overlap_threshold: float
-    detections_per_image: int
-    sem_seg_postprocess_before_inference: bool
-
-
-def test_settings(cfg: CfgNode) -> TestSettings:
+def test_settings(cfg: CfgNode) -> InferenceSettings:
+    """The config's test-time settings, as the export records them."""
     t = cfg.MODEL.MASK_FORMER.TEST
     min_size = cfg.INPUT.MIN_SIZE_TEST
-    return TestSettings(
+    return InferenceSettings(
         min_size_test=int(min_size[0] if isinstance(min_size, (list, tuple)) else min_size),
         max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
         size_divisibility=int(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY),

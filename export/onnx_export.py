@@ -5,19 +5,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 
+from ..runtime.artifacts.onnx_metadata import ExportRecord, InputFacts, Provenance, write_onnx_metadata
 from ..runtime.errors import ZsdError
+from ..runtime.files import atomic_write
 from ..runtime.version import PRODUCER
 from .models.msdeformattn import LOWERINGS, lowering
 
@@ -163,24 +163,28 @@ def check_and_simplify(proto: onnx.ModelProto, simplify: bool = True) -> onnx.Mo
     return proto
 
 
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, object]) -> None:
-    """Write an export's metadata through the artifact contract (runtime.artifacts.onnx_metadata)."""
-    from ..runtime.artifacts.onnx_metadata import write_onnx_metadata
+def provenance(*, weights: str, checkpoint_sha256: str, config_path: Path, opset: int) -> Provenance:
+    """What an export is made from (`weights`: the label the metadata shows: a file name, "standin" or "demo")."""
+    from ..runtime.files import file_sha256
 
-    write_onnx_metadata(proto, metadata, producer_version=EXPORTER_VERSION)
+    return Provenance(exporter_version=EXPORTER_VERSION, torch_version=torch.__version__, opset=opset,
+                      weights=weights, checkpoint_sha256=checkpoint_sha256, standin_weights=weights == "standin",
+                      config=config_path.name, config_sha256=file_sha256(config_path))
+
+
+def input_facts(shape: ExportShape, pixel_mean: Sequence[float], pixel_std: Sequence[float]) -> InputFacts:
+    return InputFacts(shape.dynamic, shape.batch, shape.height, shape.width, tuple(pixel_mean), tuple(pixel_std))
+
+
+def set_metadata(proto: onnx.ModelProto, record: ExportRecord) -> None:
+    """Write an export's record through the artifact contract (runtime.artifacts.onnx_metadata, the one writer)."""
+    write_onnx_metadata(proto, record, producer_version=EXPORTER_VERSION)
 
 
 def save_atomic(proto: onnx.ModelProto, output: Path) -> None:
-    """Write next to the target and rename: an interrupted export never leaves a partial .onnx."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Through runtime.files' one checked writer: an interrupted export never leaves a partial .onnx, and the file
+    gets the umask's mode (readable by a Triton container, not mkstemp's 0600)."""
+    atomic_write(output, lambda f: f.write(proto.SerializeToString()))
 
 
 def say(msg: str) -> None:

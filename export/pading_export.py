@@ -10,7 +10,8 @@ import torch
 from . import checkpoint, config
 from .classes import classes_for
 from .models.pading import PADing, PADingSpec
-from .onnx_export import EXPORTER_VERSION, ExportShape
+from ..runtime.artifacts.onnx_metadata import ExportRecord, InferenceSettings
+from .onnx_export import ExportShape, input_facts, provenance
 from .standin import STANDIN_VARIANTS, load_standin
 
 
@@ -18,7 +19,7 @@ from .standin import STANDIN_VARIANTS, load_standin
 class BuiltModel:
     model: torch.nn.Module
     spec: PADingSpec
-    settings: config.TestSettings
+    settings: InferenceSettings
     task: str
     config_path: Path
     weights: str  # "standin" or the checkpoint path
@@ -74,65 +75,26 @@ def build_pading(task: str, config_path: str | Path | None = None, weights: str 
     return BuiltModel(model, spec, config.test_settings(cfg), task, path, str(weights), report.sha256, notes)
 
 
-def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: str) -> dict[str, object]:
-    from ..runtime.files import file_sha256
-
+def pading_metadata(built: BuiltModel, shape: ExportShape, *, opset: int, msda: str) -> ExportRecord:
+    """What a PADing graph records about itself (runtime.artifacts.onnx_metadata's typed record)."""
     classes, class_note = classes_for(built.task, built.spec.num_classes)
-    s = built.settings
-    meta: dict[str, object] = {
-        "model": "pading",
-        "task": built.task,
-        "exporter_version": EXPORTER_VERSION,
-        "torch_version": torch.__version__,
-        "opset": str(opset),
-        "msda_lowering": msda,
-        "weights": "standin" if built.weights == "standin" else
-                   DEMO_WEIGHTS_NAME if Path(built.weights) == demo_weights_path() else Path(built.weights).name,
-        "checkpoint_sha256": built.sha256,
-        "standin_weights": "true" if built.weights == "standin" else "false",
-        # which stand-in rule, so `zsd-bench accuracy` rebuilds the same reference (absent in older exports: golden)
-        "standin_variant": (built.standin or "golden") if built.weights == "standin" else "",
-        "config": built.config_path.name,
-        "config_sha256": file_sha256(built.config_path),
-        "input_name": "images",
-        "input_format": "RGB",
-        "input_range": "0..255 float32, not normalised (normalisation is in the graph); pad with pixel_mean",
-        "output_names": ["class_logits", "mask_logits"],
-        "mask_stride": "4",
-        "dynamic": "true" if shape.dynamic else "false",
-        "static_batch": str(shape.batch) if not shape.dynamic else "",
-        "static_height": str(shape.height) if not shape.dynamic else "",
-        "static_width": str(shape.width) if not shape.dynamic else "",
-        "num_classes": str(built.spec.num_classes),
-        "num_queries": str(built.spec.num_queries),
-        "class_names": list(classes.names),
-        "class_colors": [list(c) for c in classes.colors],
-        "class_list_source": classes.source,
-        "thing_ids": list(classes.thing_ids),
-        "stuff_ids": [i for i in range(len(classes.names)) if i not in set(classes.thing_ids)],
-        "seen_ids": list(classes.seen),
-        "unseen_ids": list(classes.unseen),
-        "pixel_mean": list(built.spec.pixel_mean),
-        "pixel_std": list(built.spec.pixel_std),
-        "resize": "ResizeShortestEdge",
-        "min_size_test": str(s.min_size_test),
-        "max_size_test": str(s.max_size_test),
-        "size_divisibility": str(s.size_divisibility),
-        "semantic_on": _b(s.semantic_on),
-        "instance_on": _b(s.instance_on),
-        "panoptic_on": _b(s.panoptic_on),
-        "object_mask_threshold": str(s.object_mask_threshold),
-        "overlap_threshold": str(s.overlap_threshold),
-        "detections_per_image": str(s.detections_per_image),
-        "sem_seg_postprocess_before_inference": _b(s.sem_seg_postprocess_before_inference),
-    }
-    if class_note:
-        meta["class_names_note"] = class_note
-    return meta
-
-
-def _b(v: bool) -> str:
-    return "true" if v else "false"
+    standin = built.weights == "standin"
+    label = ("standin" if standin else DEMO_WEIGHTS_NAME if Path(built.weights) == demo_weights_path()
+             else Path(built.weights).name)
+    return ExportRecord(
+        model="pading", task=built.task,
+        provenance=provenance(weights=label, checkpoint_sha256=built.sha256, config_path=built.config_path,
+                              opset=opset),
+        classes=classes.facts(class_note),
+        input=input_facts(shape, built.spec.pixel_mean, built.spec.pixel_std),
+        settings=built.settings, num_queries=built.spec.num_queries,
+        extra={
+            "input_name": "images",
+            "output_names": ["class_logits", "mask_logits"],
+            "msda_lowering": msda,
+            # which stand-in rule, so `zsd-bench accuracy` rebuilds the same reference (absent in older exports: golden)
+            "standin_variant": (built.standin or "golden") if standin else "",
+        })
 
 
 def export_pading(output: str | Path, *, task: str = "panoptic", config: str | Path | None = None,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..runtime.backends.base import Backend
-from ..runtime.artifacts.onnx_metadata import ModelInfo
+from ..runtime.artifacts.onnx_metadata import ExportRecord, ModelInfo
 from .models.msdeformattn import lowering
 from .onnx_export import ExportShape
 
@@ -18,10 +19,10 @@ from .onnx_export import ExportShape
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, metadata: dict[str, object], *, msda: str = "op",
+    def __init__(self, model: torch.nn.Module, metadata: ExportRecord | Mapping[str, str], *, msda: str = "op",
                  threads: int | None = None) -> None:
         self.model = model.eval()
-        meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+        meta = metadata.as_strings() if isinstance(metadata, ExportRecord) else dict(metadata)
         self.info = ModelInfo.from_metadata(meta, "torch model")
         # Graphs with more inputs (ZegFormer: text embeddings, crop-classifier inputs) name them in the metadata.
         self.input_names = tuple(json.loads(meta["input_names"])) if "input_names" in meta else ("images",)

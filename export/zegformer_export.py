@@ -44,7 +44,7 @@ from ..runtime.artifacts.bundle_manifest import (
     describe_file,
     write_bundle_manifest,
 )
-from ..runtime.artifacts.onnx_metadata import metadata_of
+from ..runtime.artifacts.onnx_metadata import ExportRecord, InferenceSettings, metadata_of
 from ..runtime.errors import ZsdError
 from ..runtime.prompts import TEMPLATE_SETS, class_text_embeddings
 from . import checkpoint
@@ -68,6 +68,8 @@ from .onnx_export import (
     convert_opset,
     quiet_exporter,
     check_and_simplify,
+    input_facts,
+    provenance,
     save_atomic,
     set_metadata,
 )
@@ -229,9 +231,7 @@ class ZegFormerSettings:
     """Inference settings outside the graphs (pre-processing, CLIP branch, fusion), for the metadata."""
 
     num_classes: int
-    min_size_test: int
-    max_size_test: int
-    size_divisibility: int
+    inference: InferenceSettings  # what every export records (ZegFormer: semantic only)
     prompt_ensemble_type: str
     temperature: float
     clip_pretrained: str
@@ -242,9 +242,6 @@ class ZegFormerSettings:
     ensembling: bool
     ensembling_all_cls: bool
     gzero_calibrate: float
-    sem_seg_postprocess_before_inference: bool
-    object_mask_threshold: float
-    overlap_threshold: float
     test_dataset: str
 
 
@@ -254,9 +251,17 @@ def zegformer_settings(cfg) -> ZegFormerSettings:
     datasets = list_or(cfg.DATASETS.TEST)
     return ZegFormerSettings(
         num_classes=int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES),
-        min_size_test=int(min_size[0] if isinstance(min_size, (list, tuple)) else min_size),
-        max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
-        size_divisibility=int(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY),
+        inference=InferenceSettings(
+            min_size_test=int(min_size[0] if isinstance(min_size, (list, tuple)) else min_size),
+            max_size_test=int(cfg.INPUT.MAX_SIZE_TEST),
+            size_divisibility=int(cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY),
+            semantic_on=True, instance_on=False, panoptic_on=False,
+            object_mask_threshold=float(t.OBJECT_MASK_THRESHOLD),
+            overlap_threshold=float(t.OVERLAP_THRESHOLD),
+            # detectron2's TEST.DETECTIONS_PER_IMAGE default, recorded for completeness (semantic does not use it)
+            detections_per_image=100,
+            # MaskFormer: SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or PANOPTIC_ON.
+            sem_seg_postprocess_before_inference=bool(t.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or t.PANOPTIC_ON)),
         prompt_ensemble_type=str(cfg.MODEL.PROMPT_ENSEMBLE_TYPE),
         temperature=float(cfg.MODEL.SEM_SEG_HEAD.TEMPERATURE),
         clip_pretrained=str(cfg.MODEL.SEM_SEG_HEAD.CLIP_PRETRAINED),
@@ -267,10 +272,6 @@ def zegformer_settings(cfg) -> ZegFormerSettings:
         ensembling=bool(cfg.MODEL.MASK_FORMER.ENSEMBLING),
         ensembling_all_cls=bool(cfg.MODEL.MASK_FORMER.ENSEMBLING_ALL_CLS),
         gzero_calibrate=float(cfg.MODEL.MASK_FORMER.GZERO_CALIBRATE),
-        # MaskFormer: SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or PANOPTIC_ON.
-        sem_seg_postprocess_before_inference=bool(t.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or t.PANOPTIC_ON),
-        object_mask_threshold=float(t.OBJECT_MASK_THRESHOLD),
-        overlap_threshold=float(t.OVERLAP_THRESHOLD),
         test_dataset=str(datasets[0]) if datasets else "",
     )
 
@@ -373,68 +374,31 @@ def _attach_clip(built: BuiltZegFormer, clip, weights) -> None:
 
 # ---------------------------------------------------------------------------------------------------- metadata
 def zegformer_metadata(built: BuiltZegFormer, shape: ExportShape, *, graph: str, opset: int,
-                       files: dict[str, str] | None = None) -> dict[str, object]:
-    """metadata_props of one bundle graph (every graph carries the model-level facts; `graph` says which)."""
+                       files: dict[str, str] | None = None) -> ExportRecord:
+    """What one bundle graph records about itself (every graph carries the model-level facts; `graph` says which)."""
     s, c = built.settings, built.classes
     meta: dict[str, object] = {
-        "model": "zegformer",
-        "task": "semantic",
         "graph": graph,
-        "exporter_version": EXPORTER_VERSION,
-        "torch_version": torch.__version__,
-        "opset": str(opset),
-        "weights": "standin" if built.weights == "standin" else Path(built.weights).name,
-        "checkpoint_sha256": built.sha256,
-        "standin_weights": _b(built.weights == "standin"),
         "clip_weights": "standin" if built.clip_source == "standin" else Path(built.clip_source).name,
         "clip_sha256": built.clip_sha256,
-        "standin_clip": _b(built.clip_source == "standin"),
+        "standin_clip": built.clip_source == "standin",
         "clip_model": s.clip_pretrained,
-        "config": built.config_path.name,
-        "input_format": "RGB",
-        "input_range": "0..255 float32, not normalised (normalisation is in the graph); pad with pixel_mean",
-        "dynamic": _b(shape.dynamic),
-        "static_batch": str(shape.batch) if not shape.dynamic else "",
-        "static_height": str(shape.height) if not shape.dynamic else "",
-        "static_width": str(shape.width) if not shape.dynamic else "",
-        "num_classes": str(len(c.names)),
-        "num_queries": str(built.spec.num_queries),
-        "text_dim": str(built.spec.text_dim),
-        "class_names": list(c.names),
-        "class_colors": [list(x) for x in c.colors],
-        "class_list_source": c.source,
-        "seen_ids": list(c.seen),
-        "unseen_ids": list(c.unseen),
-        "thing_ids": list(c.thing_ids),
+        "text_dim": built.spec.text_dim,
         "void_class": "last",
-        "pixel_mean": list(built.spec.pixel_mean),
-        "pixel_std": list(built.spec.pixel_std),
         "clip_pixel_mean": list(s.clip_pixel_mean),
         "clip_pixel_std": list(s.clip_pixel_std),
-        "resize": "ResizeShortestEdge",
-        "min_size_test": str(s.min_size_test),
-        "max_size_test": str(s.max_size_test),
-        "size_divisibility": str(s.size_divisibility),
-        "mask_stride": "4",
-        "semantic_on": "true",
-        "instance_on": "false",
-        "panoptic_on": "false",
-        "sem_seg_postprocess_before_inference": _b(s.sem_seg_postprocess_before_inference),
-        "object_mask_threshold": str(s.object_mask_threshold),
-        "overlap_threshold": str(s.overlap_threshold),
-        "detections_per_image": "100",  # detectron2's TEST.DETECTIONS_PER_IMAGE; semantic-only models do not use it
-        "logit_scale": str(float(built.model.sem_seg_head.predictor.logit_scale.exp().item())),
+        "logit_scale": float(built.model.sem_seg_head.predictor.logit_scale.exp().item()),
         "prompt_ensemble_type": s.prompt_ensemble_type,
         "prompt_templates": list(TEMPLATE_SETS[s.prompt_ensemble_type]),
         "clip_prompt_templates": list(TEMPLATE_SETS["clip"]),
         "tokenizer": "clip-bpe-49408",
-        "context_length": "77",
-        "clip_classification": _b(s.clip_classification),
+        "context_length": 77,
+        "clip_classification": s.clip_classification,
         "clip_cls_style": s.clip_cls_style,
-        "ensembling": _b(s.ensembling),
-        "ensembling_all_cls": _b(s.ensembling_all_cls),
-        "ensembling_lambda": str(2.0 / 3.0),
-        "gzero_calibrate": str(s.gzero_calibrate),
+        "ensembling": s.ensembling,
+        "ensembling_all_cls": s.ensembling_all_cls,
+        "ensembling_lambda": 2.0 / 3.0,
+        "gzero_calibrate": s.gzero_calibrate,
     }
     if graph == "segmenter":
         meta.update({
@@ -465,11 +429,13 @@ def zegformer_metadata(built: BuiltZegFormer, shape: ExportShape, *, graph: str,
         })
     if files:
         meta["bundle_files"] = files
-    return meta
-
-
-def _b(v: bool) -> str:
-    return "true" if v else "false"
+    weights = "standin" if built.weights == "standin" else Path(built.weights).name
+    return ExportRecord(
+        model="zegformer", task="semantic",
+        provenance=provenance(weights=weights, checkpoint_sha256=built.sha256, config_path=built.config_path,
+                              opset=opset),
+        classes=c.facts(), input=input_facts(shape, built.spec.pixel_mean, built.spec.pixel_std),
+        settings=s.inference, num_queries=built.spec.num_queries, extra=meta)
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -558,8 +524,8 @@ def export_crop_classifier(built: BuiltZegFormer, shape: ExportShape, *, opset: 
     s = built.settings
     res = built.clip_spec.image_resolution
     if shape.dynamic:
-        div = max(s.size_divisibility, 32)
-        longest = -(-s.max_size_test // div) * div
+        div = max(s.inference.size_divisibility, 32)
+        longest = -(-s.inference.max_size_test // div) * div
     else:
         longest = max(shape.height, shape.width)
     module = CLIPCropClassifier(built.clip, s.clip_pixel_mean, s.clip_pixel_std,

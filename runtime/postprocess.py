@@ -754,11 +754,11 @@ class PostprocessConfig:
 
         f = fields(meta, source)
         for key in cls.KEYS:
-            f.text(key)  # missing -> ZsdError naming it
+            f.get(key)  # missing -> ZsdError naming it
         try:
             return cls(
                 num_classes=f.integer("num_classes", minimum=1),
-                thing_ids=tuple(f.json_list("thing_ids", int)),
+                thing_ids=tuple(f.list_of("thing_ids", int)),
                 object_mask_threshold=f.number("object_mask_threshold"),
                 overlap_threshold=f.number("overlap_threshold"),
                 detections_per_image=f.integer("detections_per_image", minimum=1),

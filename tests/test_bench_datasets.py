@@ -177,8 +177,7 @@ def pading_meta() -> dict[str, str]:
     cfg = config.load_config(path)
     built = BuiltModel(None, config.pading_spec(cfg), config.test_settings(cfg), "panoptic", path, "standin", "",
                        [], "golden")
-    meta = pading_metadata(built, ExportShape(dynamic=True), opset=18, msda="gridsample")
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+    return pading_metadata(built, ExportShape(dynamic=True), opset=18, msda="gridsample").as_strings()
 
 
 class Oracle(Backend):

@@ -298,7 +298,7 @@ def test_sidecar_v2_malformed_field_is_named(tmp_path, key, value, why):
     sidecar_path(plan).write_text(json.dumps(doc))
     with pytest.raises(ZsdError) as e:
         read_sidecar(plan)
-    assert f"is malformed: field {key!r} should be" in e.value.problem and why in e.value.problem
+    assert f"is malformed: field {key!r} must be" in e.value.problem and why in e.value.problem
     assert "build-engine --onnx" in (e.value.fix or "")
 
 

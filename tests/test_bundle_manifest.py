@@ -391,7 +391,10 @@ def test_old_format_bundle_runs_like_the_new_one(zegformer_bundle, tmp_path):
     files = {**{g: f.file for g, f in new.graphs.items()}, **{k: f.file for k, f in new.embeddings.items()}}
     legacy = zegformer_metadata(built, ExportShape(new.input.height, new.input.width, new.input.batch, False),
                                 graph="bundle", opset=new.exporter.opset, files=files)
-    (old_dir / BUNDLE_FILE).write_text(json.dumps(legacy, indent=1), encoding="utf-8")
+    # the old exporter's dict: scalars as metadata strings, lists and objects as JSON values
+    strings = legacy.as_strings()
+    old_doc = {k: v if isinstance(v, (list, dict)) else strings[k] for k, v in legacy.to_metadata().items()}
+    (old_dir / BUNDLE_FILE).write_text(json.dumps(old_doc, indent=1), encoding="utf-8")
     old = read_bundle_manifest(old_dir)
     assert old.format == LEGACY_FORMAT and new.format == FORMAT
     for part in ("classes", "prompts", "fusion", "input", "clip", "made_from"):

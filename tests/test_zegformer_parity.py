@@ -182,7 +182,7 @@ def test_released_configs_settings():
 
     s = zegformer_settings(load_zegformer_config(REPO / "configs" / "zegformer" / "cocostuff_r101_gzss.yaml"))
     assert (s.num_classes, s.clip_classification, s.ensembling, s.gzero_calibrate) == (171, True, True, 0.1)
-    assert (s.prompt_ensemble_type, s.min_size_test, s.max_size_test, s.clip_pretrained) == (
+    assert (s.prompt_ensemble_type, s.inference.min_size_test, s.inference.max_size_test, s.clip_pretrained) == (
         "single", 640, 2560, "ViT-B/16")
     s50 = zegformer_settings(load_zegformer_config(REPO / "configs" / "zegformer" / "cocostuff_r50_gzss.yaml"))
     assert s50.prompt_ensemble_type == "imagenet_select"
@@ -192,8 +192,8 @@ def test_released_configs_settings():
     assert resolve_zegformer_config("voc_r50_gzss") == released_zegformer_config("voc_r50_gzss")
     assert resolve_zegformer_config(None).name == "cocostuff_r101.yaml"
     voc = zegformer_settings(load_zegformer_config(released_zegformer_config("voc_r50_gzss")))
-    assert (voc.num_classes, voc.ensembling, voc.gzero_calibrate, voc.min_size_test, voc.max_size_test) == (
-        20, False, -1.0, 512, 2048)
+    assert (voc.num_classes, voc.ensembling, voc.gzero_calibrate, voc.inference.min_size_test,
+            voc.inference.max_size_test) == (20, False, -1.0, 512, 2048)
     voc101 = zegformer_settings(load_zegformer_config(released_zegformer_config("voc_r101_gzss")))
     assert (voc101.ensembling, voc101.gzero_calibrate, voc101.prompt_ensemble_type) == (True, 0.1, "single")
     ade = zegformer_settings(load_zegformer_config(released_zegformer_config("ade847_r50_gzss")))

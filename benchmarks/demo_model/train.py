@@ -28,6 +28,7 @@ from ...export.config import released_config
 from ...export.pading_export import DEMO_CONFIG_NAME, demo_weights_path
 from ...runtime.cli_core import run_main
 from ...runtime.errors import ZsdError
+from ...runtime.files import atomic_write
 from .criterion import LossWeights, set_criterion
 from .data import TRAIN_SEED, heldout_scene, heldout_seeds, training_sample
 
@@ -154,12 +155,7 @@ def heldout_pq(model: nn.Module, spec: Any, cfg: Any, config_path: Path, n: int)
 
 # -------------------------------------------------------------------------------------------- checkpoint
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def config_sha256(path: Path) -> str:
@@ -203,10 +199,8 @@ def plot_curves(history: dict[str, list], path: Path) -> None:
     ax[1].grid(alpha=0.3)
     ax[1].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------- train

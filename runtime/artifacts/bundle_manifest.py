@@ -18,7 +18,7 @@ Format "zsdeploy-bundle/2" (written by export-model --model zegformer):
      "made_from": {"config": "x.yaml", "weights": "model_final.pth" | "standin", "standin_weights": false,
                    "weights_sha256": "<hex>" | null, "clip_weights": "ViT-B-16.pt" | "standin",
                    "standin_clip": false, "clip_sha256": "<hex>" | null},
-     "exporter": {"version": "zsdeploy-0.1.0", "torch_version": "2.x", "opset": 18}}
+     "exporter": {"version": "zsdeploy-X.Y.Z", "torch_version": "2.x", "opset": 18}}
 
 Pre- and post-processing constants are not repeated here: each graph carries them in its own metadata
 (runtime.artifacts.onnx_metadata). TensorRT plans built later next to the graphs are not listed either; each
@@ -49,15 +49,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from ..errors import ZsdError
 from ..options import GRAPH_PRECISIONS
+from ..files import write_json_atomic
+from .fields import Fields
 
 __all__ = [
     "BUNDLE_FILE", "FORMAT", "LEGACY_FORMAT", "GRAPHS", "EMBEDDINGS", "REEXPORT",
@@ -349,10 +350,7 @@ def write_bundle_manifest(stage_dir: str | os.PathLike, manifest: BundleManifest
     _parse(json.loads(json.dumps(obj)), path)
     for entry in entries:
         manifest._checked(stage, entry.file, entry, verify=False)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, obj, indent=1)
 
 
 # ------------------------------------------------------------------------------------------------ read
@@ -391,16 +389,17 @@ def _parse(obj: Any, path: Path) -> BundleManifest:
     if not isinstance(obj, dict):
         raise ZsdError(f"{path} holds a JSON {_json_type(obj)}, not the object a bundle manifest is.", REEXPORT)
     if "format" not in obj:
-        return _parse_legacy(_Fields(obj, path))
+        return _parse_legacy(Fields(obj, where=f"{path}:", fix=REEXPORT, encoded=True,
+                                    format_name=LEGACY_FORMAT))
     fmt = obj["format"]
     if fmt != FORMAT:
         raise ZsdError(f"{path}: field 'format' is {fmt!r}; this zsdeploy reads {FORMAT!r} (and unversioned "
                        "bundles of earlier exports).",
                        "use the zsdeploy version that wrote the bundle, or " + REEXPORT)
-    return _parse_v2(_Fields(obj, path))
+    return _parse_v2(Fields(obj, where=f"{path}:", fix=REEXPORT, format_name=FORMAT))
 
 
-def _parse_v2(top: _Fields) -> BundleManifest:
+def _parse_v2(top: Fields) -> BundleManifest:
     top.string("format")
     model = top.string("model", choices=("zegformer",))
     graphs = _files(top.obj("graphs"), GRAPHS, graphs=True)
@@ -420,15 +419,15 @@ def _parse_v2(top: _Fields) -> BundleManifest:
     f.done()
     i = top.obj("input")
     dynamic = i.boolean("dynamic")
-    shape = BundleInput(dynamic, *(i.optional_integer(k, none_ok=dynamic, min_value=1)
+    shape = BundleInput(dynamic, *(i.optional_integer(k, none_ok=dynamic, minimum=1)
                                    for k in ("batch", "height", "width")))
     i.done()
     fixed = [k for k in ("batch", "height", "width") if dynamic and getattr(shape, k) is not None]
     if fixed:
         i.fail(fixed[0], "must be null when 'input.dynamic' is true (a dynamic graph has no fixed size)")
     k = top.obj("clip")
-    clip = BundleClip(k.string("model", nonempty=True), k.integer("text_dim", min_value=1),
-                      k.integer("context_length", min_value=1), k.string("tokenizer", nonempty=True))
+    clip = BundleClip(k.string("model", nonempty=True), k.integer("text_dim", minimum=1),
+                      k.integer("context_length", minimum=1), k.string("tokenizer", nonempty=True))
     k.done()
     s = top.obj("made_from")
     source = BundleSource(s.string("config", nonempty=True), s.string("weights", nonempty=True),
@@ -438,20 +437,20 @@ def _parse_v2(top: _Fields) -> BundleManifest:
     s.done()
     e = top.obj("exporter")
     exporter = BundleExporter(e.string("version", nonempty=True), e.string("torch_version", nonempty=True),
-                              e.integer("opset", min_value=1))
+                              e.integer("opset", minimum=1))
     e.done()
     top.done()
     return _consistent(top, BundleManifest(graphs, embeddings, classes, prompts, fusion, shape, clip, source,
                                            exporter, model, FORMAT))
 
 
-def _files(fields: _Fields, known: tuple[str, ...], *, graphs: bool = False) -> dict[str, BundleFile]:
+def _files(fields: Fields, known: tuple[str, ...], *, graphs: bool = False) -> dict[str, BundleFile]:
     out = {}
     for name in fields.keys():
         if name not in known:
             fields.fail(name, f"is not a file this format knows (known: {', '.join(known)})")
         entry = fields.obj(name)
-        out[name] = BundleFile(entry.file_name("file"), entry.integer("size", min_value=0), entry.sha256("sha256"),
+        out[name] = BundleFile(entry.file_name("file"), entry.integer("size", minimum=0), entry.sha256("sha256"),
                                _graph_precision(entry) if graphs else None)
         entry.done()
     fields.done()
@@ -461,7 +460,7 @@ def _files(fields: _Fields, known: tuple[str, ...], *, graphs: bool = False) -> 
 _PRECISION_KEYS = ("precision", "converter", "fp32_islands")
 
 
-def _graph_precision(entry: _Fields) -> GraphPrecision | None:
+def _graph_precision(entry: Fields) -> GraphPrecision | None:
     """A graph entry's optional precision record: all three keys or none (none = fp32, bundles made before)."""
     present = [k for k in _PRECISION_KEYS if entry.has(k)]
     if not present:
@@ -481,7 +480,7 @@ def _graph_precision(entry: _Fields) -> GraphPrecision | None:
     return GraphPrecision(precision, converter, islands)
 
 
-def _parse_legacy(top: _Fields) -> BundleManifest:
+def _parse_legacy(top: Fields) -> BundleManifest:
     """The unversioned bundle.json of earlier exports: zegformer_metadata(graph="bundle") dumped as JSON (strings
     for scalars, "true"/"false" for booleans, JSON lists). Keys it has that are not read here (pre-processing
     constants, descriptions) are the graphs' metadata and ignored."""
@@ -501,25 +500,25 @@ def _parse_legacy(top: _Fields) -> BundleManifest:
                             top.string("class_list_source"))
     prompts = BundlePrompts(top.string("prompt_ensemble_type", nonempty=True), top.templates("prompt_templates"),
                             top.templates("clip_prompt_templates"))
-    fusion = BundleFusion(top.boolean("clip_classification", legacy=True), top.boolean("ensembling", legacy=True),
-                          top.boolean("ensembling_all_cls", legacy=True), top.number("ensembling_lambda", legacy=True),
-                          top.number("gzero_calibrate", legacy=True))
-    dynamic = top.boolean("dynamic", legacy=True)
-    shape = BundleInput(dynamic, *(top.optional_integer(k, legacy=True, none_ok=dynamic, min_value=1)
+    fusion = BundleFusion(top.boolean("clip_classification"), top.boolean("ensembling"),
+                          top.boolean("ensembling_all_cls"), top.number("ensembling_lambda"),
+                          top.number("gzero_calibrate"))
+    dynamic = top.boolean("dynamic")
+    shape = BundleInput(dynamic, *(top.optional_integer(k, none_ok=dynamic, minimum=1)
                                    for k in ("static_batch", "static_height", "static_width")))
-    clip = BundleClip(top.string("clip_model", nonempty=True), top.integer("text_dim", legacy=True, min_value=1),
-                      top.integer("context_length", legacy=True, min_value=1), top.string("tokenizer", nonempty=True))
+    clip = BundleClip(top.string("clip_model", nonempty=True), top.integer("text_dim", minimum=1),
+                      top.integer("context_length", minimum=1), top.string("tokenizer", nonempty=True))
     source = BundleSource(top.string("config", nonempty=True), top.string("weights", nonempty=True),
-                          top.boolean("standin_weights", legacy=True), top.sha256("checkpoint_sha256", none_ok=True),
-                          top.string("clip_weights", nonempty=True), top.boolean("standin_clip", legacy=True),
+                          top.boolean("standin_weights"), top.sha256("checkpoint_sha256", none_ok=True),
+                          top.string("clip_weights", nonempty=True), top.boolean("standin_clip"),
                           top.sha256("clip_sha256", none_ok=True))
     exporter = BundleExporter(top.string("exporter_version", nonempty=True), top.string("torch_version", nonempty=True),
-                              top.integer("opset", legacy=True, min_value=1))
+                              top.integer("opset", minimum=1))
     return _consistent(top, BundleManifest(graphs, embeddings, classes, prompts, fusion, shape, clip, source,
                                            exporter, model, LEGACY_FORMAT))
 
 
-def _consistent(top: _Fields, m: BundleManifest) -> BundleManifest:
+def _consistent(top: Fields, m: BundleManifest) -> BundleManifest:
     """Cross-field rules every exporter has kept; the field named is where the legacy and format-2 spellings
     differ, so the message uses the spelling of the file being read."""
     legacy = m.format == LEGACY_FORMAT
@@ -538,144 +537,6 @@ def _consistent(top: _Fields, m: BundleManifest) -> BundleManifest:
     return m
 
 
-# ------------------------------------------------------------------------------------------------ field access
-class _Fields:
-    """Typed access to one JSON object of the manifest; every failure names `prefix.key` and the file."""
-
-    def __init__(self, obj: dict[str, Any], path: Path, prefix: str = "") -> None:
-        self._obj, self._path, self._prefix = obj, path, prefix
-        self._used: set[str] = set()
-
-    def fail(self, key: str, why: str) -> NoReturn:
-        raise ZsdError(f"{self._path}: field {self._prefix + key!r} {why}.", REEXPORT)
-
-    def keys(self) -> list[str]:
-        return list(self._obj)
-
-    def has(self, key: str) -> bool:
-        return key in self._obj
-
-    def get(self, key: str) -> Any:
-        if key not in self._obj:
-            self.fail(key, "is missing")
-        self._used.add(key)
-        return self._obj[key]
-
-    def done(self) -> None:
-        """A key this reader does not know is an error, not silently ignored (format 2's only optional keys are a
-        graph's precision record, read by _graph_precision)."""
-        extra = [k for k in self._obj if k not in self._used]
-        if extra:
-            self.fail(extra[0], f"is not part of {FORMAT}")
-
-    def _bad(self, key: str, want: str, value: Any) -> NoReturn:
-        self.fail(key, f"must be {want} (got {_show(value)})")
-
-    def obj(self, key: str) -> _Fields:
-        v = self.get(key)
-        if not isinstance(v, dict):
-            self._bad(key, "a JSON object", v)
-        return _Fields(v, self._path, f"{self._prefix}{key}.")
-
-    def string(self, key: str, *, nonempty: bool = False, choices: tuple[str, ...] = ()) -> str:
-        v = self.get(key)
-        if not isinstance(v, str) or (nonempty and not v.strip()):
-            self._bad(key, "a non-empty string" if nonempty else "a string", v)
-        if choices and v not in choices:
-            self._bad(key, " or ".join(repr(c) for c in choices), v)
-        return v
-
-    def file_name(self, key: str) -> str:
-        """A file name inside the bundle directory: no folders, nothing that points outside."""
-        v = self.string(key, nonempty=True)
-        if Path(v).name != v or v in (".", "..") or "\\" in v:
-            self._bad(key, "a plain file name inside the bundle directory", v)
-        return v
-
-    def boolean(self, key: str, *, legacy: bool = False) -> bool:
-        v = self.get(key)
-        if legacy:  # legacy booleans are the strings "true" / "false"
-            if v not in ("true", "false"):
-                self._bad(key, '"true" or "false"', v)
-            return v == "true"
-        if not isinstance(v, bool):
-            self._bad(key, "true or false", v)
-        return v
-
-    def integer(self, key: str, *, legacy: bool = False, min_value: int | None = None) -> int:
-        value = self.optional_integer(key, legacy=legacy, min_value=min_value)
-        assert value is not None  # none_ok=False
-        return value
-
-    def optional_integer(self, key: str, *, legacy: bool = False, none_ok: bool = False,
-                         min_value: int | None = None) -> int | None:
-        """An integer; with none_ok also null (legacy: the empty string)."""
-        raw = v = self.get(key)
-        if none_ok and v == ("" if legacy else None):
-            return None
-        if legacy and isinstance(v, str):  # legacy scalars are strings: "18"
-            try:
-                v = int(v)
-            except ValueError:
-                pass
-        if not isinstance(v, int) or isinstance(v, bool) or (min_value is not None and v < min_value):
-            want = "an integer" if min_value is None else f"an integer >= {min_value}"
-            self._bad(key, want + (" (or empty)" if none_ok and legacy else " (or null)" if none_ok else ""), raw)
-        return v
-
-    def number(self, key: str, *, legacy: bool = False) -> float:
-        raw = v = self.get(key)
-        if legacy and isinstance(v, str):  # legacy scalars are strings: "0.1"
-            try:
-                v = float(v)
-            except ValueError:
-                pass
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            self._bad(key, "a finite number", raw)
-        return float(v)
-
-    def sha256(self, key: str, *, none_ok: bool = False) -> str | None:
-        v = self.get(key)
-        if none_ok and v in (None, ""):
-            return None
-        if not (isinstance(v, str) and len(v) == 64 and all(ch in "0123456789abcdef" for ch in v)):
-            self._bad(key, "a sha256 (64 lowercase hex digits)" + (" or null" if none_ok else ""), v)
-        return v
-
-    def str_list(self, key: str, *, nonempty: bool = False) -> tuple[str, ...]:
-        v = self.get(key)
-        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v) or (nonempty and not v):
-            self._bad(key, ("a non-empty " if nonempty else "a ") + "list of non-empty strings", v)
-        return tuple(v)
-
-    def templates(self, key: str) -> tuple[str, ...]:
-        v = self.str_list(key, nonempty=True)
-        bad = [t for t in v if t.count("{}") != 1]
-        if bad:
-            self._bad(key, "prompt templates each with '{}' exactly once", bad[0])
-        return v
-
-    def ids(self, key: str, num_classes: int) -> tuple[int, ...]:
-        v = self.get(key)
-        if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            self._bad(key, "a list of class ids (integers)", v)
-        out = [x for x in v if not 0 <= x < num_classes]
-        if out:
-            self._bad(key, f"class ids in 0..{num_classes - 1} (the class list has {num_classes} names)", out[0])
-        if len(set(v)) != len(v):
-            self._bad(key, "a list without repeated ids", v)
-        return tuple(v)
-
-    def colors(self, key: str, num_classes: int) -> tuple[tuple[int, int, int], ...]:
-        v = self.get(key)
-        rgb = (isinstance(v, list) and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
-                                                        and 0 <= x <= 255 for x in c) for c in v))
-        if not rgb or len(v) not in (0, num_classes):
-            self._bad(key, f"a list of [r, g, b] (0..255), one per class ({num_classes}) or none", v)
-        return tuple((c[0], c[1], c[2]) for c in v)
-
-
 # ------------------------------------------------------------------------------------------------ helpers
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -692,9 +553,3 @@ def _b(v: bool) -> str:
 def _json_type(v: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(v), "number")
-
-
-def _show(v: Any) -> str:
-    """A value as JSON text (so "10" and 10 differ), cut to one line."""
-    text = json.dumps(v, ensure_ascii=False)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,7 +1,9 @@
 """ONNX `metadata_props`: what an exported graph says about itself (the only writer and reader).
 
-export-model writes it (`encode`, `write_onnx_metadata`, `update_onnx_metadata`); every runtime, build-engine (which
-copies it into the engine sidecar verbatim) and zsd-bench read it through `read_onnx_metadata` + `ModelInfo`.
+Every exporter describes its graph as one typed `ExportRecord` (provenance, classes, input, inference settings, and
+the family's own facts in `extra`); `write_onnx_metadata` is the one writer (`update_onnx_metadata` changes keys
+of a written graph, e.g. precision conversion). Every runtime, build-engine (which copies the strings into the engine
+sidecar verbatim) and zsd-bench read it through `read_onnx_metadata` + `ModelInfo`.
 
 Values are strings (ONNX stores strings): booleans "true"/"false", numbers in decimal, lists as JSON. Parsing is
 strict and names the field: "yes" is not a boolean, "[1, 2" is not a list. `zsdeploy_format` versions the
@@ -13,11 +15,12 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ZsdError
+from .fields import Fields
 
 FORMAT_KEY = "zsdeploy_format"
 FORMAT = "zsdeploy-onnx/2"
@@ -27,6 +30,121 @@ PRODUCER = "zsdeploy"
 REQUIRED_KEYS = ("model", "task", "num_classes", "class_names", "pixel_mean", "min_size_test", "max_size_test",
                  "size_divisibility", "dynamic")
 _REEXPORT = "re-export the model with this version of export-model (it writes complete metadata)."
+
+
+# ------------------------------------------------------------------------------------------------ the record
+#: fixed parts of the graph contract (README "Graph contract"), written by every exporter
+INPUT_FORMAT = "RGB"
+INPUT_RANGE = "0..255 float32, not normalised (normalisation is in the graph); pad with pixel_mean"
+RESIZE = "ResizeShortestEdge"
+MASK_STRIDE = 4
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an export was made from: file names (not paths: artifacts travel) and digests."""
+
+    exporter_version: str
+    torch_version: str
+    opset: int  # 0 for an in-memory PyTorch model that was never traced
+    weights: str  # the checkpoint's file name, "standin" or "demo"
+    checkpoint_sha256: str  # "" for stand-in weights
+    standin_weights: bool
+    config: str
+    config_sha256: str
+
+
+@dataclass(frozen=True)
+class ClassFacts:
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    source: str  # where the list came from, e.g. configs/classes/coco_panoptic_133.json
+    thing_ids: tuple[int, ...]
+    seen_ids: tuple[int, ...]
+    unseen_ids: tuple[int, ...]
+    note: str = ""  # why the names are generic, when they are
+
+
+@dataclass(frozen=True)
+class InputFacts:
+    dynamic: bool
+    batch: int
+    height: int
+    width: int
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """The config's test-time settings the runtime reproduces (resize policy, which outputs, thresholds)."""
+
+    min_size_test: int
+    max_size_test: int
+    size_divisibility: int
+    semantic_on: bool
+    instance_on: bool
+    panoptic_on: bool
+    object_mask_threshold: float
+    overlap_threshold: float
+    detections_per_image: int
+    sem_seg_postprocess_before_inference: bool
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """Everything an exported graph says about itself; `extra` holds the family's own keys (PADing: the
+    MSDeformAttn lowering; ZegFormer: which bundle graph, the CLIP branch and prompts)."""
+
+    model: str
+    task: str
+    provenance: Provenance
+    classes: ClassFacts
+    input: InputFacts
+    settings: InferenceSettings
+    num_queries: int
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def to_metadata(self) -> dict[str, object]:
+        """The record as metadata values (before `encode`); keys of `extra` may not shadow the common ones."""
+        p, c, i, s = self.provenance, self.classes, self.input, self.settings
+        meta: dict[str, object] = {
+            "model": self.model, "task": self.task,
+            "exporter_version": p.exporter_version, "torch_version": p.torch_version, "opset": p.opset,
+            "weights": p.weights, "checkpoint_sha256": p.checkpoint_sha256, "standin_weights": p.standin_weights,
+            "config": p.config, "config_sha256": p.config_sha256,
+            "input_format": INPUT_FORMAT, "input_range": INPUT_RANGE,
+            "dynamic": i.dynamic,
+            "static_batch": "" if i.dynamic else i.batch,
+            "static_height": "" if i.dynamic else i.height,
+            "static_width": "" if i.dynamic else i.width,
+            "pixel_mean": list(i.pixel_mean), "pixel_std": list(i.pixel_std),
+            "num_classes": len(c.names), "num_queries": self.num_queries,
+            "class_names": list(c.names), "class_colors": [list(x) for x in c.colors],
+            "class_list_source": c.source,
+            "thing_ids": list(c.thing_ids),
+            "stuff_ids": [k for k in range(len(c.names)) if k not in set(c.thing_ids)],
+            "seen_ids": list(c.seen_ids), "unseen_ids": list(c.unseen_ids),
+            "resize": RESIZE, "mask_stride": MASK_STRIDE,
+            "min_size_test": s.min_size_test, "max_size_test": s.max_size_test,
+            "size_divisibility": s.size_divisibility,
+            "semantic_on": s.semantic_on, "instance_on": s.instance_on, "panoptic_on": s.panoptic_on,
+            "object_mask_threshold": s.object_mask_threshold, "overlap_threshold": s.overlap_threshold,
+            "detections_per_image": s.detections_per_image,
+            "sem_seg_postprocess_before_inference": s.sem_seg_postprocess_before_inference,
+        }
+        if c.note:
+            meta["class_names_note"] = c.note
+        clash = sorted(set(meta) & set(self.extra))
+        if clash:  # a programming error in an exporter
+            raise ValueError(f"ExportRecord.extra repeats common keys {clash}")
+        meta.update(self.extra)
+        return meta
+
+    def as_strings(self) -> dict[str, str]:
+        """The metadata strings exactly as `write_onnx_metadata` stores them (for in-memory models, e.g. the
+        PyTorch reference, that never become a file)."""
+        return encode(self.to_metadata())
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -47,8 +165,11 @@ def encode(values: Mapping[str, object]) -> dict[str, str]:
     return out
 
 
-def write_onnx_metadata(proto: Any, values: Mapping[str, object], *, producer_version: str = "") -> None:
-    """Replace the graph's metadata_props with `values` (plus the format stamp); refuses an incomplete set."""
+def write_onnx_metadata(proto: Any, record: ExportRecord | Mapping[str, object], *,
+                        producer_version: str = "") -> None:
+    """Replace the graph's metadata_props with the record's values (plus the format stamp); refuses an incomplete
+    mapping (a plain mapping is accepted for graphs zsdeploy did not export, e.g. tests' hand-made ones)."""
+    values = record.to_metadata() if isinstance(record, ExportRecord) else record
     missing = [k for k in REQUIRED_KEYS if k not in values]
     if missing:  # a programming error in an exporter, caught before a file is written
         raise ValueError(f"export metadata lacks required keys {missing}")
@@ -124,59 +245,6 @@ def _parse_onnx_metadata(path: Path) -> dict[str, str]:
     return metadata_of(proto)
 
 
-class _Fields:
-    """Strict typed access to one metadata dict; every error names the field and the file."""
-
-    def __init__(self, meta: Mapping[str, str], source: str) -> None:
-        self.meta, self.source = meta, source
-
-    def _bad(self, key: str, want: str) -> ZsdError:
-        return ZsdError(f"{self.source}: metadata field '{key}' must be {want}, got {self.meta.get(key)!r}.",
-                        _REEXPORT)
-
-    def text(self, key: str, default: str | None = None) -> str:
-        if key not in self.meta:
-            if default is None:
-                raise ZsdError(f"{self.source}: metadata field '{key}' is missing.", _REEXPORT)
-            return default
-        return self.meta[key]
-
-    def integer(self, key: str, default: int | None = None, *, minimum: int | None = None) -> int:
-        raw = self.text(key, None if default is None else str(default))
-        try:
-            value = int(raw)
-        except ValueError:
-            raise self._bad(key, "an integer") from None
-        if minimum is not None and value < minimum:
-            raise self._bad(key, f"an integer >= {minimum}")
-        return value
-
-    def number(self, key: str, default: float | None = None) -> float:
-        raw = self.text(key, None if default is None else repr(default))
-        try:
-            return float(raw)
-        except ValueError:
-            raise self._bad(key, "a number") from None
-
-    def boolean(self, key: str, default: bool | None = None) -> bool:
-        raw = self.text(key, None if default is None else ("true" if default else "false"))
-        word = raw.strip().lower()
-        if word not in ("true", "false"):
-            raise self._bad(key, "'true' or 'false'")
-        return word == "true"
-
-    def json_list(self, key: str, item: type | tuple[type, ...], default: list | None = None) -> list:
-        raw = self.text(key, None if default is None else json.dumps(default))
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None
-        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
-            names = item.__name__ if isinstance(item, type) else "/".join(t.__name__ for t in item)
-            raise self._bad(key, f"a JSON list of {names}")
-        return value
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     """The typed view every runtime uses (from ONNX metadata_props or an engine sidecar's copy of them)."""
@@ -210,46 +278,39 @@ class ModelInfo:
                 "export the model with `export-model` (or build the engine from such an ONNX with `build-engine`), "
                 "which writes this metadata.",
             )
-        f = _Fields(meta, source)
-        fmt = f.text(FORMAT_KEY, "zsdeploy-onnx/1")
+        f = fields(meta, source)
+        fmt = f.string(FORMAT_KEY, default="zsdeploy-onnx/1")
         if fmt not in KNOWN_FORMATS:
             raise ZsdError(f"{source} was written in metadata format {fmt!r}, which this zsdeploy does not know "
                            f"(it reads {', '.join(KNOWN_FORMATS)}).",
                            "upgrade zsdeploy, or re-export the model with this version of export-model.")
         num_classes = f.integer("num_classes", minimum=1)
-        class_names = f.json_list("class_names", str)
+        class_names = f.list_of("class_names", str)
         if len(class_names) != num_classes:
             raise ZsdError(f"{source}: metadata lists {len(class_names)} class names for num_classes "
                            f"{num_classes}.", _REEXPORT)
-        ids = {k: f.json_list(k, int, []) for k in ("thing_ids", "unseen_ids")}
-        for key, values in ids.items():
-            if any(not 0 <= i < num_classes for i in values):
-                raise f._bad(key, f"class ids in 0..{num_classes - 1}")
-        seen = (f.json_list("seen_ids", int) if "seen_ids" in meta
-                else [i for i in range(num_classes) if i not in set(ids["unseen_ids"])])
-        colors = f.json_list("class_colors", list, [])
-        if any(len(c) != 3 or not all(isinstance(v, int) for v in c) for c in colors):
-            raise f._bad("class_colors", "a JSON list of [r, g, b] integer triples")
-        mean = f.json_list("pixel_mean", (int, float))
-        if len(mean) != 3:
-            raise f._bad("pixel_mean", "three numbers (R, G, B)")
+        ids = {k: f.ids(k, num_classes, default="[]", unique=False) for k in ("thing_ids", "unseen_ids")}
+        seen = (f.ids("seen_ids", num_classes, unique=False) if "seen_ids" in meta
+                else tuple(i for i in range(num_classes) if i not in set(ids["unseen_ids"])))
+        colors = f.colors("class_colors", num_classes, default="[]")
+        mean = f.numbers("pixel_mean", 3, "three numbers (R, G, B)")
         dynamic = f.boolean("dynamic")
         return cls(
-            raw=dict(meta), model=f.text("model"), task=f.text("task"), num_classes=num_classes,
-            class_names=tuple(class_names), class_colors=tuple((c[0], c[1], c[2]) for c in colors),
-            thing_ids=tuple(ids["thing_ids"]), unseen_ids=tuple(ids["unseen_ids"]), seen_ids=tuple(seen),
-            pixel_mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+            raw=dict(meta), model=f.string("model"), task=f.string("task"), num_classes=num_classes,
+            class_names=tuple(class_names), class_colors=colors,
+            thing_ids=ids["thing_ids"], unseen_ids=ids["unseen_ids"], seen_ids=seen,
+            pixel_mean=(mean[0], mean[1], mean[2]),
             min_size_test=f.integer("min_size_test", minimum=0), max_size_test=f.integer("max_size_test", minimum=0),
             size_divisibility=f.integer("size_divisibility", minimum=0), dynamic=dynamic,
             static_batch=None if dynamic else f.integer("static_batch", minimum=1) if meta.get("static_batch") else 1,
             static_hw=None if dynamic else (f.integer("static_height", minimum=1),
                                             f.integer("static_width", minimum=1)),
-            standin_weights=f.boolean("standin_weights", False), format=fmt,
+            standin_weights=f.boolean("standin_weights", default=False), format=fmt,
         )
 
     def flag(self, key: str, default: bool = False) -> bool:
         """An optional boolean field of the raw metadata, parsed strictly."""
-        return _Fields(self.raw, self.model).boolean(key, default)
+        return fields(self.raw, self.model).boolean(key, default=default)
 
     @property
     def standin_variant(self) -> str:
@@ -262,6 +323,6 @@ def standin_variant_of(metadata: Mapping[str, str]) -> str:
     return metadata.get("standin_variant") or "golden"
 
 
-def fields(meta: Mapping[str, str], source: str) -> _Fields:
-    """Strict typed access to other metadata fields (e.g. post-processing thresholds)."""
-    return _Fields(meta, source)
+def fields(meta: Mapping[str, str], source: str) -> Fields:
+    """Strict typed access to metadata fields (values are strings: runtime.artifacts.fields' encoded mode)."""
+    return Fields(meta, where=f"{source}: metadata", fix=_REEXPORT, encoded=True)

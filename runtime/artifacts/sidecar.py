@@ -19,14 +19,16 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import ZsdError
 from ..options import GRAPH_PRECISIONS
 from ..files import file_sha256, write_json_atomic
+from .fields import Fields
 from .onnx_metadata import ModelInfo
 from ..tensorrt.plugins import PluginSpec
 from ..tensorrt.profiles import Profile, ShapeRange
+from ..version import PRODUCER
 
 __all__ = ["READABLE_FORMATS", "SIDECAR_FORMAT", "SIDECAR_FORMAT_V1", "EngineSidecar", "OnnxSource",
            "PluginLibrary", "check_plan_source", "read_sidecar", "rebuild_command", "sidecar_path", "write_sidecar"]
@@ -217,78 +219,54 @@ def read_sidecar(plan: str | Path) -> EngineSidecar:
     if not isinstance(raw, dict):
         raise ZsdError(f"engine sidecar {path} is malformed: a JSON {type(raw).__name__}, not an object.",
                        f"rebuild the engine and its sidecar with build-engine --onnx MODEL.onnx --output {plan}.")
-    return _Reader(plan, raw).sidecar()
+    return _parse(plan, raw)
 
 
-T = TypeVar("T")
-_MISSING = object()
+def _reader(plan: Path, raw: dict[str, Any]) -> Fields:
+    """The shared strict reader (runtime.artifacts.fields) with the sidecar's own lead-in and fix."""
+    onnx = raw.get("onnx")
+    source = onnx.get("path") if isinstance(onnx, dict) else None
+    fix = ("rebuild the engine and its sidecar (build-engine writes both): build-engine --onnx "
+           f"{shlex.quote(source) if isinstance(source, str) else 'MODEL.onnx'} --output {shlex.quote(str(plan))}.")
+    return Fields(raw, where=f"engine sidecar {sidecar_path(plan)} is malformed:", fix=fix)
 
 
-class _Reader:
-    """Field-by-field parsing of one sidecar document; every error names the field."""
+def _parse(plan: Path, raw: dict[str, Any]) -> EngineSidecar:
+    f = _reader(plan, raw)
+    fmt = f.get("format", None)
+    if fmt is None:
+        f.fail("format", f"(the sidecar's version, e.g. {SIDECAR_FORMAT!r}) is missing")
+    if fmt not in READABLE_FORMATS:
+        raise ZsdError(f"engine sidecar {sidecar_path(plan)} has format {fmt!r}; this zsdeploy reads "
+                       f"{' and '.join(READABLE_FORMATS)}.",
+                       "use the zsdeploy version that built the engine, or " + f.fix)
+    v2 = fmt == SIDECAR_FORMAT  # /2 requires everything the builder writes
+    req = f.parsed
 
-    def __init__(self, plan: Path, raw: dict[str, Any]) -> None:
-        self.plan, self.raw, self.path = plan, raw, sidecar_path(plan)
-        onnx = raw.get("onnx")
-        source = onnx.get("path") if isinstance(onnx, dict) else None
-        self.fix = ("rebuild the engine and its sidecar (build-engine writes both): build-engine --onnx "
-                    f"{shlex.quote(source) if isinstance(source, str) else 'MODEL.onnx'} --output "
-                    f"{shlex.quote(str(plan))}.")
+    def opt(key: str, what: str, parse: Callable[[Any], Any]) -> Any:
+        return f.parsed(key, what, parse) if v2 else f.parsed(key, what, parse, default=None)
 
-    def error(self, problem: str) -> ZsdError:
-        return ZsdError(f"engine sidecar {self.path} is malformed: {problem}.", self.fix)
-
-    def get(self, key: str, what: str, parse: Callable[[Any], T], *, required: bool) -> T | None:
-        value = self.raw.get(key, _MISSING)
-        if value is _MISSING:
-            if required:
-                raise self.error(f"field {key!r} ({what}) is missing")
-            return None
-        try:
-            return parse(value)
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            detail = str(e) or type(e).__name__
-            shown = json.dumps(value)
-            raise self.error(f"field {key!r} should be {what}; got {shown[:120]}{'...' if len(shown) > 120 else ''} "
-                             f"({detail})") from None
-
-    def required(self, key: str, what: str, parse: Callable[[Any], T]) -> T:
-        value = self.get(key, what, parse, required=True)
-        assert value is not None
-        return value
-
-    def sidecar(self) -> EngineSidecar:
-        fmt = self.raw.get("format", _MISSING)
-        if fmt is _MISSING:
-            raise self.error(f"field 'format' (the sidecar's version, e.g. {SIDECAR_FORMAT!r}) is missing")
-        if fmt not in READABLE_FORMATS:
-            raise ZsdError(f"engine sidecar {self.path} has format {fmt!r}; this zsdeploy reads "
-                           f"{' and '.join(READABLE_FORMATS)}.",
-                           "use the zsdeploy version that built the engine, or " + self.fix)
-        v2 = fmt == SIDECAR_FORMAT  # /2 requires everything the builder writes
-        req, opt = self.required, self.get
-        return EngineSidecar(
-            plan=self.plan,
-            metadata=req("metadata", "an object of ONNX metadata strings", _metadata),
-            onnx=opt("onnx", 'an object {"path": str, "sha256": 64 hex digits}', _onnx_source, required=v2),
-            tensorrt_version=req("tensorrt_version", 'the TensorRT version, e.g. "10.13.0.35"', _text),
-            gpu_name=req("gpu_name", "the GPU's name", _text),
-            compute_capability=req("compute_capability", 'the compute capability, e.g. "8.7"', _compute_capability),
-            precision=req("precision", f"one of {', '.join(PRECISIONS)}", _one_of(PRECISIONS)),
-            profiles=req("profiles", 'a non-empty list of {input: {"min", "opt", "max"}} profiles', _profiles),
-            plugins=opt("plugins", 'a list of {"name", "version", "namespace"}', _plugins, required=v2) or (),
-            plugin_library=opt("plugin_library", 'null or {"path", "name", "sha256", "loaded_by"}',
-                               _plugin_library_v2 if v2 else _plugin_library_v1, required=v2),
-            network=opt("network", f"one of {', '.join(NETWORK_KINDS)}", _one_of(NETWORK_KINDS), required=v2),
-            graph_precision=opt("graph_precision", f"one of {', '.join(PRECISIONS)}", _one_of(PRECISIONS),
-                                required=v2),
-            workspace_mb=opt("workspace_mb", "a positive number of MiB", _positive_int, required=v2),
-            calibration_cache=opt("calibration_cache", "null or a path", _optional_text, required=v2),
-            builder=opt("builder", 'the builder\'s version, e.g. "zsdeploy-0.1.0"', _text, required=v2),
-            built_at=opt("built_at", "an ISO 8601 time", _text, required=v2),
-            format=str(fmt),
-            raw=self.raw,
-        )
+    return EngineSidecar(
+        plan=plan,
+        metadata=req("metadata", "an object of ONNX metadata strings", _metadata),
+        onnx=opt("onnx", 'an object {"path": str, "sha256": 64 hex digits}', _onnx_source),
+        tensorrt_version=req("tensorrt_version", 'the TensorRT version, e.g. "10.13.0.35"', _text),
+        gpu_name=req("gpu_name", "the GPU's name", _text),
+        compute_capability=req("compute_capability", 'the compute capability, e.g. "8.7"', _compute_capability),
+        precision=req("precision", f"one of {', '.join(PRECISIONS)}", _one_of(PRECISIONS)),
+        profiles=req("profiles", 'a non-empty list of {input: {"min", "opt", "max"}} profiles', _profiles),
+        plugins=opt("plugins", 'a list of {"name", "version", "namespace"}', _plugins) or (),
+        plugin_library=opt("plugin_library", 'null or {"path", "name", "sha256", "loaded_by"}',
+                           _plugin_library_v2 if v2 else _plugin_library_v1),
+        network=opt("network", f"one of {', '.join(NETWORK_KINDS)}", _one_of(NETWORK_KINDS)),
+        graph_precision=opt("graph_precision", f"one of {', '.join(PRECISIONS)}", _one_of(PRECISIONS)),
+        workspace_mb=opt("workspace_mb", "a positive number of MiB", _positive_int),
+        calibration_cache=opt("calibration_cache", "null or a path", _optional_text),
+        builder=opt("builder", f'the builder\'s version, e.g. "{PRODUCER}"', _text),
+        built_at=opt("built_at", "an ISO 8601 time", _text),
+        format=str(fmt),
+        raw=raw,
+    )
 
 
 # ------------------------------------------------------------------------------------ field parsers

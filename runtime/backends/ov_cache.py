@@ -20,6 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ZsdError
+from ..files import write_bytes_atomic
+
 DEFAULT_LIMIT_GB = 4.0
 
 
@@ -86,10 +89,8 @@ class CompiledModelCache:
         for blob in self.dir.glob("*.blob") if compiled_now else ():
             side = blob.with_name(blob.name + ".sha256")
             try:
-                tmp = side.with_name(side.name + ".tmp")
-                tmp.write_text(_digest(blob) + "\n")
-                os.replace(tmp, side)
-            except OSError as e:
+                write_bytes_atomic(side, (_digest(blob) + "\n").encode())
+            except (OSError, ZsdError) as e:
                 self.say(f"note: could not record a checksum for {blob} ({e}); it will be compiled again next time.")
         self.touch()
         self.prune()
