@@ -35,7 +35,7 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
 
     tol = load_tolerances(args.tolerances)
     # Cheap checks first, so that a malformed dataset or an unusable --output fails before models load.
-    from zsdeploy.runtime.results_io import check_output_dir
+    from zsdeploy.runtime.files import check_output_dir
 
     try:
         lo, hi = (float(v) for v in args.object_sizes.split(","))
@@ -88,7 +88,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     unknown = set(names) - set(PEERS)
     if unknown:
         raise ZsdError(f"unknown --backends {sorted(unknown)}.", f"choose from {', '.join(PEERS)}.")
-    from zsdeploy.runtime.results_io import check_output_dir
+    from zsdeploy.runtime.files import check_output_dir
 
     check_output_dir(args.output)  # before any model loads
     from .pairing import pairing_for

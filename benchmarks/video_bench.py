@@ -159,7 +159,7 @@ def add_parser(sub) -> None:
 def cmd_video(args) -> int:
     from zsdeploy.runtime.errors import ZsdError
     from zsdeploy.families import OpenOptions, open_pipeline
-    from zsdeploy.runtime.results_io import check_output_dir
+    from zsdeploy.runtime.files import check_output_dir
 
     from .report_io import say, write_report
     from .latency import parse_sizes

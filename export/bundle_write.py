@@ -7,7 +7,7 @@ from pathlib import Path
 from ..runtime.artifacts.bundle_manifest import BUNDLE_FILE
 from ..runtime.files import publish, staging_dir
 from ..runtime.errors import ZsdError
-from ..runtime.results_io import check_output_dir
+from ..runtime.files import check_output_dir
 
 __all__ = ["check_bundle_target", "staging_dir", "publish"]
 

@@ -107,6 +107,7 @@ def export_pading(output: str | Path, *, task: str = "panoptic", config: str | P
     from ..runtime.errors import ZsdError
     from .onnx_export import DEFAULT_OPSET, Progress, check_and_simplify, save_atomic, set_metadata, trace_to_onnx
     from .precision import PrecisionOptions, check_options, convert
+    from ..runtime.files import check_output_file
     from .standin import STANDIN_WARNING
 
     output = Path(output)
@@ -117,6 +118,7 @@ def export_pading(output: str | Path, *, task: str = "panoptic", config: str | P
     shape.validate()
     popts = precision if isinstance(precision, PrecisionOptions) else PrecisionOptions()
     check_options(popts)  # wrong precision flags fail now, not after a minute of tracing
+    check_output_file(output)  # so does a read-only, full or impossible --output
     progress = Progress(4 if popts.precision == "fp32" else 5, say)
     with progress.step(f"building PADing {task}" + ("" if weights else f" ({standin} stand-in)")):
         built = build_pading(task, config, weights, standin=standin)

@@ -489,6 +489,7 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
 
 def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: Say = print) -> Path:
     """`export-model --from-onnx M.onnx --precision P` for one graph: read, convert, write atomically."""
+    from ..runtime.files import check_output_file
     from .onnx_export import Progress, save_atomic
 
     if output.suffix != ".onnx":
@@ -499,6 +500,7 @@ def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: 
         raise ZsdError("--output is the --from-onnx file itself; the fp32 graph would be lost.",
                        "write the converted graph to another file.")
     check_options(popts)
+    check_output_file(output)  # a read-only or full target fails now, not after the conversion
     try:
         proto = onnx.load(str(source))
     except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -28,8 +30,8 @@ import numpy as np
 
 from .errors import ZsdError
 
-__all__ = ["atomic_write", "file_mode", "file_sha256", "json_default", "publish", "staging_dir",
-           "write_bytes_atomic", "write_json_atomic"]
+__all__ = ["MIN_FREE_BYTES", "atomic_write", "check_output_dir", "check_output_file", "file_mode", "file_sha256", "json_default", "publish", "remove_stale_temporaries",
+           "staging_dir", "write_bytes_atomic", "write_json_atomic"]
 
 
 def file_mode() -> int:
@@ -62,8 +64,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
         ) from e
     if p.is_dir():
         raise ZsdError(f"output path {p} is a directory.", "give a file name, e.g. " f"{p / 'out.png'}.")
+    remove_stale_temporaries(p)
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".tmp")
+        # the writer's pid in the name: a later write of the same target removes what a killed writer left
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
         raise ZsdError(f"cannot write in {parent}: {e.strerror or e}.", "choose a writable output location.") from e
     try:
@@ -84,6 +88,90 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
                 "check free disk space and permissions of the output location.",
             ) from e
         raise
+    return p
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files (`.<name>.<pid>.<random>.tmp`) and staging folders (`.<name>.partial-<pid>-*`) that a
+    killed writer of `target` left next to it: those whose writer process no longer exists on this machine. A live
+    writer's (another export of the same target) are kept. Returns what was removed."""
+    t = Path(target)
+    parent = t.parent if str(t.parent) else Path(".")
+    # exactly what atomic_write / staging_dir name them (mkstemp/mkdtemp add 8 characters of [a-z0-9_])
+    ours = re.compile(re.escape(f".{t.name}.") + r"(?:partial-(\d+)-|(\d+)\.)[a-z0-9_]{8}(?:\.tmp)?")
+    removed = []
+    for leftover in parent.glob(f".{glob.escape(t.name)}.*"):
+        m = ours.fullmatch(leftover.name)
+        if m is None or leftover.name.endswith(".tmp") == bool(m.group(1)):
+            continue  # not ours (older zsdeploy, or someone else's file)
+        if _pid_alive(int(m.group(1) or m.group(2))):
+            continue  # still being written (another export of the same target)
+        try:
+            shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+            removed.append(leftover)
+        except OSError:
+            pass  # the next write tries again; a leftover never blocks a write
+    return removed
+
+
+# ------------------------------------------------------------------------------------------- checks before work
+#: Below this much free space an output location counts as full (a label PNG + JSON of one photo is ~0.1-2 MiB).
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def check_output_dir(out_dir: str | os.PathLike[str], min_free_bytes: int = MIN_FREE_BYTES, *,
+                     flag: str = "--output", given: str | os.PathLike[str] | None = None) -> Path:
+    """Refuse an output directory that cannot take results, before any model is loaded.
+
+    Checks: the path (or its nearest existing parent, when it does not exist yet) is a directory, a file can be
+    created and written there, and the file system has `min_free_bytes` free. Creates nothing that stays.
+    """
+    out = Path(out_dir)
+    shown = out if given is None else given  # what the user passed (a file target's folder is checked)
+    probe_dir = out
+    while not probe_dir.exists():  # the directory is created on the first write; check where it would go
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    fix = f"pass {flag} with a writable directory (it is created if missing)."
+    if probe_dir.exists() and not probe_dir.is_dir():
+        what = "is a file" if probe_dir == out else f"cannot be created: {probe_dir} is a file"
+        raise ZsdError(f"{flag} {shown} {what}, not a directory.", fix)
+    try:
+        # A real write + fsync: catches read-only mounts and permissions (also for root, unlike os.access).
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".zsd-write-check.") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise ZsdError(f"{flag} {shown} is not writable ({probe_dir}: {e.strerror or e}).", fix) from None
+    free = shutil.disk_usage(probe_dir).free
+    if free < min_free_bytes:
+        raise ZsdError(f"{flag} {shown}: the disk is full ({free / 2**20:.1f} MiB free at {probe_dir}).",
+                       f"free some space or choose another {flag}.")
+    return out
+
+
+def check_output_file(path: str | os.PathLike[str], min_free_bytes: int = MIN_FREE_BYTES, *,
+                      flag: str = "--output") -> Path:
+    """Refuse, before any model is loaded, a file target that cannot be written (a directory; a folder that cannot
+    be created or written: read-only mount, permissions; a full disk), and remove what killed writes of it left."""
+    p = Path(path)
+    if p.is_dir():
+        raise ZsdError(f"{flag} {p} is a directory; a file is written there.", f"give a file name, e.g. {flag} "
+                       f"{p / 'model.onnx'}.")
+    check_output_dir(p.parent if str(p.parent) else Path("."), min_free_bytes, flag=flag, given=p)
+    remove_stale_temporaries(p)
     return p
 
 
@@ -147,7 +235,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh hidden folder next to `out` for the new directory's files; removed if the block does not finish."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    remove_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-{os.getpid()}-"))
     try:
         # mkdtemp makes a private 0700 folder; the result gets the mode a plain mkdir would give it.
         mode = file_mode()

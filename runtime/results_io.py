@@ -1,55 +1,16 @@
 """Writing a Segmentation to disk: label/id PNG, JSON with names/scores/boxes, overlay, raw npz."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ZsdError
 from .files import atomic_write, write_json_atomic
 from .imageio import save_png
 from .artifacts.onnx_metadata import ModelInfo
 from .pipeline import Segmentation
-
-
-#: Below this much free space an output location counts as full (a label PNG + JSON of one photo is ~0.1-2 MiB).
-MIN_FREE_BYTES = 16 * 2**20
-
-
-def check_output_dir(out_dir: str | os.PathLike[str], min_free_bytes: int = MIN_FREE_BYTES) -> Path:
-    """Refuse an output directory that cannot take results, before any model is loaded.
-
-    Checks: the path (or its nearest existing parent, when it does not exist yet) is a directory, a file can be
-    created and written there, and the file system has `min_free_bytes` free. Creates nothing that stays.
-    """
-    out = Path(out_dir)
-    probe_dir = out
-    while not probe_dir.exists():  # the directory is created on the first write; check where it would go
-        if probe_dir.parent == probe_dir:
-            break
-        probe_dir = probe_dir.parent
-    fix = "pass --output with a writable directory (it is created if missing)."
-    if probe_dir.exists() and not probe_dir.is_dir():
-        what = "is a file" if probe_dir == out else f"cannot be created: {probe_dir} is a file"
-        raise ZsdError(f"--output {out} {what}, not a directory.", fix)
-    try:
-        # A real write + fsync: catches read-only mounts and permissions (also for root, unlike os.access).
-        with tempfile.TemporaryFile(dir=probe_dir, prefix=".zsd-write-check.") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise ZsdError(f"--output {out} is not writable ({probe_dir}: {e.strerror or e}).", fix) from None
-    free = shutil.disk_usage(probe_dir).free
-    if free < min_free_bytes:
-        raise ZsdError(f"--output {out}: the disk is full ({free / 2**20:.1f} MiB free at {probe_dir}).",
-                       "free some space or choose another --output.")
-    return out
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:

@@ -446,7 +446,8 @@ class _VisVideo:
 def run_video(args: VideoRunOptions, state: Any, open_pipeline: Callable[[], Pipeline]) -> int:
     """trt-infer on a video file, camera or stream. `state` records progress (done = frames written, out_dir,
     total; trt-infer's _RunState); `open_pipeline()` opens the model once the source is known to open."""
-    from .results_io import check_output_dir, write_outputs
+    from .files import check_output_dir
+    from .results_io import write_outputs
 
     every = 1 if args.every is None else args.every
     if every < 1:

@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     from zsdeploy.runtime.files import write_json_atomic
-    from zsdeploy.runtime.results_io import check_output_dir
+    from zsdeploy.runtime.files import check_output_dir
 
     from ..report_io import progress, write_report
 

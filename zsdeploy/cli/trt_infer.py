@@ -109,7 +109,8 @@ class _RunState:
 def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     from zsdeploy.runtime.image_run import failure_line, segment_images
     from zsdeploy.runtime.imageio import list_images
-    from zsdeploy.runtime.results_io import check_output_dir, output_stems, write_outputs
+    from zsdeploy.runtime.files import check_output_dir
+    from zsdeploy.runtime.results_io import output_stems, write_outputs
 
     _check_options(args)
     from zsdeploy.runtime.video import VideoRunOptions, is_video_source, refuse_video_options, run_video

@@ -1,0 +1,102 @@
+"""export-model's single-file writes on hostile targets, run as a person runs the CLI (a subprocess) on real file
+systems: a read-only bind mount and small tmpfs mounts (skipped, with the reason, where this process may not mount).
+Each asserts the exit code, the one-paragraph message, what is on disk afterwards and that earlier results are
+intact. The checked writer is runtime/files (check_output_file before any model loads, atomic_write after)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefetch import export_model
+
+FAST_EXPORT = ("--model", "pading", "--weights", "demo", "--height", "64", "--width", "64")
+
+
+def run(args: list[str], cwd: Path | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=600,
+                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+
+
+def mount(*args: str) -> None:
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here ({(r.stderr or r.stdout).strip()}): needs root with CAP_SYS_ADMIN")
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where))
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    mount("--bind", str(folder), str(where))
+    try:
+        mount("-o", "remount,bind,ro", str(where))
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def assert_one_paragraph(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("export-model: error: ") and "Fix: " in r.stderr, r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+def test_read_only_output_is_refused_before_the_model_is_built(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "old.onnx").write_bytes(b"earlier result")
+    with read_only(tmp_path / "data", tmp_path / "ro") as ro:
+        r = run(export_model(*FAST_EXPORT, "--output", str(ro / "m.onnx")))
+        assert_one_paragraph(r, f"--output {ro / 'm.onnx'} is not writable", "Read-only file system")
+        assert "[1/" not in r.stdout  # no export step started: refused before building
+        assert sorted(p.name for p in ro.iterdir()) == ["old.onnx"]
+    assert (tmp_path / "data" / "old.onnx").read_bytes() == b"earlier result"
+
+
+def test_full_disk_is_refused_before_the_model_is_built(tmp_path):
+    with tmpfs(tmp_path / "full", "1m") as full:
+        r = run(export_model(*FAST_EXPORT, "--output", str(full / "m.onnx")))
+        assert_one_paragraph(r, "the disk is full")
+        assert "[1/" not in r.stdout
+        assert list(full.iterdir()) == []
+
+
+def test_disk_filling_during_the_write_keeps_the_old_file_and_leaves_nothing(tmp_path, diverse_export):
+    """Past the free-space check (24 MiB free) but the fp16 graph (~90 MiB) does not fit: ENOSPC mid-write."""
+    with tmpfs(tmp_path / "small", "24m") as small:
+        (small / "m.onnx").write_bytes(b"earlier result")
+        r = run(export_model("--from-onnx", str(diverse_export), "--precision", "fp16", "--output",
+                             str(small / "m.onnx")))
+        assert_one_paragraph(r, f"writing {small / 'm.onnx'} failed", "No space left on device")
+        assert (small / "m.onnx").read_bytes() == b"earlier result"
+        assert sorted(p.name for p in small.iterdir()) == ["m.onnx"]  # no temp file left
+
+
+def test_killed_writers_temporaries_are_removed_and_the_model_is_readable_by_others(tmp_path, diverse_export):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f".m.onnx.{dead.pid}.abcd1234.tmp"  # what a SIGKILL during "[n/n] writing" leaves
+    live = tmp_path / f".m.onnx.{os.getpid()}.efgh5678.tmp"  # another export of the same target, still writing
+    foreign = tmp_path / ".m.onnx.notes.tmp"  # not named like ours: never touched
+    for p in (leftover, live, foreign):
+        p.write_bytes(b"x")
+    r = run(export_model("--from-onnx", str(diverse_export), "--precision", "fp16", "--output",
+                         str(tmp_path / "m.onnx")), umask=0o022)
+    assert r.returncode == 0, r.stderr
+    assert not leftover.exists() and live.exists() and foreign.exists()
+    assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644  # a Triton container (another user) can read it
