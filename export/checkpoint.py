@@ -28,8 +28,18 @@ _PKL_ALLOWED = {
 }
 
 
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """What a protocol-2 pickle written by Python 3 calls to rebuild an array's raw bytes (`_codecs.encode(text,
+    "latin1")`); any other codec is refused, so the allowance cannot become a general function call."""
+    if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "iso88591"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode("latin-1")
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if (module, name) in _PKL_ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")

@@ -95,7 +95,12 @@ class UpstreamCfgNode(CfgNode):
     """CfgNode whose YAML loading (with `_BASE_`) never executes code embedded in the file."""
 
     @classmethod
-    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> dict:
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False, *, _chain: tuple[str, ...] = ()) -> dict:
+        real = os.path.realpath(filename)
+        if real in _chain:
+            loop = " -> ".join(os.path.basename(p) for p in (*_chain[_chain.index(real):], real))
+            raise ZsdError(f"config {_chain[0]}: its _BASE_ chain loops ({loop}).",
+                           f"remove or correct the _BASE_ line of {os.path.basename(_chain[-1])}.")
         with open(filename, encoding="utf-8") as f:
             cfg = yaml.load(f, Loader=_NoCodeLoader) or {}
         base = cfg.pop("_BASE_", None)
@@ -104,7 +109,7 @@ class UpstreamCfgNode(CfgNode):
         base = os.path.expanduser(base)
         if not os.path.isabs(base):
             base = os.path.join(os.path.dirname(filename), base)
-        merged = cls.load_yaml_with_base(base)
+        merged = cls.load_yaml_with_base(base, _chain=(*_chain, real))
         _deep_merge(cfg, merged)
         return merged
 

@@ -129,6 +129,39 @@ def test_pickle_that_executes_code_is_refused(tmp_path, capsys):
     assert "this must never run" not in capsys.readouterr().out
 
 
+def test_protocol_2_pickle_of_arrays_loads_and_other_codecs_are_refused(tmp_path, official_like_checkpoint):
+    """Python 3's pickle at protocol 2 stores an array's bytes through `_codecs.encode(text, "latin1")`: it only
+    holds arrays and loads; a pickle that calls _codecs.encode with another codec is refused like any code."""
+    _, sd = official_like_checkpoint
+    path = tmp_path / "model.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in sd.items()}}, f, protocol=2)
+    assert b"_codecs" in path.read_bytes()
+    model = PADing(PADingSpec())
+    checkpoint.load_into(model, path, checkpoint.PADING_TRAINING_ONLY)
+    np.testing.assert_array_equal(model.backbone.stem.conv1.weight.detach().numpy(),
+                                  sd["backbone.stem.conv1.weight"].numpy())
+
+    class Rot13:
+        def __reduce__(self):
+            import _codecs
+
+            return (_codecs.encode, ("payload", "rot13"))
+
+    bad = tmp_path / "bad.pkl"
+    with open(bad, "wb") as f:
+        pickle.dump({"model": {"x": Rot13()}}, f, protocol=2)
+    with pytest.raises(ZsdError, match="refuses to execute code"):
+        checkpoint.read_state_dict(bad)
+
+
+def test_base_chain_that_loops_is_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("_BASE_: b.yaml\nMODEL:\n  META_ARCHITECTURE: MaskFormer\n")
+    (tmp_path / "b.yaml").write_text("_BASE_: a.yaml\n")
+    with pytest.raises(ZsdError, match=r"_BASE_ chain loops \(a.yaml -> b.yaml -> a.yaml\)"):
+        config.load_config(tmp_path / "a.yaml")
+
+
 def test_truncated_checkpoint(tmp_path, official_like_checkpoint):
     path, _ = official_like_checkpoint
     cut = tmp_path / "cut.pth"

@@ -223,6 +223,23 @@ def test_training_refuses_bad_output_and_foreign_resume(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--iters", "0"], "--iters 0 must be >= 1"),
+    (["--batch", "0"], "--batch 0 must be >= 1"),
+    (["--eval-scenes", "-1"], "--eval-scenes -1 must be >= 1"),
+    (["--lr", "0"], "--lr 0.0 must be > 0"),
+    (["--resume"], "there is nothing to resume"),
+])
+def test_training_refuses_what_cannot_run_before_building(tmp_path, args, message):
+    """Was: --iters 0 reported "best.pth holds the best held-out model" of an empty folder, --batch 0 a traceback,
+    --resume without a run silently started a fresh 53-hour run. Now: exit 2, one paragraph, nothing written."""
+    out = tmp_path / "run"
+    r = _run("zsdeploy.benchmarks.demo_model.train", "--output", str(out), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "training" not in r.stdout  # refused before the model was built
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------------ model card
 def test_model_card_adds_a_stage_to_the_training_log(demo_export, tmp_path):
     """A later session has only the committed log: a new stage (a real 2-iteration run and a real accuracy report)

@@ -28,7 +28,7 @@ from ...export.config import released_config
 from ...export.pading_export import DEMO_CONFIG_NAME, demo_weights_path
 from ...runtime.cli_core import run_main
 from ...runtime.errors import ZsdError
-from ...runtime.files import atomic_write
+from ...runtime.files import atomic_write, make_writable_dir
 from .criterion import LossWeights, set_criterion
 from .data import TRAIN_SEED, heldout_scene, heldout_seeds, training_sample
 
@@ -218,13 +218,35 @@ def bf16_supported() -> bool:
     return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse what cannot run before a model is built: counts below their minimum, and a --resume with nothing to
+    resume (it would silently start a fresh, hours-long run)."""
+    minimums = {"--iters": (args.iters, 1), "--batch": (args.batch, 1), "--threads": (args.threads, 1),
+                "--workers": (args.workers, 1), "--eval-every": (args.eval_every, 1),
+                "--eval-scenes": (args.eval_scenes, 1), "--ckpt-every": (args.ckpt_every, 1),
+                "--warmup": (args.warmup, 0)}
+    for flag, (value, least) in minimums.items():
+        if value < least:
+            raise ZsdError(f"{flag} {value} must be >= {least}.", f"pass {flag} {least} or more.")
+    for flag, value in (("--lr", args.lr), ("--clip", args.clip)):
+        if not value > 0:
+            raise ZsdError(f"{flag} {value} must be > 0.", f"pass a positive {flag}, e.g. the default.")
+    last = Path(args.output) / "last.pth"
+    if args.resume and not last.is_file():
+        raise ZsdError(f"--resume: there is nothing to resume in {args.output} (no last.pth).",
+                       "pass the --output of the run to continue, or drop --resume to start a new run.")
+
+
 def train(args: argparse.Namespace) -> Path:
+    check_args(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise ZsdError(f"--output {out} exists and is not a directory.", "choose another --output.")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise ZsdError(f"--output {out} is not writable.", "choose a directory you can write to.")
+    try:
+        make_writable_dir(out)
+    except OSError as e:
+        raise ZsdError(f"--output {out} is not writable ({e.strerror or e}).",
+                       "choose a directory you can write to.") from None
     config_path = Path(args.config) if args.config else DEMO_CONFIG
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
