@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import ZsdError
 
-__all__ = ["MIN_FREE_BYTES", "atomic_write", "check_output_dir", "check_output_file", "file_mode", "file_sha256", "json_default", "publish", "remove_stale_temporaries",
+__all__ = ["MIN_FREE_BYTES", "atomic_write", "check_output_dir", "check_output_file", "file_mode", "make_writable_dir", "file_sha256", "json_default", "publish", "remove_stale_temporaries",
            "staging_dir", "write_bytes_atomic", "write_json_atomic"]
 
 
@@ -160,6 +160,16 @@ def check_output_dir(out_dir: str | os.PathLike[str], min_free_bytes: int = MIN_
         raise ZsdError(f"{flag} {shown}: the disk is full ({free / 2**20:.1f} MiB free at {probe_dir}).",
                        f"free some space or choose another {flag}.")
     return out
+
+
+def make_writable_dir(folder: str | os.PathLike[str]) -> Path:
+    """Create `folder` if needed and prove a file can be written there (a real write: read-only mounts and
+    permissions fail, also for root, unlike os.access). Raises the OSError when it cannot."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=d, prefix=".zsd-write-check."):
+        pass
+    return d
 
 
 def check_output_file(path: str | os.PathLike[str], min_free_bytes: int = MIN_FREE_BYTES, *,

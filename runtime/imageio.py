@@ -10,6 +10,7 @@ No torch here: this module is part of the runtime.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import struct
@@ -145,6 +146,16 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     """
     p = Path(path)
     if not p.exists():
+        if p.is_symlink():
+            try:
+                p.resolve(strict=True)
+                why = f"points to {os.readlink(p)}, which does not exist"
+            except RuntimeError:  # Python 3.11 raises RuntimeError for a symlink loop
+                why = "loops (it leads back to itself)"
+            except OSError as e:
+                why = ("loops (it leads back to itself)" if e.errno == errno.ELOOP
+                       else f"points to {os.readlink(p)}, which does not exist")
+            raise ZsdError(f"image file {p} is a symbolic link that {why}.", "fix or remove the link.")
         raise ZsdError(f"image file {p} does not exist.", "check the path (and the current directory).")
     if p.is_dir():
         raise ZsdError(
@@ -258,8 +269,10 @@ def list_images(path: str | os.PathLike[str]) -> list[Path]:
     """The images to process for `path`: the file itself, or a directory's images.
 
     A directory is scanned non-recursively for `IMAGE_EXTENSIONS` (any case), sorted by file name; hidden
-    files (".name", e.g. macOS "._x.jpg" resource forks that are not images) are skipped. A file is returned
-    as given, whatever its extension (`load_image` decides whether it is an image).
+    files (".name", e.g. macOS "._x.jpg" resource forks that are not images) are skipped. A symbolic link with an
+    image name is listed even when it is broken or loops, so that it fails as that image (reported, exit 3) instead
+    of vanishing from the count. A file is returned as given, whatever its extension (`load_image` decides whether
+    it is an image).
 
     Raises:
         ZsdError: the path does not exist, or the directory holds no image.
@@ -274,7 +287,8 @@ def list_images(path: str | os.PathLike[str]) -> list[Path]:
     except OSError as e:
         raise ZsdError(f"cannot list directory {p}: {e.strerror or e}.", "check the directory's permissions.") from e
     images = sorted(
-        (e for e in entries if not e.name.startswith(".") and e.suffix.lower() in IMAGE_EXTENSIONS and e.is_file()),
+        (e for e in entries if not e.name.startswith(".") and e.suffix.lower() in IMAGE_EXTENSIONS
+         and (e.is_symlink() or e.is_file())),
         key=lambda e: e.name,
     )
     if not images:

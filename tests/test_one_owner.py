@@ -105,7 +105,6 @@ FILE_WRITER = Path("runtime/files.py")
 NOT_OUTPUTS = {
     Path("runtime/backends/ov_extension.py"): "g++ writes the library into a temp file, renamed when it links",
     Path("runtime/serving/steps.py"): "a served request's image bytes, written to a scratch file for load_image",
-    Path("runtime/backends/ov_cache.py"): "a write probe of the cache directory, deleted at once",
     Path("runtime/serving/local_server.py"): "pip fills a hidden environment folder, renamed when complete",
 }
 

@@ -170,22 +170,66 @@ def test_missing_prebuilt_library_is_named(plugin_export, tmp_path):
 
 
 def test_corrupt_cached_library_is_rebuilt(tmp_path):
-    """A truncated library in the cache (a disk full, a killed copy) is rebuilt with a note, never a crash."""
-    code = f"""
+    """A truncated library in the cache (a disk full, a killed copy) is rebuilt with a note, never a crash: cut to
+    half it would be mapped and kill the process with SIGBUS (exit 135), so its recorded checksum is checked first;
+    one that matches its checksum but does not load (recorded again by hand here) is rebuilt too."""
+    truncate = """
 import openvino as ov
 from zsdeploy.runtime.backends import ov_extension
 path = ov_extension.library_path()
-path.write_bytes(b"\\x7fELF not really")
+size = path.stat().st_size
+path.write_bytes(path.read_bytes()[: size // 2])
 ov_extension._library = None
 notes = []
 again = ov_extension.add_to_core(ov.Core(), notes.append)
-assert again == path and path.stat().st_size > 10000, path.stat().st_size
+assert again == path and path.stat().st_size == size, path.stat().st_size
+assert any("does not match the checksum" in n and "rebuilding" in n for n in notes), notes
+print("ok")
+"""
+    # in a fresh process (the loader would hand back the library this one has loaded already)
+    garbage = """
+import openvino as ov
+from zsdeploy.runtime.backends import ov_extension
+from zsdeploy.runtime.files import file_sha256
+path = ov_extension.library_path()
+size = path.stat().st_size
+path.write_bytes(b"\\x7fELF not really")
+(path.parent / (path.name + ".sha256")).write_text(file_sha256(path))
+notes = []
+again = ov_extension.add_to_core(ov.Core(), notes.append)
+assert again == path and path.stat().st_size == size, path.stat().st_size
 assert any("does not load" in n and "rebuilding" in n for n in notes), notes
 print("ok")
 """
     env = _trt_infer_env(tmp_path)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+    for code in (truncate, garbage):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("cache", ["a file", "read-only"])
+def test_unwritable_cache_builds_for_the_run_with_a_note(plugin_export, tmp_path, cache):
+    """ZSD_CACHE_DIR that is a file, or a read-only folder (a real read-only bind mount where this process may
+    mount; else skipped): the run still segments, saying where it built and how to keep the build."""
+    env = _trt_infer_env(tmp_path)
+    target = Path(env["ZSD_CACHE_DIR"])
+    if cache == "a file":
+        target.write_text("not a folder")
+    else:
+        (tmp_path / "cache_src").mkdir()
+        target.mkdir()
+        r = subprocess.run(["mount", "--bind", str(tmp_path / "cache_src"), str(target)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip("cannot bind-mount here (needs root with CAP_SYS_ADMIN)")
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+    try:
+        r = _trt_infer(plugin_export, tmp_path, env)
+    finally:
+        if cache != "a file":
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "cannot be written" in r.stderr and "for this run" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "out" / "scene.json").is_file()
 
 
 def test_prebuild_entry_point_prints_the_library(fresh_cache, tmp_path):

@@ -66,6 +66,23 @@ def test_directory_with_a_bad_file(onnx_exports, scene, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_semantic.png", "grey.json", "grey_semantic.png"]
 
 
+def test_broken_and_looping_links_fail_as_images_instead_of_vanishing(onnx_exports, scene, tmp_path):
+    """Was: a symlink loop in the input folder was skipped silently ("1/1 images", exit 0)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.png").write_bytes(scene.read_bytes())
+    (d / "loop.png").symlink_to("loop.png")
+    (d / "gone.jpg").symlink_to("deleted.jpg")
+    out = tmp_path / "out"
+    r = _run("zsdeploy.cli.trt_infer", "--model", str(onnx_exports["dynamic"]), "--input", str(d),
+             "--output", str(out), "--task", "semantic")
+    assert r.returncode == 3, r.stderr
+    assert "1/3 image(s) segmented" in r.stdout and "Traceback" not in r.stderr
+    assert "loop.png is a symbolic link that loops" in r.stderr
+    assert "gone.jpg is a symbolic link that points to deleted.jpg, which does not exist" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_semantic.png"]
+
+
 @pytest.mark.parametrize("case", ["unreadable", "truncated_model", "static_too_small", "missing_model"])
 def test_user_errors_are_one_paragraph(onnx_exports, scene, tmp_path, case):
     model, image, extra = onnx_exports["dynamic"], scene, []

@@ -16,12 +16,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ZsdError
-from ..files import write_bytes_atomic
+from ..files import make_writable_dir, write_bytes_atomic
 
 DEFAULT_LIMIT_GB = 4.0
 
@@ -54,10 +53,7 @@ class CompiledModelCache:
     def open(cls, root: Path | None, key: str, say: Callable[[str], None]) -> CompiledModelCache | None:
         root = default_cache_root() if root is None else Path(root).expanduser()
         try:
-            (root / key).mkdir(parents=True, exist_ok=True)
-            # an existing but read-only directory (not for root, which may write anyway): try a real write
-            with tempfile.NamedTemporaryFile(dir=root / key, prefix=".probe"):
-                pass
+            make_writable_dir(root / key)
         except OSError as e:
             say(f"note: the OpenVINO model cache {root} cannot be written ({e.strerror or e}); compiling without a "
                 "cache (every start compiles again). Set ZSD_CACHE_DIR to a writable directory.")

@@ -10,7 +10,9 @@ The library is compiled once per (sources, openvino version, compiler, CPU) with
 ($CXX, else g++, else c++; about 10 s) against the headers the openvino wheel ships, `-march=native` because it is
 built where it runs, and kept in `$ZSD_CACHE_DIR/ov_extension/<key>/` (default `~/.cache/zsdeploy/...`). It is
 written under a temporary name and renamed into place, so a concurrent or interrupted build never leaves a partial
-library behind; a cached library that does not load is rebuilt with a note.
+library behind, and its sha256 is recorded beside it: a cached library that does not match it (truncated: it would
+kill the process with SIGBUS when mapped) or does not load is rebuilt with a note; an unwritable cache folder means a
+build into a temporary folder for the run, with a note.
 
 Environment:
     ZSD_OV_EXTENSION=/path/libzsd_msda_openvino.so   use a library built elsewhere (no compiler needed here)
@@ -20,6 +22,7 @@ Prebuild (e.g. in a container image): `python -m zsdeploy.runtime.backends.ov_ex
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -31,6 +34,7 @@ from typing import Callable
 
 from ..cli_core import run_main
 from ..errors import ZsdError
+from ..files import file_sha256, make_writable_dir, write_bytes_atomic
 from .openvino_backend import say_stderr, cpu_flags, cpu_model, import_openvino
 
 LIBRARY_NAME = "libzsd_msda_openvino.so"
@@ -132,12 +136,46 @@ def _compile(cxx: str, include: Path, libs: Path, out: Path, say: Callable[[str]
                            "check that the compiler supports C++17 and matches the openvino wheel's ABI (set CXX), "
                            "or run a --msda gridsample export instead.")
         os.replace(tmp, out)
+        # recorded after the library is in place: a library without its digest is rebuilt, never trusted
+        write_bytes_atomic(_digest_file(out), (file_sha256(out) + "\n").encode())
     except subprocess.TimeoutExpired:
         raise ZsdError(f"building zsdeploy's OpenVINO extension took more than {BUILD_TIMEOUT_S} s.",
                        "retry on a less loaded machine, or set ZSD_OV_EXTENSION to a prebuilt library.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _digest_file(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _intact(library: Path, say: Callable[[str], None]) -> bool:
+    """Whether the cached library is byte for byte what was built. A truncated one (a full disk, a killed copy)
+    would otherwise be mapped by the loader and kill the process with SIGBUS, without a message."""
+    try:
+        recorded = _digest_file(library).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    if recorded and recorded == file_sha256(library):
+        return True
+    why = ("does not match the checksum recorded when it was built (truncated or changed on disk)" if recorded
+           else "has no recorded checksum (an interrupted build, or an older zsdeploy)")
+    say(f"note: the cached OpenVINO extension {library} {why}; rebuilding it.")
+    return False
+
+
+def _usable_cache_dir(key: str, say: Callable[[str], None]) -> Path:
+    """The cache folder for this build, or, where the cache cannot be written (ZSD_CACHE_DIR a file, a read-only
+    home), a temporary folder for this process, with a note: the run goes on, it only pays the build again."""
+    try:
+        return make_writable_dir(cache_root() / key)
+    except OSError as e:
+        scratch = Path(tempfile.mkdtemp(prefix="zsd-ov-extension-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        say(f"note: the extension cache {cache_root()} cannot be written ({e.strerror or e}); building into "
+            f"{scratch} for this run (set ZSD_CACHE_DIR to a writable folder to keep the build).")
+        return scratch
 
 
 def library_path(say: Callable[[str], None] | None = None, *, rebuild: bool = False) -> Path:
@@ -157,8 +195,8 @@ def library_path(say: Callable[[str], None] | None = None, *, rebuild: bool = Fa
             return _library
         include, libs, version = _openvino_dirs()
         cxx = _compiler()
-        out = cache_root() / build_key(cxx, include, version) / LIBRARY_NAME
-        if rebuild or not out.is_file():
+        out = _usable_cache_dir(build_key(cxx, include, version), say) / LIBRARY_NAME
+        if rebuild or not out.is_file() or not _intact(out, say):
             _compile(cxx, include, libs, out, say)
         _library = out
         return out
