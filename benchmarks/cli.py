@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference instances with at least this score are the ground truth of instance AP vs reference")
     a.add_argument("--backend", default="auto", choices=list(ACCURACY_BACKENDS),
                    help="runtime of a PADing .onnx / .plan: auto (.onnx -> onnxruntime, .plan -> tensorrt), onnxruntime, "
-                        "openvino (f32), openvino-bf16 (bf16 inference precision: CPUs with AMX / AVX512-BF16), "
+                        "openvino (fp32), openvino-bf16 (bf16 inference precision: CPUs with AMX / AVX512-BF16), "
                         "tensorrt")
     common(a)
     a.set_defaults(func=cmd_accuracy)

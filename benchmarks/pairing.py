@@ -30,20 +30,21 @@ def torch_reference(args: argparse.Namespace, task: str, meta: dict[str, str] | 
 
 
 # zsd-bench accuracy --backend NAME -> (load_backend backend, precision)
-ACCURACY_BACKENDS = {"auto": ("auto", "f32"), "onnxruntime": ("onnxruntime", "f32"), "openvino": ("openvino", "f32"),
-                     "openvino-bf16": ("openvino", "bf16"), "tensorrt": ("tensorrt", "f32")}
+ACCURACY_BACKENDS = {"auto": ("auto", "fp32"), "onnxruntime": ("onnxruntime", "fp32"),
+                     "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
+                     "tensorrt": ("tensorrt", "fp32")}
 
 
-def load(path: str, threads: int | None, backend: str = "auto", precision: str = "f32"):
+def load(path: str, threads: int | None, backend: str = "auto", precision: str = "fp32"):
     from zsdeploy.runtime.backends import load_backend
 
     if precision == "bf16":
         from zsdeploy.runtime.backends.openvino_backend import bf16_support
 
         ok, why = bf16_support()
-        if not ok:  # a bf16 accuracy row measured in f32 would be a false statement
+        if not ok:  # a bf16 accuracy row measured in fp32 would be a false statement
             raise ZsdError(f"--backend openvino-bf16 needs a CPU that computes bf16, but {why}.",
-                           "measure --backend openvino (f32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
+                           "measure --backend openvino (fp32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
     return load_backend(path, threads=threads, backend=backend, precision=precision)
 
 
@@ -227,7 +228,7 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
                               device_note=CPU_DEVICE_NOTE))
     from .latency import openvino_unavailable
 
-    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
+    for name, precision in (("openvino", "fp32"), ("openvino-bf16", "bf16")):
         why = openvino_unavailable(precision) if name in names else None
         if name in names and why is None:
             backends.append(named(name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,

@@ -4,9 +4,9 @@ Default (`backend="auto"`): a TensorRT engine (.plan) runs with TensorRT; an .on
 at once, the reference CPU path), or with OpenVINO when bf16 is asked for or when the graph holds MSDeformAttn
 plugin nodes (`--msda plugin` / `nvidia` exports: OpenVINO runs them with zsdeploy's extension, ONNX Runtime
 cannot). Otherwise OpenVINO is chosen with `--backend openvino`: measured on a 2-core Xeon with AMX (PADing dynamic
-export, 512x512 / 800x1216, interleaved, quiet) its f32 is 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x,
+export, 512x512 / 800x1216, interleaved, quiet) its fp32 is 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x,
 after a first compile of a few seconds (cached on disk; a dynamic graph also compiles each input shape it sees
-twice, ~2 s, in memory). ONNX Runtime stays the default for plain f32 graphs because the first image pays that
+twice, ~2 s, in memory). ONNX Runtime stays the default for plain fp32 graphs because the first image pays that
 compile and ONNX Runtime is the reference the accuracy numbers are measured against.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ZsdError
-from ..options import BACKENDS, RUNTIME_PRECISIONS
+from ..options import BACKENDS, RUNTIME_PRECISIONS, runtime_precision
 from .base import Backend
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -34,13 +34,13 @@ def _has_plugin_nodes(path: Path) -> bool:
         return False
 
 
-def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: str = "f32") -> str:
-    """The backend `load_backend` will use for `path` (see the module docstring for `auto`)."""
+def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: str = "fp32") -> str:
+    """The backend `load_backend` will use for `path` (see the module docstring for `auto`). precision: fp32 | bf16
+    (`f32`, the old spelling of fp32, is accepted)."""
     path = Path(path)
     if backend not in BACKENDS:
         raise ZsdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.", "choose one of them.")
-    if precision not in PRECISIONS:
-        raise ZsdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.", "pass f32 or bf16.")
+    precision = runtime_precision(precision)
     is_engine = path.suffix in ENGINE_SUFFIXES
     if path.suffix != ".onnx" and not is_engine:
         raise ZsdError(f"{path} is neither an ONNX model (.onnx) nor a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}).",
@@ -61,18 +61,19 @@ def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: s
                        "--backend openvino / onnxruntime.")
     if precision == "bf16" and backend != "openvino":
         raise ZsdError(f"--precision bf16 is an OpenVINO setting; {backend} runs the precision its "
-                       f"{'engine was built with' if backend == 'tensorrt' else 'graph has (f32)'}.",
+                       f"{'engine was built with' if backend == 'tensorrt' else 'graph has (fp32)'}.",
                        "use --backend openvino --precision bf16, or drop --precision.")
     return backend
 
 
-def load_backend(path: str | os.PathLike, *, backend: str = "auto", precision: str = "f32",
+def load_backend(path: str | os.PathLike, *, backend: str = "auto", precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None, plugin_lib: str | None = None,
                  cache_dir: str | os.PathLike | bool | None = None,
                  say: Callable[[str], None] | None = None) -> Backend:
     """Open a model file with `backend` (auto | onnxruntime | openvino | tensorrt).
 
-    precision: f32 | bf16 (OpenVINO only; falls back to f32 with a note on CPUs without AMX / AVX512-BF16).
+    precision: fp32 | bf16 (bf16: OpenVINO only; falls back to fp32 with a note on CPUs without AMX / AVX512-BF16);
+    `f32`, the old spelling of fp32, is accepted.
     threads: CPU threads (ONNX Runtime intra-op, OpenVINO INFERENCE_NUM_THREADS); streams: OpenVINO NUM_STREAMS.
     cache_dir: OpenVINO's compiled-model cache (None = ~/.cache/zsdeploy/openvino or $ZSD_CACHE_DIR/openvino,
     False = none). plugin_lib: TensorRT plugin library for engines with plugin nodes.
@@ -80,6 +81,7 @@ def load_backend(path: str | os.PathLike, *, backend: str = "auto", precision: s
     path = Path(path)
     if not path.exists():
         raise ZsdError(f"model file {path} does not exist.", "pass an .onnx from export-model or a .plan from build-engine.")
+    precision = runtime_precision(precision)
     chosen = resolve_backend(path, backend, precision)
     if chosen == "openvino":
         from .openvino_backend import OpenVINOBackend

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from zsdeploy.families import OpenOptions, open_pipeline
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import add_precision_argument, run_main
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.options import BACKENDS, RUNTIME_PRECISIONS, TASKS
+from zsdeploy.runtime.options import BACKENDS, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> onnxruntime, which starts at "
                         "once, or openvino with --precision bf16). On Intel CPUs --backend openvino is faster after "
                         "its first compile (cached): see README, CPU backends")
-    p.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="f32",
-                   help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
+    add_precision_argument(p, "how the model computes: fp32 (default) = as the graph or engine says; bf16 = "
+                              "OpenVINO's bf16 inference precision (needs AMX or AVX512-BF16; else fp32 with a "
+                              "note). fp16 / int8 are graph precisions, chosen by export-model / build-engine "
+                              "--precision")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     v = p.add_argument_group("video files, cameras and streams (frame_NNNNNN.json per frame; --vis: <name>_vis.mp4)")
     v.add_argument("--max-frames", type=int, help="stop after this many frames (exit 0)")
