@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from zsdeploy.runtime.cli_core import add_precision_argument
-from zsdeploy.runtime.options import BACKENDS
+from zsdeploy.runtime import options
 
 ACCEPTANCE = 0.9
 
@@ -145,7 +145,7 @@ def markdown(report: dict[str, Any]) -> str:
 def add_parser(sub) -> None:
     v = sub.add_parser("video", help="video frames/s: pipelined vs sequential loop vs the network alone")
     v.add_argument("--model", required=True, help=".onnx (or .plan), as for trt-infer")
-    v.add_argument("--backend", choices=BACKENDS, default="auto")
+    v.add_argument("--backend", choices=options.BACKENDS, default="auto")
     v.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO")
     add_precision_argument(v, "as for trt-infer: fp32 (default), or bf16 = OpenVINO's bf16 inference precision "
                               "(CPUs with AMX / AVX512-BF16)")

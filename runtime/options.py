@@ -37,5 +37,12 @@ def runtime_precision(value: str) -> str:
     raise ZsdError(f"precision {value!r} is not one of {', '.join(RUNTIME_PRECISIONS)}.", fix + ".")
 
 
-#: trt-infer --backend; `auto` picks one per artifact (runtime.backends.resolve_backend)
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+def __getattr__(name: str) -> tuple[str, ...]:
+    """BACKENDS (trt-infer / zsd-bench --backend choices): `auto` and every registered backend, read from the one
+    table, runtime/backends/registry.py (`auto` picks one per artifact: runtime.backends.resolve_backend). Computed
+    on access, so that this module imports nothing from the backends package (which imports this one)."""
+    if name == "BACKENDS":
+        from .backends.registry import backend_names
+
+        return backend_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

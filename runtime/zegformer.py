@@ -39,6 +39,7 @@ from .artifacts.bundle_manifest import (  # noqa: F401  (BUNDLE_FILE, is_bundle:
 )
 from .backends import load_backend
 from .backends.base import Backend
+from .backends.registry import BACKEND_SPECS
 from .errors import ZsdError
 from .files import atomic_write
 from .options import runtime_precision
@@ -148,7 +149,7 @@ class ZegFormerBundle:
                  verify: bool = False) -> None:
         """backends: graph name -> an already built backend to use instead of the bundle's file (e.g. the PyTorch
         reference of the segmenter for benchmarks); other graphs load from the bundle. backend / precision: as in
-        load_backend, for every graph (onnxruntime / openvino never use the .plan files). verify: compare each
+        load_backend, for every graph (a backend of .onnx graphs never uses the .plan files). verify: compare each
         graph's sha256 with bundle.json when it is first opened (its size always is; see
         runtime.artifacts.bundle_manifest for why hashing is opt-in)."""
         root = bundle_root(path)
@@ -161,7 +162,7 @@ class ZegFormerBundle:
         self._verified: set[str] = set()  # graphs whose sha256 was checked
         self._plugin_lib, self._threads, self._prefer_engines = plugin_lib, threads, prefer_engines
         self._backend_choice, self._precision = backend, runtime_precision(precision)  # f32: the old spelling
-        if backend in ("onnxruntime", "openvino"):
+        if backend in BACKEND_SPECS and BACKEND_SPECS[backend].runs == "onnx":  # a graph backend: no .plan files
             self._prefer_engines = False
         self._say = say or (lambda m: print(m, file=sys.stderr))
         self._backends: dict[str, Backend] = dict(backends or {})

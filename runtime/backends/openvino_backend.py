@@ -33,7 +33,7 @@ from ..errors import ZsdError
 from ..options import RUNTIME_PRECISIONS, runtime_precision
 from ..artifacts.onnx_metadata import has_msda_plugin
 from ..artifacts.onnx_metadata import ModelInfo
-from .base import Backend
+from .base import Backend, BackendOptions
 from .onnxruntime_backend import check_feeds, read_onnx_metadata
 from .ov_cache import CompiledModelCache, entry_key
 
@@ -95,6 +95,11 @@ def say_stderr(msg: str) -> None:
 
 class OpenVINOBackend(Backend):
     name = "openvino"
+
+    @classmethod
+    def from_options(cls, path: Path, options: BackendOptions) -> OpenVINOBackend:
+        return cls(path, precision=options.precision, threads=options.threads, streams=options.streams,
+                   cache_dir=options.cache_dir, say=options.say)
 
     def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
                  streams: int | None = None, hint: str = "LATENCY", cache_dir: str | os.PathLike | None | bool = None,

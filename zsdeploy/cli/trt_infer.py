@@ -9,7 +9,8 @@ from pathlib import Path
 from zsdeploy.families import OpenOptions, open_pipeline
 from zsdeploy.runtime.cli_core import add_precision_argument, run_main
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.options import BACKENDS, TASKS
+from zsdeploy.runtime import options
+from zsdeploy.runtime.options import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-raw", action="store_true", help="also write <name>_raw.npz with the raw outputs")
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / OpenVINO")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=options.BACKENDS, default="auto",
                    help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> onnxruntime, which starts at "
                         "once, or openvino with --precision bf16). On Intel CPUs --backend openvino is faster after "
                         "its first compile (cached): see README, CPU backends")
