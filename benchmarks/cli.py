@@ -54,9 +54,12 @@ def cmd_accuracy(args: argparse.Namespace) -> int:
                           progress=lambda it: progress(iterable=it, total=len(ds), desc="accuracy", unit="img"),
                           segmenters=segmenters)
     report["model"]["path"] = str(args.model)
-    if getattr(args, "backend", "auto") == "openvino-bf16":
-        report["backend"] = "openvino-bf16"
-        report["model"].update(runtime_precision="bf16", runtime="OpenVINO")
+    runtime, precision = ACCURACY_BACKENDS[args.backend]
+    if precision != "fp32":  # e.g. openvino-bf16: the graph run at a lower inference precision
+        from zsdeploy.runtime.backends.registry import backend_spec
+
+        report["backend"] = args.backend
+        report["model"].update(runtime_precision=precision, runtime=backend_spec(runtime).title)
     apply_tolerances(report, tol)
     out = Path(args.output)
     write_report(out, "report.json", report)
@@ -212,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference instances with at least this score are the ground truth of instance AP vs reference")
     a.add_argument("--backend", default="auto", choices=list(ACCURACY_BACKENDS),
                    help="runtime of a PADing .onnx / .plan: auto (.onnx -> onnxruntime, .plan -> tensorrt), onnxruntime, "
-                        "openvino (f32), openvino-bf16 (bf16 inference precision: CPUs with AMX / AVX512-BF16), "
+                        "openvino (fp32), openvino-bf16 (bf16 inference precision: CPUs with AMX / AVX512-BF16), "
                         "tensorrt")
     common(a)
     a.set_defaults(func=cmd_accuracy)

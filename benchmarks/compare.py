@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.options import RUNTIME_PRECISION_ALIASES
 
 from .accuracy import precision_text
 
@@ -38,6 +39,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ZsdError(f"{p} is not a zsd-bench accuracy report (kind {report.get('kind') if isinstance(report, dict) else None!r}).",
                        "pass the report.json files zsd-bench accuracy wrote (latency reports cannot be compared here).")
     report["_path"] = str(p)
+    model = report.get("model")
+    if isinstance(model, dict) and model.get("runtime_precision") in RUNTIME_PRECISION_ALIASES:
+        # a report written before fp32 was the one spelling of a runtime precision (f32) reads as the current one
+        model["runtime_precision"] = RUNTIME_PRECISION_ALIASES[model["runtime_precision"]]
     return report
 
 

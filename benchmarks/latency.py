@@ -32,10 +32,12 @@ from typing import Any, Callable
 import numpy as np
 
 from zsdeploy.runtime.backends.base import Backend
+from zsdeploy.runtime.backends.registry import backend_spec, backend_specs
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.pipeline import Pipeline
 
 from .accuracy import BenchSegmenter, ResizePolicy
+from .pairing import peer_name
 
 
 # ------------------------------------------------------------------------------------------------ memory
@@ -102,15 +104,21 @@ def parse_ints(text: str, what: str) -> list[int]:
 
 CPU_DEVICE_NOTE = "runs on the CPU (no device memory)"
 
-# Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline).
-PEERS = ("torch", "upstream", "torch-compile", "onnxruntime", "openvino", "openvino-bf16", "openvino-int8",
-         "openvino-int8-bf16", "openvino-msda", "openvino-msda-bf16", "openvino-msda-int8",
-         "openvino-msda-int8-bf16", "openvino-bf16-upstream-post", "tensorrt")
-# OpenVINO peers: (name, inference precision, which graph: see GRAPHS)
-OPENVINO_PEERS = (("openvino", "f32", "model"), ("openvino-bf16", "bf16", "model"),
-                  ("openvino-int8", "f32", "int8"), ("openvino-int8-bf16", "bf16", "int8"),
-                  ("openvino-msda", "f32", "msda"), ("openvino-msda-bf16", "bf16", "msda"),
-                  ("openvino-msda-int8", "f32", "msda-int8"), ("openvino-msda-int8-bf16", "bf16", "msda-int8"))
+# The peers that are not a registered runtime backend: torch eager (the baseline), upstream (torch + upstream's
+# post-processing), torch.compile.
+TORCH_PEERS = ("torch", "upstream", "torch-compile")
+# OpenVINO peers: (name, inference precision, which graph: see GRAPHS): each graph at each precision the registered
+# openvino backend computes in (openvino, openvino-bf16, openvino-int8, openvino-int8-bf16, openvino-msda, ...)
+OPENVINO = "openvino"
+GRAPH_SUFFIXES = {"model": "", "int8": "-int8", "msda": "-msda", "msda-int8": "-msda-int8"}
+OPENVINO_PEERS = tuple((peer_name(OPENVINO, p, suffix), p, kind) for kind, suffix in GRAPH_SUFFIXES.items()
+                       for p in backend_spec(OPENVINO).precisions)
+# OpenVINO bf16 used by hand, with upstream's post-processing
+UPSTREAM_POST_PEER = peer_name(OPENVINO, "bf16") + "-upstream-post"
+# Every runner `zsd-bench latency --backends` knows, in report order (torch eager is the baseline): the torch peers,
+# then each registered runtime backend in registration order, OpenVINO with its graph / precision variants.
+PEERS = TORCH_PEERS + tuple(name for spec in backend_specs() for name in (
+    (*(n for n, _, _ in OPENVINO_PEERS), UPSTREAM_POST_PEER) if spec.name == OPENVINO else (spec.name,)))
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,7 @@ def _check_pair(path: str, graph: PeerGraph, info: Any) -> None:
 
 def openvino_unavailable(precision: str) -> str | None:
     """Why the openvino peer of `precision` cannot be measured here (None: it can). bf16 on a CPU without it is
-    reported unavailable: the backend would run f32 (with a note) and the row would be mislabelled."""
+    reported unavailable: the backend would run fp32 (with a note) and the row would be mislabelled."""
     try:
         from zsdeploy.runtime.backends.openvino_backend import bf16_support, import_openvino
 
@@ -211,9 +219,9 @@ def peer_backends(names: list[str], model: str | None, *, threads: int | None, s
                   batches: list[int], info: Any = None, reference: Callable[[Any], Backend] | None = None,
                   int8_model: str | None = None, msda_model: str | None = None,
                   msda_int8_model: str | None = None) -> tuple[list[NamedBackend], list[dict[str, str]]]:
-    """The CPU peers of a PADing .onnx beyond torch / onnxruntime / tensorrt: `openvino` (f32), `openvino-bf16`
-    (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in f32),
-    `openvino-int8` / `openvino-int8-bf16` (the Q/DQ graph `int8_model` of the same export, its other ops in f32 /
+    """The CPU peers of a PADing .onnx beyond torch / onnxruntime / tensorrt: `openvino` (fp32), `openvino-bf16`
+    (only on CPUs with AMX / AVX512-BF16: elsewhere it is reported unavailable, never silently run in fp32),
+    `openvino-int8` / `openvino-int8-bf16` (the Q/DQ graph `int8_model` of the same export, its other ops in fp32 /
     bf16), `openvino-msda*` (the `--msda plugin` export `msda_model` and its Q/DQ graph `msda_int8_model`: their
     MSDeformAttn nodes run with zsdeploy's OpenVINO extension) and `torch-compile` (of `reference(info)`, the eager
     baseline's model). Returns (runners, unavailable)."""

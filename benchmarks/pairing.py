@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from zsdeploy.families import MODELS, ModelFamily, family_for
+from zsdeploy.runtime.backends.registry import AUTO, BackendSpec, backend_specs
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.registry import Registry
 
@@ -29,21 +30,28 @@ def torch_reference(args: argparse.Namespace, task: str, meta: dict[str, str] | 
                                               threads=args.threads)
 
 
-# zsd-bench accuracy --backend NAME -> (load_backend backend, precision)
-ACCURACY_BACKENDS = {"auto": ("auto", "f32"), "onnxruntime": ("onnxruntime", "f32"), "openvino": ("openvino", "f32"),
-                     "openvino-bf16": ("openvino", "bf16"), "tensorrt": ("tensorrt", "f32")}
+def peer_name(backend: str, precision: str = "fp32", graph: str = "") -> str:
+    """A zsd-bench runner's name: the registered backend, the graph variant it runs (e.g. "-int8") and its
+    runtime precision unless fp32 (openvino, openvino-bf16, openvino-int8-bf16, ...)."""
+    return backend + graph + ("" if precision == "fp32" else f"-{precision}")
 
 
-def load(path: str, threads: int | None, backend: str = "auto", precision: str = "f32"):
+# zsd-bench accuracy --backend NAME -> (load_backend backend, precision): auto, then each registered backend at each
+# precision it computes in (auto, onnxruntime, openvino, openvino-bf16, tensorrt)
+ACCURACY_BACKENDS = {AUTO: (AUTO, "fp32"), **{peer_name(s.name, p): (s.name, p) for s in backend_specs()
+                                              for p in s.precisions}}
+
+
+def load(path: str, threads: int | None, backend: str = "auto", precision: str = "fp32"):
     from zsdeploy.runtime.backends import load_backend
 
     if precision == "bf16":
         from zsdeploy.runtime.backends.openvino_backend import bf16_support
 
         ok, why = bf16_support()
-        if not ok:  # a bf16 accuracy row measured in f32 would be a false statement
+        if not ok:  # a bf16 accuracy row measured in fp32 would be a false statement
             raise ZsdError(f"--backend openvino-bf16 needs a CPU that computes bf16, but {why}.",
-                           "measure --backend openvino (f32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
+                           "measure --backend openvino (fp32) on this machine, or run on a CPU with AMX / AVX512-BF16.")
     return load_backend(path, threads=threads, backend=backend, precision=precision)
 
 
@@ -121,6 +129,18 @@ def _one_graph_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
                 model = model or trt
             except (ZsdError, ImportError, OSError) as e:
                 unavailable.append({"backend": "tensorrt", "reason": str(e)})
+    for spec in _other_backends(names):
+        path = args.model if spec.runs == "onnx" else args.engine or args.model
+        if not path:
+            unavailable.append({"backend": spec.name, "reason": f"no {spec.runs} file given (--model / --engine)"})
+            continue
+        try:  # load_backend refuses a file of the other kind with its own message
+            other = load(path, args.threads, spec.name)
+        except ZsdError as e:
+            unavailable.append({"backend": spec.name, "reason": e.problem})
+            continue
+        backends.append(NamedBackend(spec.name, other))
+        model = model or other
     from .latency import parse_ints, parse_sizes, peer_backends  # openvino, openvino-bf16, torch-compile
 
     peers, missing = peer_backends(names, args.model, threads=args.threads, sizes=parse_sizes(args.sizes),
@@ -140,19 +160,29 @@ def _one_graph_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
             backends.insert(0, NamedBackend("torch", torch_ref))
         if "upstream" in names:  # the research code end to end: torch eager + upstream's torch post-processing
             backends.append(_upstream_post_peer("upstream", torch_ref))
-    if "openvino-bf16-upstream-post" in names:  # OpenVINO bf16 used by hand, with upstream's post-processing
-        ov = next((p.backend for p in peers if p.name == "openvino-bf16"), None)
+    from .latency import OPENVINO, UPSTREAM_POST_PEER
+
+    if UPSTREAM_POST_PEER in names:  # OpenVINO bf16 used by hand, with upstream's post-processing
+        ov = next((p.backend for p in peers if p.name == peer_name(OPENVINO, "bf16")), None)
         if ov is None:
             from .latency import openvino_unavailable
 
             why = openvino_unavailable("bf16") if args.model and args.model.endswith(".onnx") else "needs --model M.onnx"
             if why:
-                unavailable.append({"backend": "openvino-bf16-upstream-post", "reason": why})
+                unavailable.append({"backend": UPSTREAM_POST_PEER, "reason": why})
             else:
-                ov = load(args.model, args.threads, "openvino", "bf16")
+                ov = load(args.model, args.threads, OPENVINO, "bf16")
         if ov is not None:
-            backends.append(_upstream_post_peer("openvino-bf16-upstream-post", ov))
+            backends.append(_upstream_post_peer(UPSTREAM_POST_PEER, ov))
     return backends, unavailable
+
+
+def _other_backends(names: list[str]) -> list[BackendSpec]:
+    """The requested registered backends this module has no code of its own for (onnxruntime, tensorrt and the
+    OpenVINO peers have): measured as load_backend opens them."""
+    from .latency import OPENVINO
+
+    return [s for s in backend_specs() if s.name in names and s.name not in ("onnxruntime", "tensorrt", OPENVINO)]
 
 
 def _upstream_post_peer(name: str, backend):
@@ -225,18 +255,26 @@ def _zegformer_backends(args: argparse.Namespace, names: list[str]) -> tuple[lis
         backends.append(named("onnxruntime", ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
                                                              say=say, backend="onnxruntime"),
                               device_note=CPU_DEVICE_NOTE))
-    from .latency import openvino_unavailable
+    from .latency import OPENVINO, OPENVINO_PEERS, UPSTREAM_POST_PEER, openvino_unavailable
 
-    for name, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
-        why = openvino_unavailable(precision) if name in names else None
-        if name in names and why is None:
+    for name, precision, graph in OPENVINO_PEERS:
+        if name not in names or graph != "model":  # the int8 / msda graph variants are PADing exports
+            continue
+        why = openvino_unavailable(precision)
+        if why is None:
             backends.append(named(name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
-                                                        say=say, backend="openvino", precision=precision)))
-        elif name in names:
+                                                        say=say, backend=OPENVINO, precision=precision)))
+        else:
             unavailable.append({"backend": name, "reason": why})
-    for name in ("torch-compile", "upstream", "openvino-bf16-upstream-post"):
+    for name in ("torch-compile", "upstream", UPSTREAM_POST_PEER):
         if name in names:
             unavailable.append({"backend": name, "reason": "measured for PADing exports only"})
+    for spec in _other_backends(names):
+        try:  # load_backend refuses a backend of engines for the bundle's .onnx graphs with its own message
+            backends.append(named(spec.name, ZegFormerBundle(args.model, threads=args.threads, prefer_engines=False,
+                                                             say=say, backend=spec.name)))
+        except ZsdError as e:
+            unavailable.append({"backend": spec.name, "reason": e.problem})
     if "tensorrt" in names:
         root = bundle_root(args.model)
         segmenter_onnx = root / read_bundle_manifest(root).graphs["segmenter"].file

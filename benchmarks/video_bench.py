@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from zsdeploy.runtime.options import BACKENDS, RUNTIME_PRECISIONS
+from zsdeploy.runtime.cli_core import add_precision_argument
+from zsdeploy.runtime import options
 
 ACCEPTANCE = 0.9
 
@@ -104,7 +105,7 @@ def run_video_bench(pipe, clip: Path, *, rounds: int = 3, net_repeat: int = 20, 
     eff = pipe_fps * net / 1e3
     return {
         "kind": "video",
-        "backend": pipe.backend.name + ("-bf16" if getattr(pipe.backend, "precision", "f32") == "bf16" else ""),
+        "backend": pipe.backend.name + ("-bf16" if getattr(pipe.backend, "precision", "fp32") == "bf16" else ""),
         "task": pipe.task,
         "input_hw": list(pipe.info.static_hw) if pipe.info.static_hw else None,
         "clip": str(clip),
@@ -144,10 +145,10 @@ def markdown(report: dict[str, Any]) -> str:
 def add_parser(sub) -> None:
     v = sub.add_parser("video", help="video frames/s: pipelined vs sequential loop vs the network alone")
     v.add_argument("--model", required=True, help=".onnx (or .plan), as for trt-infer")
-    v.add_argument("--backend", choices=BACKENDS, default="auto")
+    v.add_argument("--backend", choices=options.BACKENDS, default="auto")
     v.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO")
-    v.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="f32",
-                   help="OpenVINO inference precision (bf16: CPUs with AMX / AVX512-BF16), as for trt-infer")
+    add_precision_argument(v, "as for trt-infer: fp32 (default), or bf16 = OpenVINO's bf16 inference precision "
+                              "(CPUs with AMX / AVX512-BF16)")
     v.add_argument("--frames", type=int, default=60, help="frames in the synthetic clip (default 60)")
     v.add_argument("--size", default=None, help="clip frame size HxW (default: the model's static size, else 256x320)")
     v.add_argument("--rounds", type=int, default=3, help="rounds of (network, sequential, pipelined); median kept")

@@ -13,14 +13,16 @@ can end a command into the README's exit codes, so each CLI's `main` only parses
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import traceback
 from collections.abc import Callable
 
 from .errors import ZsdError, install_sigterm_as_interrupt
+from .options import RUNTIME_PRECISIONS, runtime_precision
 
 __all__ = ["EXIT_CHECK_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USER_ERROR",
-           "OPTIONAL_PACKAGES", "missing_extra", "run_main"]
+           "OPTIONAL_PACKAGES", "add_precision_argument", "missing_extra", "run_main"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -79,3 +81,20 @@ def _internal_error(prog: str) -> int:
     print(f"{prog}: internal error (a bug in zsdeploy, not a problem with your input or a failed check): please "
           "report it with the traceback above.", file=sys.stderr)
     return EXIT_INTERNAL
+
+
+def _precision_arg(value: str) -> str:
+    """argparse `type=` of --precision: the one spelling (the old `f32` -> `fp32`); an unknown value is argparse's
+    usage error (exit 2) carrying runtime_precision's one-paragraph message."""
+    try:
+        return runtime_precision(value)
+    except ZsdError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--precision fp32|bf16` (a runtime precision, options.RUNTIME_PRECISIONS) for every CLI that runs a model:
+    `f32`, the old spelling of fp32, is accepted and normalised but not listed among the choices."""
+    parser.add_argument("--precision", type=_precision_arg, choices=RUNTIME_PRECISIONS, default="fp32",
+                        metavar="|".join(RUNTIME_PRECISIONS),
+                        help=f"{help}. f32, the old spelling of fp32, is still accepted")

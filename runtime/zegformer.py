@@ -39,8 +39,10 @@ from .artifacts.bundle_manifest import (  # noqa: F401  (BUNDLE_FILE, is_bundle:
 )
 from .backends import load_backend
 from .backends.base import Backend
+from .backends.registry import BACKEND_SPECS
 from .errors import ZsdError
 from .files import atomic_write
+from .options import runtime_precision
 from .artifacts.onnx_metadata import ModelInfo
 from .pipeline import Pipeline
 from .postprocess import softmax, postprocess
@@ -143,11 +145,11 @@ class ZegFormerBundle:
 
     def __init__(self, path: str | os.PathLike, *, plugin_lib: str | None = None, threads: int | None = None,
                  prefer_engines: bool = True, say: Callable[[str], None] | None = None,
-                 backends: dict[str, Backend] | None = None, backend: str = "auto", precision: str = "f32",
+                 backends: dict[str, Backend] | None = None, backend: str = "auto", precision: str = "fp32",
                  verify: bool = False) -> None:
         """backends: graph name -> an already built backend to use instead of the bundle's file (e.g. the PyTorch
         reference of the segmenter for benchmarks); other graphs load from the bundle. backend / precision: as in
-        load_backend, for every graph (onnxruntime / openvino never use the .plan files). verify: compare each
+        load_backend, for every graph (a backend of .onnx graphs never uses the .plan files). verify: compare each
         graph's sha256 with bundle.json when it is first opened (its size always is; see
         runtime.artifacts.bundle_manifest for why hashing is opt-in)."""
         root = bundle_root(path)
@@ -159,8 +161,8 @@ class ZegFormerBundle:
         self._verify = verify
         self._verified: set[str] = set()  # graphs whose sha256 was checked
         self._plugin_lib, self._threads, self._prefer_engines = plugin_lib, threads, prefer_engines
-        self._backend_choice, self._precision = backend, precision
-        if backend in ("onnxruntime", "openvino"):
+        self._backend_choice, self._precision = backend, runtime_precision(precision)  # f32: the old spelling
+        if backend in BACKEND_SPECS and BACKEND_SPECS[backend].runs == "onnx":  # a graph backend: no .plan files
             self._prefer_engines = False
         self._say = say or (lambda m: print(m, file=sys.stderr))
         self._backends: dict[str, Backend] = dict(backends or {})
@@ -195,11 +197,11 @@ class ZegFormerBundle:
 
     def backend(self, graph: str) -> Backend:
         if graph not in self._backends:
-            # the text encoder stays f32 (OpenVINO hint; its graph is fp32 in every bundle too): it runs once per
+            # the text encoder stays fp32 (OpenVINO hint; its graph is fp32 in every bundle too): it runs once per
             # vocabulary and its embeddings are cached for all runs
             self._backends[graph] = load_backend(self.graph_path(graph), plugin_lib=self._plugin_lib,
                                                  threads=self._threads, backend=self._backend_choice,
-                                                 precision="f32" if graph == "text_encoder" else self._precision,
+                                                 precision="fp32" if graph == "text_encoder" else self._precision,
                                                  say=self._say)
         return self._backends[graph]
 
@@ -386,7 +388,7 @@ def open_zegformer(path: str | os.PathLike, *, classes: str | None = None, class
                    plugin_lib: str | None = None, threads: int | None = None, use_cache: bool = True,
                    task: str | None = None, short_edge: int | None = None,
                    say: Callable[[str], None] | None = None, backend: str = "auto",
-                   precision: str = "f32") -> ZegFormerSegmenter:
+                   precision: str = "fp32") -> ZegFormerSegmenter:
     """One call for the CLI and the Python API: a bundle + a vocabulary (default, --classes or --classes-file) ->
     a ready ZegFormerSegmenter."""
     if classes is not None and classes_file is not None:

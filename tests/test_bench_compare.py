@@ -90,3 +90,15 @@ def test_foreign_files_are_refused(tmp_path, content, problem):
         load_report(p)
     with pytest.raises(ZsdError, match="does not exist"):
         load_report(tmp_path / "missing.json")
+
+
+def test_a_report_with_the_old_runtime_precision_spelling_still_reads(reports, tmp_path):
+    """A runtime precision spelled `f32` (the spelling before fp32 was the one spelling) reads as `fp32`."""
+    old = json.loads(reports[1].read_text())
+    old["model"].update(runtime_precision="f32", runtime="OpenVINO")
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    report = load_report(p)
+    assert report["model"]["runtime_precision"] == "fp32"
+    cmp = compare([load_report(reports[0]), report])
+    assert "graph run in fp32 by OpenVINO" in cmp["rows"][1]["label"]

@@ -60,7 +60,7 @@ def backends(onnx_exports, cache):
                                         ("dynamic", 2, 96, 192), ("dynamic", 1, 160, 128)])
 def test_f32_matches_onnxruntime(backends, name, b, h, w):
     ort_b, ov_b = backends[name]
-    assert ov_b.name == "openvino" and ov_b.precision == "f32"
+    assert ov_b.name == "openvino" and ov_b.precision == "fp32"
     assert ov_b.input_names == ("images",) and ov_b.output_names == ("class_logits", "mask_logits")
     x = _batch(ort_b, _scenes(b, h, w, seed=h + w))
     ref, got = ort_b.infer({"images": x}), ov_b.infer({"images": x})
@@ -343,11 +343,11 @@ def test_bench_latency_openvino_peers(onnx_exports, tmp_path):
 
 def test_bf16_on_a_cpu_without_it_falls_back_to_f32_with_a_note(onnx_exports, cache, monkeypatch):
     """The CPU's flags are the environment (read from /proc/cpuinfo); a CPU without AMX / AVX512-BF16 is simulated
-    by what that read returns. The backend itself runs for real, in f32."""
+    by what that read returns. The backend itself runs for real, in fp32."""
     from zsdeploy.runtime.backends import openvino_backend
 
     monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: {"avx2", "avx512f", "fma"})
     notes: list[str] = []
     b = load_backend(onnx_exports["static_b1"], precision="bf16", cache_dir=cache, say=notes.append)
-    assert b.requested_precision == "bf16" and b.precision == "f32" and b.config["INFERENCE_PRECISION_HINT"] == "f32"
-    assert any("bf16 was asked for" in n and "running f32" in n for n in notes), notes
+    assert b.requested_precision == "bf16" and b.precision == "fp32" and b.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert any("bf16 was asked for" in n and "running fp32" in n for n in notes), notes

@@ -2,7 +2,7 @@
 plugins_trt/openvino/): built with the real compiler against the openvino wheel, run by the real OpenVINO CPU plugin.
 
 Numerics: the `--msda plugin` / `nvidia` graphs in OpenVINO (f32) reproduce the portable `gridsample` graph in
-ONNX Runtime to rel L2 < 1e-5 (the README's f32 claim), static and dynamic; bf16 stays within the bound the
+ONNX Runtime to rel L2 < 1e-5 (the README's fp32 claim), static and dynamic; bf16 stays within the bound the
 OpenVINO backend's bf16 tests use. Inputs are generated scenes (see test_openvino_backend.py for why not noise).
 Bad input: no compiler, a corrupt cached library, a missing ZSD_OV_EXTENSION: one paragraph, exit 2, or a rebuild.
 """

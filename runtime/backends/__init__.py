@@ -4,20 +4,23 @@ Default (`backend="auto"`): a TensorRT engine (.plan) runs with TensorRT; an .on
 at once, the reference CPU path), or with OpenVINO when bf16 is asked for or when the graph holds MSDeformAttn
 plugin nodes (`--msda plugin` / `nvidia` exports: OpenVINO runs them with zsdeploy's extension, ONNX Runtime
 cannot). Otherwise OpenVINO is chosen with `--backend openvino`: measured on a 2-core Xeon with AMX (PADing dynamic
-export, 512x512 / 800x1216, interleaved, quiet) its f32 is 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x,
+export, 512x512 / 800x1216, interleaved, quiet) its fp32 is 1.75x / 1.41x ONNX Runtime and its bf16 2.8x / 3.2x,
 after a first compile of a few seconds (cached on disk; a dynamic graph also compiles each input shape it sees
-twice, ~2 s, in memory). ONNX Runtime stays the default for plain f32 graphs because the first image pays that
+twice, ~2 s, in memory). ONNX Runtime stays the default for plain fp32 graphs because the first image pays that
 compile and ONNX Runtime is the reference the accuracy numbers are measured against.
+
+Which backends exist, what each opens and computes in, and the `auto` rule's order are one table: registry.py.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import ZsdError
-from ..options import BACKENDS, RUNTIME_PRECISIONS
-from .base import Backend
+from ..options import RUNTIME_PRECISIONS, runtime_precision
+from .base import Backend, BackendOptions
+from .registry import AUTO, BackendSpec, backend_names, backend_spec, backend_specs, register_backend
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 PRECISIONS = RUNTIME_PRECISIONS
@@ -34,45 +37,67 @@ def _has_plugin_nodes(path: Path) -> bool:
         return False
 
 
-def resolve_backend(path: str | os.PathLike, backend: str = "auto", precision: str = "f32") -> str:
-    """The backend `load_backend` will use for `path` (see the module docstring for `auto`)."""
+def _auto(path: Path, kind: str, precision: str) -> str:
+    """`auto`'s pick for a file of `kind` (registry.py: the first registered backend for the kind that computes in
+    `precision` and runs the graph's plugin nodes; else the first for the kind, whose checks then say why)."""
+    candidates = list(backend_specs(kind))
+    plugin: bool | None = None  # read from the metadata only when a candidate cannot run plugin nodes
+    for spec in candidates:
+        if not spec.auto or precision not in spec.precisions:
+            continue
+        if kind == "onnx" and not spec.plugin_nodes:
+            plugin = _has_plugin_nodes(path) if plugin is None else plugin
+            if plugin:
+                continue
+        return spec.name
+    return candidates[0].name
+
+
+def resolve_backend(path: str | os.PathLike, backend: str = AUTO, precision: str = "fp32") -> str:
+    """The backend `load_backend` will use for `path` (see the module docstring for `auto`). precision: fp32 | bf16
+    (`f32`, the old spelling of fp32, is accepted)."""
     path = Path(path)
-    if backend not in BACKENDS:
-        raise ZsdError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.", "choose one of them.")
-    if precision not in PRECISIONS:
-        raise ZsdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.", "pass f32 or bf16.")
+    names = backend_names()
+    if backend not in names:
+        raise ZsdError(f"backend {backend!r} is not one of {', '.join(names)}.", "choose one of them.")
+    precision = runtime_precision(precision)
     is_engine = path.suffix in ENGINE_SUFFIXES
     if path.suffix != ".onnx" and not is_engine:
         raise ZsdError(f"{path} is neither an ONNX model (.onnx) nor a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}).",
                        "pass the file export-model or build-engine wrote.")
-    if backend == "auto":
-        if is_engine:
-            backend = "tensorrt"
-        elif precision == "bf16" or _has_plugin_nodes(path):
-            backend = "openvino"  # the only backend here with a bf16 setting / that runs plugin nodes on a CPU
-        else:
-            backend = "onnxruntime"
-    if is_engine and backend != "tensorrt":
+    kind = "engine" if is_engine else "onnx"
+    if backend == AUTO:
+        backend = _auto(path, kind, precision)
+    spec = backend_spec(backend)
+    if is_engine and spec.runs != "engine":
         raise ZsdError(f"{path} is a TensorRT engine; --backend {backend} runs .onnx graphs.",
-                       "pass the .onnx it was built from, or --backend tensorrt.")
-    if not is_engine and backend == "tensorrt":
-        raise ZsdError(f"{path} is an ONNX graph; TensorRT runs engines built from it.",
+                       f"pass the .onnx it was built from, or --backend {_choices('engine')}.")
+    if not is_engine and spec.runs == "engine":
+        raise ZsdError(f"{path} is an ONNX graph; {spec.title} runs engines built from it.",
                        f"build one: build-engine --onnx {path} --output {path.with_suffix('.plan')}, or choose "
-                       "--backend openvino / onnxruntime.")
-    if precision == "bf16" and backend != "openvino":
-        raise ZsdError(f"--precision bf16 is an OpenVINO setting; {backend} runs the precision its "
-                       f"{'engine was built with' if backend == 'tensorrt' else 'graph has (f32)'}.",
-                       "use --backend openvino --precision bf16, or drop --precision.")
+                       f"--backend {_choices('onnx')}.")
+    if precision not in spec.precisions:
+        owners = [s for s in backend_specs() if precision in s.precisions]
+        raise ZsdError(f"--precision {precision} is an {' / '.join(s.title for s in owners)} setting; {backend} runs "
+                       f"the precision its {'engine was built with' if spec.runs == 'engine' else 'graph has (fp32)'}.",
+                       f"use --backend {owners[0].name} --precision {precision}, or drop --precision.")
     return backend
 
 
-def load_backend(path: str | os.PathLike, *, backend: str = "auto", precision: str = "f32",
+def _choices(kind: str) -> str:
+    """The backends that open `kind` files, for a message (those that run plugin nodes first: a graph meant for
+    TensorRT often has them)."""
+    return " / ".join(s.name for s in sorted(backend_specs(kind), key=lambda s: not s.plugin_nodes))
+
+
+def load_backend(path: str | os.PathLike, *, backend: str = AUTO, precision: str = "fp32",
                  threads: int | None = None, streams: int | None = None, plugin_lib: str | None = None,
                  cache_dir: str | os.PathLike | bool | None = None,
                  say: Callable[[str], None] | None = None) -> Backend:
-    """Open a model file with `backend` (auto | onnxruntime | openvino | tensorrt).
+    """Open a model file with `backend` (auto or a registered backend: onnxruntime | openvino | tensorrt).
 
-    precision: f32 | bf16 (OpenVINO only; falls back to f32 with a note on CPUs without AMX / AVX512-BF16).
+    precision: fp32 | bf16 (bf16: OpenVINO only; falls back to fp32 with a note on CPUs without AMX / AVX512-BF16);
+    `f32`, the old spelling of fp32, is accepted.
     threads: CPU threads (ONNX Runtime intra-op, OpenVINO INFERENCE_NUM_THREADS); streams: OpenVINO NUM_STREAMS.
     cache_dir: OpenVINO's compiled-model cache (None = ~/.cache/zsdeploy/openvino or $ZSD_CACHE_DIR/openvino,
     False = none). plugin_lib: TensorRT plugin library for engines with plugin nodes.
@@ -80,19 +105,12 @@ def load_backend(path: str | os.PathLike, *, backend: str = "auto", precision: s
     path = Path(path)
     if not path.exists():
         raise ZsdError(f"model file {path} does not exist.", "pass an .onnx from export-model or a .plan from build-engine.")
+    precision = runtime_precision(precision)
     chosen = resolve_backend(path, backend, precision)
-    if chosen == "openvino":
-        from .openvino_backend import OpenVINOBackend
-
-        return OpenVINOBackend(path, precision=precision, threads=threads, streams=streams, cache_dir=cache_dir,
-                               say=say)
-    if chosen == "onnxruntime":
-        from .onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(path, threads=threads)
-    from .tensorrt_backend import TensorRTBackend
-
-    return TensorRTBackend(path, plugin_lib=plugin_lib)
+    options = BackendOptions(precision=precision, threads=threads, streams=streams, plugin_lib=plugin_lib,
+                             cache_dir=cache_dir, say=say)
+    return backend_spec(chosen).open(path, options)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "Backend", "load_backend", "resolve_backend"]
+__all__ = ["ENGINE_SUFFIXES", "PRECISIONS", "Backend", "BackendOptions", "BackendSpec", "load_backend",
+           "register_backend", "resolve_backend"]

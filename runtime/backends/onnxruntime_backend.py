@@ -8,11 +8,15 @@ import numpy as np
 
 from ..errors import ZsdError
 from ..artifacts.onnx_metadata import ModelInfo, read_onnx_metadata
-from .base import Backend
+from .base import Backend, BackendOptions
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+
+    @classmethod
+    def from_options(cls, path: Path, options: BackendOptions) -> OnnxRuntimeBackend:
+        return cls(path, threads=options.threads)
 
     def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
         import onnxruntime as ort

@@ -1,18 +1,19 @@
-"""OpenVINO backend (CPU): runs our .onnx graphs directly, f32 or bf16, with a checked compiled-model cache.
+"""OpenVINO backend (CPU): runs our .onnx graphs directly, fp32 or bf16, with a checked compiled-model cache.
 
 Precision: OpenVINO's CPU plugin silently runs bf16 on CPUs with AMX by default, so the hint is always set
-explicitly. `f32` matches ONNX Runtime (rel L2 ~1e-6); `bf16` is used only where /proc/cpuinfo lists amx_bf16 or
-avx512_bf16 (elsewhere OpenVINO would emulate it slowly or ignore it): on other CPUs it falls back to f32 with a
-note rather than failing, so one command line works on every machine and says what it did. Q/DQ (int8) graphs
-need no setting: OpenVINO runs their quantised ops in int8 as they are, and the rest at the inference precision
-(f32, or bf16: int8 + bf16 is the fastest CPU path where both are native).
+explicitly (zsdeploy's `fp32` is OpenVINO's hint `f32`: OPENVINO_HINTS). `fp32` matches ONNX Runtime (rel L2
+~1e-6); `bf16` is used only where /proc/cpuinfo lists amx_bf16 or avx512_bf16 (elsewhere OpenVINO would emulate it
+slowly or ignore it): on other CPUs it falls back to fp32 with a note rather than failing, so one command line works
+on every machine and says what it did. Q/DQ (int8) graphs need no setting: OpenVINO runs their quantised ops in
+int8 as they are, and the rest at the inference precision (fp32, or bf16: int8 + bf16 is the fastest CPU path where
+both are native).
 
 MSDeformAttn plugin nodes (exports with `--msda plugin` or `nvidia`, the graphs TensorRT builds) run with
 zsdeploy's OpenVINO extension (ov_extension.py: the TensorRT plugin's kernel core, built at first use): the
-fastest CPU path, since OpenVINO runs the portable `gridsample` lowering as an f32-only GridSample plus reorders.
+fastest CPU path, since OpenVINO runs the portable `gridsample` lowering as an fp32-only GridSample plus reorders.
 
 Dynamic graphs are specialised: OpenVINO's CPU kernels for a dynamic-shape model are much slower than for a static
-one (PADing 512x512, 1 thread, CPU time: f32 1985 -> 1463 ms, bf16 1329 -> 657 ms once reshaped to the input's
+one (PADing 512x512, 1 thread, CPU time: fp32 1985 -> 1463 ms, bf16 1329 -> 657 ms once reshaped to the input's
 shape; compiling a shape takes ~2 s). So the first batch of a new input shape runs on the dynamic model, and a shape
 seen a second time gets its own static compile (in memory only, see _static_request); a few shapes are kept (LRU).
 Video, benchmarks and folders of same-size photos run static from their second image; a folder of all-different
@@ -29,14 +30,16 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ZsdError
-from ..options import RUNTIME_PRECISIONS
+from ..options import RUNTIME_PRECISIONS, runtime_precision
 from ..artifacts.onnx_metadata import has_msda_plugin
 from ..artifacts.onnx_metadata import ModelInfo
-from .base import Backend
+from .base import Backend, BackendOptions
 from .onnxruntime_backend import check_feeds, read_onnx_metadata
 from .ov_cache import CompiledModelCache, entry_key
 
 PRECISIONS = RUNTIME_PRECISIONS
+#: zsdeploy's runtime precision -> OpenVINO's INFERENCE_PRECISION_HINT (OpenVINO spells fp32 `f32`)
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
 HINTS = ("LATENCY", "THROUGHPUT")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INSTALL_HINT = 'pip install "zsdeploy[openvino]"'
@@ -93,30 +96,35 @@ def say_stderr(msg: str) -> None:
 class OpenVINOBackend(Backend):
     name = "openvino"
 
-    def __init__(self, path: str | os.PathLike, *, precision: str = "f32", threads: int | None = None,
+    @classmethod
+    def from_options(cls, path: Path, options: BackendOptions) -> OpenVINOBackend:
+        return cls(path, precision=options.precision, threads=options.threads, streams=options.streams,
+                   cache_dir=options.cache_dir, say=options.say)
+
+    def __init__(self, path: str | os.PathLike, *, precision: str = "fp32", threads: int | None = None,
                  streams: int | None = None, hint: str = "LATENCY", cache_dir: str | os.PathLike | None | bool = None,
                  say: Callable[[str], None] | None = None, specialize: bool = True) -> None:
         """cache_dir: None = the default cache (ov_cache.default_cache_root), False = no cache, else a directory.
         threads: INFERENCE_NUM_THREADS (default: $OMP_NUM_THREADS like the ONNX Runtime backend, else all
         cores); streams: NUM_STREAMS (default: what the performance hint picks, 1 for LATENCY).
-        specialize: compile a dynamic model for an input shape seen twice (see the module docstring)."""
+        specialize: compile a dynamic model for an input shape seen twice (see the module docstring).
+        precision: fp32 | bf16 (`f32`, the old spelling of fp32, is accepted)."""
         ov = import_openvino()
         self.say = say or say_stderr
         path = Path(path)
         self.info = ModelInfo.from_metadata(read_onnx_metadata(path), str(path))
-        if precision not in PRECISIONS:
-            raise ZsdError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.", "pass f32 or bf16.")
+        precision = runtime_precision(precision)
         if hint not in HINTS:
             raise ZsdError(f"performance hint {hint!r} is not one of {', '.join(HINTS)}.", "pass LATENCY.")
         self.requested_precision = precision
         if precision == "bf16":
             ok, why = bf16_support()
             if not ok:
-                self.say(f"note: bf16 was asked for but {why} (no AMX / AVX512-BF16); running f32 instead.")
-                precision = "f32"
+                self.say(f"note: bf16 was asked for but {why} (no AMX / AVX512-BF16); running fp32 instead.")
+                precision = "fp32"
         self.precision = precision
         threads = threads or (int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else None)
-        config: dict[str, str] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": precision}
+        config: dict[str, str] = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": OPENVINO_HINTS[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         if streams:

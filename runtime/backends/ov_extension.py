@@ -3,8 +3,8 @@
 Graphs exported with `--msda plugin` (or `nvidia`) hold TensorRT plugin nodes for MSDeformAttn. With this extension
 OpenVINO reads them as ops of its own and runs the host build of the plugin's kernel core on its TBB threads
 (plugins_trt/openvino/msDeformAttnOvExtension.cpp). That is the fastest CPU path: OpenVINO runs the portable
-`gridsample` lowering as an f32-only GridSample plus reorders (measured, PADing 512x512 bf16 on 2 threads:
-836 ms with GridSample, 556 ms with the extension; f32 outputs equal to rel L2 < 1e-6).
+`gridsample` lowering as an fp32-only GridSample plus reorders (measured, PADing 512x512 bf16 on 2 threads:
+836 ms with GridSample, 556 ms with the extension; fp32 outputs equal to rel L2 < 1e-6).
 
 The library is compiled once per (sources, openvino version, compiler, CPU) with the C++ compiler on PATH
 ($CXX, else g++, else c++; about 10 s) against the headers the openvino wheel ships, `-march=native` because it is

@@ -24,7 +24,7 @@ from ..artifacts.sidecar import EngineSidecar, check_plan_source, read_sidecar, 
 from ..errors import ZsdError
 from ..tensorrt.loader import create_runtime, import_tensorrt, make_logger, numpy_dtype
 from ..tensorrt.plugins import PLUGIN_LIBRARY_NAME, ZSD_PLUGIN, load_plugin_library, require_creators
-from .base import Backend
+from .base import Backend, BackendOptions
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -43,6 +43,10 @@ class TensorRTBackend(Backend):
     """One deserialised engine, one execution context (optimisation profile 0) and one CUDA stream."""
 
     name = "tensorrt"
+
+    @classmethod
+    def from_options(cls, path: Path, options: BackendOptions) -> TensorRTBackend:
+        return cls(path, plugin_lib=options.plugin_lib)
 
     def __init__(self, path: str | Path, plugin_lib: str | Path | None = None, *, device: int = 0,
                  use_cuda_graph: bool = False, pinned: bool = True) -> None:

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 from zsdeploy.families import OpenOptions, open_pipeline
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import add_precision_argument, run_main
 from zsdeploy.runtime.errors import ZsdError
-from zsdeploy.runtime.options import BACKENDS, RUNTIME_PRECISIONS, TASKS
+from zsdeploy.runtime import options
+from zsdeploy.runtime.options import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,12 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-raw", action="store_true", help="also write <name>_raw.npz with the raw outputs")
     p.add_argument("--plugin-lib", help="libzsdeploy_plugins.so for engines with plugin nodes")
     p.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime / OpenVINO")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=options.BACKENDS, default="auto",
                    help="runtime for the model (default auto: .plan -> tensorrt; .onnx -> onnxruntime, which starts at "
                         "once, or openvino with --precision bf16). On Intel CPUs --backend openvino is faster after "
                         "its first compile (cached): see README, CPU backends")
-    p.add_argument("--precision", choices=RUNTIME_PRECISIONS, default="f32",
-                   help="OpenVINO inference precision (bf16 needs AMX or AVX512-BF16; else f32 with a note)")
+    add_precision_argument(p, "how the model computes: fp32 (default) = as the graph or engine says; bf16 = "
+                              "OpenVINO's bf16 inference precision (needs AMX or AVX512-BF16; else fp32 with a "
+                              "note). fp16 / int8 are graph precisions, chosen by export-model / build-engine "
+                              "--precision")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     v = p.add_argument_group("video files, cameras and streams (frame_NNNNNN.json per frame; --vis: <name>_vis.mp4)")
     v.add_argument("--max-frames", type=int, help="stop after this many frames (exit 0)")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zsdeploy.runtime.errors import ZsdError
+from zsdeploy.runtime.options import runtime_precision
 from zsdeploy.runtime.registry import Registry
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class OpenOptions:
     task: str | None = None
     short_edge: int | None = None
     backend: str = "auto"
-    precision: str = "f32"
+    precision: str = "fp32"  # runtime precision: fp32 | bf16 (f32, the old spelling, is normalised to fp32)
     threads: int | None = None
     plugin_lib: str | None = None
     # open-vocabulary families only
@@ -77,6 +78,9 @@ class OpenOptions:
     clip_bpe: str | None = None
     use_cache: bool = True
     say: Say | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", runtime_precision(self.precision))
 
     def vocabulary_options(self) -> list[str]:
         return [flag for flag, v in (("--classes", self.classes), ("--classes-file", self.classes_file),
