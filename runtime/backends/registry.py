@@ -74,7 +74,7 @@ class BackendSpec:
 BUILTIN_BACKENDS = (
     BackendSpec("onnxruntime", "ONNX Runtime", runs="onnx", precisions=("fp32",),
                 opener=".onnxruntime_backend:OnnxRuntimeBackend"),
-    BackendSpec("openvino", "OpenVINO", runs="onnx", precisions=("fp32", "bf16"), plugin_nodes=True,
+    BackendSpec("openvino", "OpenVINO", runs="onnx", precisions=RUNTIME_PRECISIONS, plugin_nodes=True,
                 opener=".openvino_backend:OpenVINOBackend", extra="openvino"),
     BackendSpec("tensorrt", "TensorRT", runs="engine", precisions=("fp32",), plugin_nodes=True,
                 opener=".tensorrt_backend:TensorRTBackend", extra="gpu"),  # TensorRT itself installs apart
