@@ -137,6 +137,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not rows:
         raise ZsdError(f"the baseline {' '.join(args.baseline)} has no speed-up or accuracy values to compare.",
                        "pass a baseline written by zsd-bench merge (or report.json files with a 'gate' section).")
+    if all(r["status"] == "MISSING" for r in rows):  # nothing in common: not a regression but a wrong file
+        base, cur = load_gate(args.baseline), load_gate(args.current)
+
+        def keys(g: dict[str, dict[str, float]]) -> str:
+            return "; ".join(f"{k}: {', '.join(sorted(v)[:3])}{', ...' if len(v) > 3 else ''}" for k, v in g.items()
+                             if v) or "nothing"
+
+        raise ZsdError(f"the current report(s) {' '.join(args.current)} measure none of the baseline's {len(rows)} "
+                       f"checks (baseline has {keys(base)}; current has {keys(cur)}): they are reports of another "
+                       "kind, model or backend set, so there is nothing to compare.",
+                       "pass reports written by the same zsd-bench command (latency with latency, accuracy with "
+                       "accuracy) for the model and backends the baseline was made from.")
     say(table(rows))
     ok, text = verdict(rows)
     say(f"verdict: {text}")

@@ -200,6 +200,14 @@ def _coco_instances(spec: str, arg: str) -> Dataset:
     by_image: dict[int, list[dict[str, Any]]] = {}
     for a in anns:
         by_image.setdefault(a["image_id"], []).append(a)
+    image_ids = {im["id"] for im in all_images}
+    orphans = [a for a in anns if a["image_id"] not in image_ids]
+    if orphans:  # dropping them would change every metric without a word
+        shown = ", ".join(repr(i) for i in sorted({a["image_id"] for a in orphans}, key=str)[:5])
+        raise ZsdError(f"{js}: {len(orphans)} of {len(anns)} annotations refer to image ids that are not among the "
+                       f"JSON's images (e.g. {shown}).",
+                       "pass the complete JSON of the split (its images list every annotated image), or remove those "
+                       "annotations yourself if leaving them out is intended.")
     images = [im for im in all_images if im["id"] in by_image]
     if not images:
         raise ZsdError(f"{js} has no annotated images.", "pass a COCO instances JSON with annotations.")
@@ -220,14 +228,8 @@ def _coco_instances(spec: str, arg: str) -> Dataset:
             if cid not in to_contig:
                 raise ZsdError(f"{js}: annotation {a.get('id', k)} has category {cid}, which is not in the JSON's "
                                "categories.", "pass the JSON the annotations belong to.")
-            seg = a["segmentation"]
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-            elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                rle = seg
-            decoded.append((mask_utils.decode(rle).astype(bool), k, a, cid))
+            where = f"{js}: annotation {a.get('id', k)} of {im['file_name']}"
+            decoded.append((_decode_segmentation(mask_utils, a["segmentation"], h, w, where), k, a, cid))
         for m, k, a, cid in sorted(decoded, key=lambda t: -int(t[0].sum())):  # largest first
             pan[m] = k + 1
             segs.append({"id": k + 1, "category_id": to_contig[cid], "isthing": True,
@@ -236,6 +238,35 @@ def _coco_instances(spec: str, arg: str) -> Dataset:
         return Sample(Path(im["file_name"]).stem, rgb, pan, [g for g in segs if g["id"] in present])
 
     return Dataset(spec, "coco-instances", [lambda im=im: make(im) for im in images], True)
+
+
+def _decode_segmentation(mask_utils: Any, seg: Any, h: int, w: int, where: str) -> np.ndarray:
+    """One COCO segmentation (polygons, RLE with compressed or list counts) as a (h, w) bool mask; a malformed or
+    impossible one (wrong size, counts that do not cover the image, garbage) is the user's file, named, not a bug."""
+    fix = "fix or remove that annotation (COCO RLE: size [height, width] of the image; counts cover every pixel)."
+    try:
+        if isinstance(seg, list):  # polygons
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        else:
+            if list(seg.get("size", [])) != [h, w]:
+                raise ZsdError(f"{where}: its RLE size is {seg.get('size')!r}, the image is [{h}, {w}].", fix)
+            counts = seg["counts"]
+            if isinstance(counts, list):  # uncompressed RLE
+                if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+                    raise ZsdError(f"{where}: its RLE counts must be non-negative integers summing to {h * w} "
+                                   f"(height x width).", fix)
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
+        mask = mask_utils.decode(rle)
+    except ZsdError:
+        raise
+    except Exception as e:  # noqa: BLE001 (pycocotools raises ValueError, TypeError, OverflowError, ...)
+        raise ZsdError(f"{where}: its segmentation cannot be decoded ({type(e).__name__}: {str(e)[:120]}).",
+                       fix) from None
+    if mask.shape[:2] != (h, w) or mask.max(initial=0) > 1:
+        raise ZsdError(f"{where}: its RLE does not decode to a {h}x{w} binary mask (counts that do not add up).", fix)
+    return mask.reshape(h, w).astype(bool)
 
 
 def _semantic(spec: str, arg: str, ignore: int = 255) -> Dataset:

@@ -145,6 +145,31 @@ class _Requester:
         self.client.close()
 
 
+def _check_server(module: Any, url: str, model: str, protocol: str) -> None:
+    """A --url that does not answer, or a server without the repository's model, is the user's setting: say so
+    before any scene is written (was: exit 70 from the client's connection error, with scene files left behind)."""
+    fix = (f"start the server on the repository first (tritonserver --model-repository REPO), check --url "
+           f"({protocol} endpoint: HOST:PORT) and --protocol, or drop --url to let zsd-bench start one.")
+    try:
+        client = module.InferenceServerClient(url)
+    except Exception as e:  # noqa: BLE001 (tritonclient raises its own exception types)
+        raise ZsdError(f"--url {url} is not a usable {protocol} address ({' '.join(str(e).split())[:160]}).",
+                       fix) from None
+    try:
+        try:
+            live = client.is_server_live()
+        except Exception as e:  # noqa: BLE001
+            raise ZsdError(f"no Triton server answers at --url {url} ({protocol}: "
+                           f"{' '.join(str(e).split())[:160] or type(e).__name__}).", fix) from None
+        if not live:
+            raise ZsdError(f"the Triton server at --url {url} says it is not live.", fix)
+        if not client.is_model_ready(model):
+            raise ZsdError(f"the Triton server at --url {url} does not serve {model!r} (ready), the model of this "
+                           "repository.", "serve this repository there, or pass the repository that server serves.")
+    finally:
+        client.close()
+
+
 def run_clients(module: Any, url: str, model: str, blobs: list[bytes], clients: int, requests: int,
                 classes: str | None) -> tuple[dict[str, Any], dict[int, np.ndarray], list[str]]:
     """CLIENTS threads x REQUESTS requests; (summary, one served label map per image index, error messages)."""
@@ -263,6 +288,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ZsdError("--classes applies to ZegFormer repositories; this one serves a fixed class list.",
                        "drop --classes.")
     module = _client_module(args.protocol)
+    if args.url:
+        _check_server(module, args.url, model, args.protocol)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     paths = _images(args, out)
     blobs = [p.read_bytes() for p in paths]

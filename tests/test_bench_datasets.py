@@ -7,6 +7,7 @@ end to end through `run_accuracy` with an oracle backend whose outputs reproduce
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,35 @@ def test_coco_instances_ground_truth(tmp_path: Path) -> None:
         open_dataset(f"coco-instances:{d / 'instances.json'}")
     with pytest.raises(ZsdError, match="should be a file"):
         open_dataset(f"coco-instances:{d / 'images'},{d / 'images'}")
+
+
+@pytest.mark.parametrize("segmentation, message", [
+    ({"size": [H, W], "counts": "garbage!!"}, "cannot be decoded"),
+    ({"size": [H, W], "counts": [3, 100]}, f"summing to {H * W}"),
+    ({"size": [9, 9], "counts": [81]}, f"its RLE size is [9, 9], the image is [{H}, {W}]"),
+    ({"size": [H, W], "counts": 12}, "cannot be decoded"),
+])
+def test_coco_instances_malformed_rle_is_the_users_file(tmp_path: Path, segmentation, message) -> None:
+    """Was: a garbage or impossible RLE reached pycocotools and zsd-bench exited 70 ("a bug") with its traceback."""
+    d = _coco_instances_dir(tmp_path)
+    doc = json.loads((d / "instances.json").read_text())
+    doc["annotations"][1]["segmentation"] = segmentation
+    (d / "instances.json").write_text(json.dumps(doc))
+    ds = open_dataset(f"coco-instances:{d / 'instances.json'},{d / 'images'}")
+    with pytest.raises(ZsdError, match=re.escape(message)) as e:
+        list(ds)
+    assert f"annotation {doc['annotations'][1]['id']} of a.jpg" in e.value.problem
+
+
+def test_coco_instances_annotations_of_unknown_images_are_refused(tmp_path: Path) -> None:
+    """Was: dropped without a word, so every metric changed and the run said PASS."""
+    d = _coco_instances_dir(tmp_path)
+    doc = json.loads((d / "instances.json").read_text())
+    doc["annotations"].append({**doc["annotations"][0], "id": 99, "image_id": 42})
+    (d / "instances.json").write_text(json.dumps(doc))
+    with pytest.raises(ZsdError, match=r"1 of \d+ annotations refer to image ids that are not among the JSON's "
+                                       r"images \(e.g. 42\)"):
+        open_dataset(f"coco-instances:{d / 'instances.json'},{d / 'images'}")
 
 
 def test_semantic_label_pngs(tmp_path: Path) -> None:

@@ -136,3 +136,14 @@ def test_check_bad_input_is_a_user_error(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["check", "--baseline", str(bad), "--current", str(bad)]) == 2
     assert "no 'gate' section" in capsys.readouterr().err
+
+
+def test_check_of_reports_of_another_kind_is_a_user_error_not_a_regression(tmp_path, capsys):
+    """Was: a latency baseline checked against an accuracy report said "FAIL: 5 of 5 checks regressed", exit 1, which
+    a CI reads as a regression. Nothing in common is the user's file: exit 2, naming both sides' keys."""
+    base = _report(tmp_path / "base.json", 4.0, 1.0, 2e-6)
+    other = tmp_path / "accuracy.json"
+    other.write_text(json.dumps({"gate": {"speedup": {}, "accuracy": {"small/pq": 30.0}}}))
+    assert main(["check", "--baseline", base, "--current", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "measure none of the baseline's 5 checks" in err and "small/pq" in err and "Traceback" not in err

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -627,3 +628,15 @@ def test_zsd_bench_serve_writes_a_well_formed_report(served, repos: dict[str, Pa
     bad = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", "serve", "--repository", str(images),
                           "--output", str(work / "bench_bad")], capture_output=True, text=True, env=ENV, timeout=120)
     assert bad.returncode == 2 and "not a model repository written by export-triton" in bad.stderr
+    # a --url where nothing listens: the user's setting (exit 2, one paragraph), nothing written (was: exit 70, a
+    # client traceback and the generated scenes left in --output)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: connections are refused
+        for protocol in ("http", "grpc"):
+            r = subprocess.run([sys.executable, "-m", "zsdeploy.benchmarks.cli", "serve", "--repository",
+                                str(repos["panoptic"]), "--url", dead, "--protocol", protocol, "--output",
+                                str(work / f"bench_dead_{protocol}")], capture_output=True, text=True, env=ENV,
+                               timeout=120)
+            assert r.returncode == 2 and f"no Triton server answers at --url {dead}" in r.stderr, r.stderr[-2000:]
+            assert "Traceback" not in r.stderr and not (work / f"bench_dead_{protocol}").exists()
