@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,16 +25,10 @@ from zsdeploy.runtime.postprocess import (
     semantic_inference,
 )
 
+from helpers import COCO_PANOPTIC_THINGS, check_instances, check_semseg, load_postproc_golden
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-COCO_PANOPTIC_THINGS = tuple(range(80))  # contiguous ids of the 80 COCO things (they come first)
-
-
-def _load(task: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / f"postproc_{task}.npz") as z:
-        return {k: z[k] for k in z.files}
 
 
 def _torch_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -59,37 +52,6 @@ def _torch_upstream_semseg(
     if not before_inference:
         sem = crop_resize(sem)
     return sem.numpy()
-
-
-def _check_semseg(sem: np.ndarray, ref: dict[str, np.ndarray]) -> None:
-    np.testing.assert_array_equal(sem.argmax(axis=0), ref["sem_seg_argmax"])
-    np.testing.assert_allclose(sem.max(axis=0), ref["sem_seg_max"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(sem[ref["sem_seg_channels"]], ref["sem_seg_channel_values"], rtol=0, atol=1e-5)
-
-
-def _instance_table(masks, classes, scores, boxes) -> dict[tuple, tuple]:
-    """(class, mask bytes) -> (score, box); asserts the keys are unique so set comparison is sound."""
-    table = {}
-    for m, c, s, b in zip(masks, classes, scores, boxes):
-        key = (int(c), np.asarray(m).astype(bool).tobytes())
-        assert key not in table, "duplicate (class, mask): compare as multisets instead"
-        table[key] = (float(s), np.asarray(b, dtype=np.float32))
-    return table
-
-
-def _check_instances(inst: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
-    assert inst["pred_masks"].dtype == np.bool_
-    assert inst["scores"].dtype == np.float32 and inst["pred_classes"].dtype == np.int64
-    assert inst["pred_boxes"].dtype == np.float32 and inst["pred_boxes"].shape == (len(inst["scores"]), 4)
-    ours = _instance_table(inst["pred_masks"], inst["pred_classes"], inst["scores"], inst["pred_boxes"])
-    gold = _instance_table(
-        ref["instances_pred_masks"], ref["instances_pred_classes"], ref["instances_scores"], ref["instances_pred_boxes"]
-    )
-    assert len(ours) == len(gold) == len(ref["instances_scores"])
-    assert ours.keys() == gold.keys()
-    for key, (score, box) in gold.items():
-        assert abs(ours[key][0] - score) <= 1e-5, key[0]
-        np.testing.assert_array_equal(ours[key][1], box)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -171,21 +133,21 @@ def test_runtime_module_does_not_import_torch():
 
 
 def test_golden_semantic():
-    g = _load("semantic")
+    g = load_postproc_golden("semantic")
     sem = semantic_inference(g["class_logits"], g["mask_logits"])
     assert sem.shape == (171, 80, 112) and sem.dtype == np.float32
-    _check_semseg(sem, g)
+    check_semseg(sem, g)
 
 
 def test_golden_panoptic_case_semseg():
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     sem = semantic_inference(g["class_logits"], g["mask_logits"])
     assert sem.shape == (133, 120, 160)
-    _check_semseg(sem, g)
+    check_semseg(sem, g)
 
 
 def test_golden_panoptic():
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     obj_thr, overlap_thr = g["thresholds"]
     seg, info = panoptic_inference(
         g["class_logits"],
@@ -201,7 +163,7 @@ def test_golden_panoptic():
 
 
 def test_golden_panoptic_thing_ids_as_bool_mask():
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     thing_mask = np.zeros(133, dtype=bool)
     thing_mask[list(COCO_PANOPTIC_THINGS)] = True
     seg, info = panoptic_inference(g["class_logits"], g["mask_logits"], thing_ids=thing_mask)
@@ -210,24 +172,24 @@ def test_golden_panoptic_thing_ids_as_bool_mask():
 
 
 def test_golden_panoptic_case_instances_keep_things_only():
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     inst = instance_inference(
         g["class_logits"], g["mask_logits"], num_classes=133, topk=100, thing_ids=COCO_PANOPTIC_THINGS
     )
     assert len(inst["scores"]) == 57  # 100 top pairs, 43 of them stuff
-    _check_instances(inst, g)
+    check_instances(inst, g)
 
 
 def test_golden_instance():
-    g = _load("instance")
+    g = load_postproc_golden("instance")
     inst = instance_inference(g["class_logits"], g["mask_logits"], num_classes=65, topk=100)
     assert len(inst["scores"]) == 100
-    _check_instances(inst, g)
+    check_instances(inst, g)
 
 
 def test_golden_through_dispatcher():
     # padded = image = output size: the resize chain is the identity, so the golden outputs must come out.
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     meta = PostprocessConfig.from_metadata(
         {
             "num_classes": "133",
@@ -243,21 +205,21 @@ def test_golden_through_dispatcher():
     )
     hw = g["mask_logits"].shape[-2:]
     kw = dict(padded_hw=hw, image_hw=hw, output_hw=hw, meta=meta)
-    _check_semseg(postprocess(g["class_logits"], g["mask_logits"], task="semantic", **kw)["sem_seg"], g)
+    check_semseg(postprocess(g["class_logits"], g["mask_logits"], task="semantic", **kw)["sem_seg"], g)
     pan = postprocess(g["class_logits"], g["mask_logits"], task="panoptic", **kw)
     np.testing.assert_array_equal(pan["panoptic_seg"], g["panoptic_seg"])
     assert pan["segments_info"] == json.loads(str(g["segments_info"]))
-    _check_instances(postprocess(g["class_logits"], g["mask_logits"], task="instance", **kw)["instances"], g)
+    check_instances(postprocess(g["class_logits"], g["mask_logits"], task="instance", **kw)["instances"], g)
 
 
 def test_golden_semantic_through_semantic_only_dispatcher():
-    g = _load("semantic")
+    g = load_postproc_golden("semantic")
     meta = PostprocessConfig.from_metadata({**META, "num_classes": "171", "thing_ids": "[]"})
     assert not meta.sem_seg_postprocess_before_inference  # the semantic-only path (einsum, then resize)
     hw = g["mask_logits"].shape[-2:]
     geo = dict(padded_hw=hw, image_hw=hw, output_hw=hw)
     out = postprocess(g["class_logits"], g["mask_logits"], task="semantic", meta=meta, **geo)
-    _check_semseg(out["sem_seg"], g)
+    check_semseg(out["sem_seg"], g)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,19 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES
+from helpers import BUNDLE_GRAPH_FILES, FIXTURES, MANIFEST_DOC, bundle_manifest
 from zsdeploy.runtime.artifacts.bundle_manifest import (
     BUNDLE_FILE,
     FORMAT,
     LEGACY_FORMAT,
-    BundleClasses,
     BundleClip,
-    BundleExporter,
     BundleFile,
     BundleFusion,
     BundleInput,
     BundleManifest,
-    BundlePrompts,
     BundleSource,
     describe_file,
     read_bundle_manifest,
@@ -34,42 +31,16 @@ from zsdeploy.runtime.errors import ZsdError
 #: a small CLIP, with default embeddings): export_zegformer at commit b957d45.
 LEGACY_JSON = FIXTURES / "zegformer_bundle_legacy.json"
 CLIP_SHA = "84967629c3fcc794b62df2d5185bdf729ea3949c20a1e0df0ee675ec57d66be9"
-GRAPH_FILES = {"segmenter": "segmenter.onnx", "text_encoder": "text_encoder.onnx",
-               "crop_classifier": "crop_classifier.onnx"}
-
-
-def _manifest(graphs: dict[str, BundleFile], embeddings: dict[str, BundleFile]) -> BundleManifest:
-    return BundleManifest(
-        graphs=graphs, embeddings=embeddings,
-        classes=BundleClasses(names=("cat", "dog", "café table"), seen_ids=(0, 2), unseen_ids=(1,), thing_ids=(0, 1),
-                              colors=((1, 2, 3), (4, 5, 6), (7, 8, 9)), source="test"),
-        prompts=BundlePrompts("single", ("a photo of a {}.",), ("a {}.", "the {}.")),
-        fusion=BundleFusion(clip_classification=True, ensembling=True, ensembling_all_cls=False,
-                            ensembling_lambda=2 / 3, gzero_calibrate=0.1),
-        input=BundleInput(dynamic=False, batch=1, height=64, width=96),
-        clip=BundleClip("ViT-B/16", 512, 77, "clip-bpe-49408"),
-        made_from=BundleSource(config="voc_r50_gzss.yaml", weights="model_final.pth", standin_weights=False,
-                               weights_sha256="ab" * 32, clip_weights="standin", standin_clip=True,
-                               clip_sha256=None),
-        exporter=BundleExporter("zsdeploy-0.1.0", "2.13.0", 18),
-    )
-
-
 def make_bundle(d: Path) -> BundleManifest:
     """A bundle directory with stand-in files (bytes, not graphs) and its format-2 bundle.json."""
     d.mkdir(parents=True, exist_ok=True)
-    for graph, name in GRAPH_FILES.items():
+    for graph, name in BUNDLE_GRAPH_FILES.items():
         (d / name).write_bytes(graph.encode() * 100)
     np.save(d / "text_embeddings.npy", np.eye(3, 512, dtype=np.float32))
-    manifest = _manifest({g: describe_file(d, f) for g, f in GRAPH_FILES.items()},
-                         {"text_embeddings": describe_file(d, "text_embeddings.npy")})
+    manifest = bundle_manifest({g: describe_file(d, f) for g, f in BUNDLE_GRAPH_FILES.items()},
+                               {"text_embeddings": describe_file(d, "text_embeddings.npy")})
     write_bundle_manifest(d, manifest)
     return manifest
-
-
-# Parsing never opens the listed files, so a manifest alone (with invented sizes and hashes) serves the field tests.
-DOC = _manifest({g: BundleFile(f, 10, "0" * 64) for g, f in GRAPH_FILES.items()},
-                {"text_embeddings": BundleFile("text_embeddings.npy", 20, "1" * 64)}).to_json()
 
 
 def _paths(obj: dict, prefix: str = "") -> list[str]:
@@ -129,7 +100,7 @@ def test_writer_refuses_what_the_reader_would_refuse(tmp_path):
 
 def test_source_as_graph_metadata_keys(tmp_path):
     """TorchBackend.zegformer takes these under the graphs' metadata keys."""
-    meta = read_manifest_doc(DOC, tmp_path).made_from.as_metadata()
+    meta = read_manifest_doc(MANIFEST_DOC, tmp_path).made_from.as_metadata()
     assert meta == {"config": "voc_r50_gzss.yaml", "weights": "model_final.pth", "checkpoint_sha256": "ab" * 32,
                     "standin_weights": "false", "clip_weights": "standin", "clip_sha256": "", "standin_clip": "true"}
 
@@ -145,7 +116,7 @@ def test_legacy_manifest_of_the_previous_exporter_is_read(tmp_path):
     assert "format" not in legacy and legacy["graph"] == "bundle"  # what the previous exporter wrote
     m = read_manifest_doc(legacy, tmp_path)
     assert m.format == LEGACY_FORMAT and m.model == "zegformer" and m.gzss
-    assert m.graphs == {g: BundleFile(f, None, None) for g, f in GRAPH_FILES.items()}
+    assert m.graphs == {g: BundleFile(f, None, None) for g, f in BUNDLE_GRAPH_FILES.items()}
     assert set(m.embeddings) == {"text_embeddings", "text_embeddings_clip"}
     assert len(m.classes.names) == 20 and m.classes.names[:2] == ("aeroplane", "bicycle")
     assert m.classes.seen_ids == tuple(range(15)) and m.classes.unseen_ids == tuple(range(15, 20))
@@ -203,13 +174,14 @@ def test_legacy_keys_that_are_graph_metadata_are_not_required(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ strict parsing
 # every key of format 2 is required except the entries of "embeddings" (a bundle may store no default embeddings)
-REQUIRED = [p for p in _paths(DOC) if p != "format" and not (p.startswith("embeddings.") and p.count(".") == 1)]
+REQUIRED = [p for p in _paths(MANIFEST_DOC)
+            if p != "format" and not (p.startswith("embeddings.") and p.count(".") == 1)]
 
 
 @pytest.mark.parametrize("path", REQUIRED)
 def test_missing_field_is_named(tmp_path, path):
     with pytest.raises(ZsdError, match=f"'{path}'") as e:
-        read_manifest_doc(_edit(DOC, path, delete=True), tmp_path)
+        read_manifest_doc(_edit(MANIFEST_DOC, path, delete=True), tmp_path)
     message = str(e.value)
     assert str(tmp_path / BUNDLE_FILE) in message and "re-export the bundle with export-model --model zegformer" \
         in message
@@ -245,12 +217,12 @@ def test_malformed_field_is_named(tmp_path, path, value):
     # a well-formed false clip_classification contradicts the listed crop classifier: that entry is named
     expect = "graphs.crop_classifier" if (path, value) == ("fusion.clip_classification", False) else path
     with pytest.raises(ZsdError, match=f"'{expect}'") as e:
-        read_manifest_doc(_edit(DOC, path, value), tmp_path)
+        read_manifest_doc(_edit(MANIFEST_DOC, path, value), tmp_path)
     assert str(tmp_path / BUNDLE_FILE) in str(e.value)
 
 
 def test_dynamic_input_has_no_fixed_size(tmp_path):
-    doc = _edit(DOC, "input.dynamic", True)
+    doc = _edit(MANIFEST_DOC, "input.dynamic", True)
     with pytest.raises(ZsdError, match="'input.batch' must be null when 'input.dynamic' is true"):
         read_manifest_doc(doc, tmp_path)
     for k in ("batch", "height", "width"):
@@ -260,7 +232,7 @@ def test_dynamic_input_has_no_fixed_size(tmp_path):
 
 def test_unknown_format_is_refused(tmp_path):
     with pytest.raises(ZsdError, match=r"'format' is 'zsdeploy-bundle/3'.*reads 'zsdeploy-bundle/2'"):
-        read_manifest_doc(_edit(DOC, "format", "zsdeploy-bundle/3"), tmp_path)
+        read_manifest_doc(_edit(MANIFEST_DOC, "format", "zsdeploy-bundle/3"), tmp_path)
 
 
 @pytest.mark.parametrize("content, match", [

@@ -10,7 +10,7 @@ import pytest
 from zsdeploy.benchmarks.upstream_post import upstream_postprocess
 from zsdeploy.runtime.postprocess import PostprocessConfig, postprocess
 
-from test_postprocess import COCO_PANOPTIC_THINGS, _check_instances, _check_semseg, _load
+from helpers import COCO_PANOPTIC_THINGS, check_instances, check_semseg, load_postproc_golden
 
 FLAGS = {"object_mask_threshold": "0.8", "overlap_threshold": "0.8", "detections_per_image": "100",
          "semantic_on": "true", "instance_on": "true", "panoptic_on": "true",
@@ -23,33 +23,33 @@ def _cfg(num_classes: int, things, **over) -> PostprocessConfig:
 
 
 def test_golden_panoptic_case_all_tasks():
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     hw = g["mask_logits"].shape[-2:]
     kw = dict(padded_hw=hw, image_hw=hw, output_hw=hw, cfg=_cfg(133, COCO_PANOPTIC_THINGS))
-    _check_semseg(upstream_postprocess(g["class_logits"], g["mask_logits"], task="semantic", **kw)["sem_seg"], g)
+    check_semseg(upstream_postprocess(g["class_logits"], g["mask_logits"], task="semantic", **kw)["sem_seg"], g)
     pan = upstream_postprocess(g["class_logits"], g["mask_logits"], task="panoptic", **kw)
     np.testing.assert_array_equal(pan["panoptic_seg"], g["panoptic_seg"])
     assert pan["segments_info"] == json.loads(str(g["segments_info"]))
-    _check_instances(upstream_postprocess(g["class_logits"], g["mask_logits"], task="instance", **kw)["instances"], g)
+    check_instances(upstream_postprocess(g["class_logits"], g["mask_logits"], task="instance", **kw)["instances"], g)
 
 
 def test_golden_semantic_and_instance_cases():
-    g = _load("semantic")
+    g = load_postproc_golden("semantic")
     hw = g["mask_logits"].shape[-2:]
     cfg = _cfg(171, [], instance_on="false", panoptic_on="false")
-    _check_semseg(upstream_postprocess(g["class_logits"], g["mask_logits"], task="semantic", padded_hw=hw,
+    check_semseg(upstream_postprocess(g["class_logits"], g["mask_logits"], task="semantic", padded_hw=hw,
                                        image_hw=hw, output_hw=hw, cfg=cfg)["sem_seg"], g)
-    g = _load("instance")
+    g = load_postproc_golden("instance")
     hw = g["mask_logits"].shape[-2:]
     cfg = _cfg(65, range(65), semantic_on="false", panoptic_on="false")
-    _check_instances(upstream_postprocess(g["class_logits"], g["mask_logits"], task="instance", padded_hw=hw,
+    check_instances(upstream_postprocess(g["class_logits"], g["mask_logits"], task="instance", padded_hw=hw,
                                           image_hw=hw, output_hw=hw, cfg=cfg)["instances"], g)
 
 
 @pytest.mark.parametrize("task", ["semantic", "panoptic", "instance"])
 def test_same_results_as_zsdeploy_on_a_resized_padded_image(task):
     # stride-4 logits of a 480x640 padded input holding a 460x600 image, mapped back to a 345x450 original
-    g = _load("panoptic")
+    g = load_postproc_golden("panoptic")
     cls, masks = g["class_logits"], g["mask_logits"]
     cfg = _cfg(133, COCO_PANOPTIC_THINGS)
     geo = dict(padded_hw=(480, 640), image_hw=(460, 600), output_hw=(345, 450))

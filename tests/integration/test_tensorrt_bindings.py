@@ -13,14 +13,12 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import explicit_copy, write_tiny_onnx
+from helpers import REPO, explicit_copy, write_tiny_onnx
 
 from zsdeploy.runtime.cuda_utils import describe_cuda_environment
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "check_tensorrt_bindings.py"
 _spec = importlib.util.spec_from_file_location("check_tensorrt_bindings", SCRIPT)
 assert _spec is not None and _spec.loader is not None

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import rel_l2
+from helpers import BPE, assert_ran, needs_bpe, rel_l2
 from PIL import Image
-from helpers import BPE, needs_bpe
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo
 from zsdeploy.runtime.zegformer import (
@@ -361,7 +360,6 @@ def test_export_model_refuses_a_file_that_is_not_clip(tmp_path):
 def dynamic_bundle(zegformer_bundle):
     """The released non-gzss config (no crop classifier) exported with dynamic batch/H/W via the Python API
     (export_zegformer in a child process started at collection: tests/build_artifacts.py zegformer_dynamic)."""
-    from conftest import assert_ran
     from prefetch import PREFETCH
 
     clip_file = zegformer_bundle[1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 from zsdeploy.export import checkpoint, config
 from zsdeploy.export.models.pading import PADing, PADingSpec
 from zsdeploy.export.standin import standin_tensor

@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from zsdeploy.runtime.cli_core import EXIT_INTERNAL, EXIT_INTERRUPTED, run_main
 from zsdeploy.runtime.errors import ZsdError
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _missing(name: str):

@@ -22,6 +22,8 @@ from zsdeploy.runtime.scenes import (
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.imageio import load_image, read_png, rgb_to_id
 
+from helpers import REPO
+
 
 @pytest.fixture(scope="module")
 def scene() -> Scene:
@@ -153,7 +155,7 @@ def test_class_table_matches_coco_panoptic() -> None:
 
 def test_class_table_matches_project_class_list() -> None:
     # configs/classes/coco_panoptic_133.json is the class list the exported PADing model carries.
-    path = Path(__file__).resolve().parents[1] / "configs" / "classes" / "coco_panoptic_133.json"
+    path = REPO / "configs" / "classes" / "coco_panoptic_133.json"
     names = json.loads(path.read_text())["names"]
     assert len(names) == 133
     for k, v in COCO_PANOPTIC_NAMES.items():

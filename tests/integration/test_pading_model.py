@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, rel_l2
+from helpers import FIXTURES, rel_l2
 from zsdeploy.export.models.msdeformattn import ms_deform_attn_gridsample, ms_deform_attn_op
 
 

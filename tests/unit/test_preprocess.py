@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,10 +11,12 @@ from PIL import Image
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.preprocess import Batch, preprocess, resize_shortest_edge, resized_shape
 
+from helpers import FIXTURES
+
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 # The project's copy of ../shared/golden/cases/pading_panoptic.npz (the upstream input image and outputs).
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "pading_panoptic_golden.npz"
+GOLDEN = FIXTURES / "pading_panoptic_golden.npz"
 
 
 def _img(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import rel_l2
+from helpers import rel_l2
 from zsdeploy.runtime.backends import load_backend
 from zsdeploy.runtime.errors import ZsdError
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import needs_bpe
-from conftest import REPO
+from helpers import MANIFEST_DOC, REPO, needs_bpe
 from onnxconverter_common import float16
 
 from zsdeploy.export.precision import PrecisionOptions
@@ -257,9 +256,7 @@ def test_bad_precision_flags_are_refused_at_once(tmp_path, flags, match):
 # ------------------------------------------------------------------------------------------------ bundle.json
 def _with_graph_entry(tmp_path: Path, **entry) -> Path:
     """A copy of a test manifest whose segmenter entry has `entry` keys added (or removed where None)."""
-    from test_bundle_manifest import DOC
-
-    doc = json.loads(json.dumps(DOC))
+    doc = json.loads(json.dumps(MANIFEST_DOC))
     seg = doc["graphs"]["segmenter"]
     for key, value in entry.items():
         if value is None:
@@ -294,9 +291,7 @@ def test_manifest_precision_is_optional_and_all_or_nothing(tmp_path):
 
 
 def test_embeddings_entries_take_no_precision(tmp_path):
-    from test_bundle_manifest import DOC
-
-    doc = json.loads(json.dumps(DOC))
+    doc = json.loads(json.dumps(MANIFEST_DOC))
     doc["embeddings"]["text_embeddings"].update(FP16_ENTRY)
     (tmp_path / BUNDLE_FILE).write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(ZsdError, match="'embeddings.text_embeddings.precision' is not part of"):

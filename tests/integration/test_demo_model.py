@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import rel_l2
+from helpers import rel_l2
 from zsdeploy.benchmarks.demo_model import criterion, data
 from zsdeploy.benchmarks.demo_model.train import DEMO_CONFIG, build_training_model, eval_model, inference_state
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO as ROOT
 SOURCES = ("pyproject.toml", "README.md", "zsdeploy", "export", "runtime", "benchmarks", "configs", "plugins_trt")
 
 

@@ -32,9 +32,7 @@ from zsdeploy.runtime.tensorrt.precision import tensorrt_caps
 from zsdeploy.runtime.tensorrt.preflight import BuildOptions, preflight
 from zsdeploy.runtime.tensorrt.profiles import ShapeRange, parse_profile
 
-from helpers import CLASS_NAMES, metadata, require_tensorrt_gpu, run_cli, write_tiny_onnx  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
+from helpers import CLASS_NAMES, REPO, metadata, require_tensorrt_gpu, run_cli, write_tiny_onnx  # noqa: E402
 
 def tensorrt_installed() -> bool:
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 # source folder -> import name (pyproject.toml's package-dir)
 PACKAGES = {"runtime": "zsdeploy.runtime", "export": "zsdeploy.export", "benchmarks": "zsdeploy.benchmarks",
             "zsdeploy": "zsdeploy"}

@@ -16,7 +16,7 @@ from zsdeploy.runtime.artifacts.onnx_metadata import FORMAT, FORMAT_KEY, ModelIn
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.families import MODELS, ExportRequest, family_for, open_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def test_registered_families():

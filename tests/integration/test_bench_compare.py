@@ -12,7 +12,7 @@ from zsdeploy.benchmarks.compare import compare, load_report, markdown
 from zsdeploy.benchmarks.datasets import open_dataset
 from zsdeploy.runtime.errors import ZsdError
 
-from test_bench_gate import HalfResolution
+from helpers import HalfResolution
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import FIXTURES, rel_l2
+from helpers import FIXTURES, read_manifest, rel_l2, tiny_clip, tiny_clip_spec
 from zsdeploy.export.models.clip import (
     CLIP,
     ZEGFORMER_CLIP_PREFIX,
@@ -22,18 +21,7 @@ from zsdeploy.export.models.clip import (
 )
 from zsdeploy.runtime.errors import ZsdError
 
-# Small but structurally complete: real vocabulary and context, ViT-B/16 patching at 224, 512-d embeddings.
-TINY = CLIPSpec(embed_dim=512, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=16,
-                context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
-
-
-def tiny_clip(seed: int = 0) -> CLIP:
-    g = torch.Generator().manual_seed(seed)
-    model = CLIP(TINY).eval()
-    model.load_state_dict({k: torch.randn(v.shape, generator=g) * (0.02 if v.dim() > 1 else 0.1) + (
-        1.0 if k.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight"))
-        else 0.0) for k, v in model.state_dict().items()})
-    return model
+TINY = tiny_clip_spec()  # the spec of helpers.tiny_clip
 
 
 def token_ids(rows: list[list[int]], n_ctx: int = 77) -> torch.Tensor:
@@ -41,15 +29,6 @@ def token_ids(rows: list[list[int]], n_ctx: int = 77) -> torch.Tensor:
     for i, body in enumerate(rows):
         out[i, :len(body) + 2] = torch.tensor([49406, *body, 49407])
     return out
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            key, _, shape = line.partition("\t")
-            rows[key] = tuple(int(v) for v in shape.split("x")) if shape else ()
-    return rows
 
 
 def test_key_layout_is_openai_vit_b16():

@@ -9,9 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import FIXTURES, REPO, rel_l2
-from test_clip import tiny_clip
-from helpers import BPE
+from helpers import BPE, FIXTURES, REPO, rel_l2
 from zsdeploy.runtime.errors import ZsdError
 
 H, W = 256, 320  # the golden case's size

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SHARED
+from helpers import REPO, SHARED, shared_path
 
 from zsdeploy.export import msda_kernel as mk
 
-REPO = Path(__file__).resolve().parent.parent
 PLUGINS = REPO / "plugins_trt"
 NVCC_CHECK = PLUGINS / "scripts" / "nvcc_check.sh"
 
@@ -313,8 +312,8 @@ def _tensorrt_root() -> Path | None:
     root = os.environ.get("TENSORRT_ROOT")
     if root:
         return Path(root)
-    jetpack6 = SHARED_TENSORRT / "v10.3.0"  # the API JetPack 6 ships; CI builds every header set (.ci/run)
-    return jetpack6 if (jetpack6 / "include" / "NvInfer.h").is_file() else None
+    jetpack6 = shared_path("tensorrt", "v10.3.0")  # the API JetPack 6 ships; CI builds every header set (.ci/run)
+    return jetpack6 if jetpack6 is not None and (jetpack6 / "include" / "NvInfer.h").is_file() else None
 
 
 def test_iplugin_v3_glue_compiles_and_passes_smoke_test(tmp_path):

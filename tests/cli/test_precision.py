@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, rel_l2
+from helpers import REPO, rel_l2
 
 from zsdeploy.export.precision import PrecisionOptions, calibration_data, convert, has_qdq
 from zsdeploy.export.precision_islands import BY_NAME, island_nodes

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import FIXTURES, REPO as ROOT
+
 CLASSES = ROOT / "configs" / "classes"
 PADING_CFG = ROOT / "configs" / "pading"
-UPSTREAM_CFG = Path(__file__).resolve().parent / "fixtures" / "upstream_configs" / "pading"
+UPSTREAM_CFG = FIXTURES / "upstream_configs" / "pading"
 
 SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+@[0-9a-f]{40}:\S+$")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, rel_l2
+from helpers import TESTS, rel_l2
 
 ov = pytest.importorskip("openvino", reason='the OpenVINO backend needs pip install "zsdeploy[openvino]"')
 
@@ -229,7 +229,7 @@ def test_backend_choice(onnx_exports, tmp_path):
 
 def _env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "ZSD_CACHE_DIR": str(tmp_path / "zsd_cache"), "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO / "tests")}
+            "PYTHONPATH": str(TESTS)}
 
 
 def _image(tmp_path: Path) -> Path:

@@ -32,7 +32,7 @@ from zsdeploy.runtime.tensorrt.loader import import_tensorrt
 from zsdeploy.runtime.tensorrt.plugins import PluginSpec
 from zsdeploy.runtime.tensorrt.profiles import ShapeRange, parse_profile
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 CLASS_NAMES = ["person", "car", "sky", "grass"]
 

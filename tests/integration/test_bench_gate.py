@@ -3,39 +3,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from zsdeploy.benchmarks.accuracy import apply_tolerances, load_tolerances, run_accuracy
 from zsdeploy.benchmarks.cli import main
 from zsdeploy.benchmarks.datasets import open_dataset
-from zsdeploy.runtime.backends.base import Backend
-from zsdeploy.runtime.postprocess import resize_bilinear
 
-
-class HalfResolution(Backend):
-    """A real degradation: the wrapped model runs on a 2x2-average-pooled input (as an export at half resolution
-    would), and its mask logits are bilinearly upsampled back to the stride-4 grid of the full input."""
-
-    name = "half-res"
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.info = inner.info
-        self.input_names, self.output_names = inner.input_names, inner.output_names
-
-    def input_shape(self, name):
-        return self.inner.input_shape(name)
-
-    def infer(self, feeds):
-        x = feeds["images"]
-        b, c, h, w = x.shape
-        small = np.ascontiguousarray(x.reshape(b, c, h // 2, 2, w // 2, 2).mean((3, 5)), dtype=np.float32)
-        out = self.inner.infer({"images": small})
-        m = out["mask_logits"]
-        q = m.shape[1]
-        up = resize_bilinear(m.reshape(b * q, *m.shape[2:]), (h // 4, w // 4)).reshape(b, q, h // 4, w // 4)
-        return {"class_logits": out["class_logits"], "mask_logits": up.astype(np.float32)}
+from helpers import HalfResolution
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import PADING_PLUGIN_ONNX, REPO, rel_l2
+from helpers import PADING_PLUGIN_ONNX, REPO, TESTS, rel_l2
 
 ov = pytest.importorskip("openvino", reason='the OpenVINO backend needs pip install "zsdeploy[openvino]"')
 if not (os.environ.get("ZSD_OV_EXTENSION") or any(shutil.which(c) for c in ("g++", "c++"))):
@@ -213,7 +213,7 @@ def test_sources_ship_with_the_package():
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**_trt_infer_env(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
+    return {**_trt_infer_env(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
 
 
 @pytest.fixture(scope="module")

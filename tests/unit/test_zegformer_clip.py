@@ -9,8 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import rel_l2
-from test_clip import tiny_clip
+from helpers import rel_l2, tiny_clip
 from zsdeploy.export.models.zegformer_clip import (
     CLIPCropClassifier,
     mask_boxes,

@@ -2,26 +2,15 @@
 state dict, config loading and checkpoint accounting match upstream's."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import FIXTURES, REPO, rel_l2
+from helpers import FIXTURES, REPO, read_manifest, rel_l2
 from zsdeploy.runtime.errors import ZsdError
 
 UPSTREAM_CFG = FIXTURES / "zegformer_upstream_configs"
-
-
-def read_manifest(path: Path) -> dict[str, tuple[int, ...]]:
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            key, _, shape = line.partition("\t")
-            rows[key] = tuple(int(v) for v in shape.split("x")) if shape else ()
-    return rows
 
 
 @pytest.fixture(scope="module")
