@@ -1,6 +1,9 @@
 """Shared fixtures: stand-in PADing models and ONNX exports are built once per session (exports take ~30 s), the
 exports in child processes started as soon as the tests are collected (tests/prefetch.py), so that they run on
-the second core while the tests that need none run."""
+the second core while the tests that need none run.
+
+The test modules are filed by layer (tests/unit, integration, cli, gpu); this file applies to all of them. What they
+share otherwise (paths, ../shared, numeric checks, small models) is in tests/helpers.py."""
 from __future__ import annotations
 
 import os
