@@ -36,7 +36,7 @@ print("precision paths: f32 (ONNX Runtime, OpenVINO) yes; bf16 (OpenVINO) " + ("
       "without VNNI/AMX int8 (slower, same results)") + "; fp16 graphs (ONNX Runtime) yes")
 import os, shutil
 cxx = next((shutil.which(c) for c in filter(None, (os.environ.get("CXX"), "g++", "c++")) if shutil.which(c)), None)
-print("--msda plugin graphs on OpenVINO (the fastest CPU path; tests/test_ov_extension.py): "
+print("--msda plugin graphs on OpenVINO (the fastest CPU path; tests/integration/test_ov_extension.py): "
       + (f"zsdeploy's extension builds with {cxx}" if cxx else "no C++ compiler: not available"
          + (" (ZSD_OV_EXTENSION is set)" if os.environ.get("ZSD_OV_EXTENSION") else "")))
 PY

@@ -795,7 +795,7 @@ def postprocess(
     no [Q or K, OH, OW] float tensor is held. sem_seg is a `SemanticScores` (label map computed here, scores
     on demand, np.asarray gives upstream's array) and instances' pred_masks a `PackedMasks` (bit-packed);
     both read like upstream's arrays. Values equal `masks_to_output` + the full-tensor functions above bit
-    for bit (tests/test_postprocess_memory.py).
+    for bit (tests/unit/test_postprocess_memory.py).
 
     Configs with panoptic or instance on resize the mask logits to the output size first and infer there.
     Semantic-only configs (PADing semantic, ZegFormer) take the sigmoid at the padded input size, then the

@@ -2,7 +2,7 @@
 
     python tests/build_artifacts.py onnx_exports OUT        static_b1/static_b2/dynamic.onnx of stand-in PADing
     python tests/build_artifacts.py pading_lowerings OUT    the plugin/nvidia lowerings traced directly (128x160)
-    python tests/build_artifacts.py tiny_clip OUT           clip_small.pt: test_clip.tiny_clip(seed=2)
+    python tests/build_artifacts.py tiny_clip OUT           clip_small.pt: helpers.tiny_clip(seed=2)
     python tests/build_artifacts.py zegformer_dynamic OUT CLIP   dynamic cocostuff_r101 bundle (export_zegformer)
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def pading_lowerings(out: Path) -> None:
 
 def tiny_clip(out: Path) -> None:
     import torch
-    from test_clip import tiny_clip as make
+    from helpers import tiny_clip as make
 
     torch.save(make(seed=2).state_dict(), out / "clip_small.pt")
 

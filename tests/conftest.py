@@ -1,20 +1,22 @@
 """Shared fixtures: stand-in PADing models and ONNX exports are built once per session (exports take ~30 s), the
 exports in child processes started as soon as the tests are collected (tests/prefetch.py), so that they run on
-the second core while the tests that need none run."""
+the second core while the tests that need none run.
+
+The test modules are filed by layer (tests/unit, integration, cli, gpu); this file applies to all of them. What they
+share otherwise (paths, ../shared, numeric checks, small models) is in tests/helpers.py."""
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from prefetch import PREFETCH, Command, build_artifacts, export_model
+# helpers.py is where the test modules' shared checks live: its asserts get pytest's detailed failure reports too.
+pytest.register_assert_rewrite("helpers")
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parent.parent
+from helpers import BPE, PADING_PLUGIN_ONNX, assert_ran  # noqa: E402
+from prefetch import PREFETCH, Command, build_artifacts, export_model  # noqa: E402
 
 # Keep CPU tests predictable on 2-core CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -22,30 +24,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("ZSD_CACHE_DIR", tempfile.mkdtemp(prefix="zsd-test-cache-"))
 
 
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def assert_ran(results: list[subprocess.CompletedProcess], commands: int) -> list[subprocess.CompletedProcess]:
-    """Every command of a prefetched job ran and exited 0 (a failed one stops the job: its stderr is shown)."""
-    for r in results:
-        assert r.returncode == 0, f"{' '.join(map(str, r.args))}\n{r.stderr[-3000:]}"
-    assert len(results) == commands, [r.args for r in results]
-    return results
-
-
 # ------------------------------------------------------------------------------------- prefetched artifacts
 # Jobs are named after the fixtures that use them; each returns the commands that make it in its folder.
 DIVERSE_ONNX = "pading_diverse_128x160.onnx"
-PADING_PLUGIN_ONNX = "pading_plugin.onnx"
 ZEGFORMER_CLI = ["--model", "zegformer", "--config", "cocostuff_r101_gzss", "--height", "256", "--width", "320"]
 
 
 def _zegformer_commands(d: Path) -> list[Command]:
-    from helpers import BPE
-
     cmd = export_model(*ZEGFORMER_CLI, "--clip", str(d / "clip_small.pt"), "--output", str(d / "bundle"))
     cmd += ["--clip-bpe", str(BPE)] if BPE is not None else ["--no-default-embeddings"]
     return [Command(build_artifacts("tiny_clip", str(d))), Command(cmd)]

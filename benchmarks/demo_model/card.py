@@ -147,8 +147,8 @@ the best a mask head of stride {ceiling['oracle']['stride']} can do) through the
 
 {chr(10).join(rows)}
 
-{verdict} At stride 1 the oracle scores 100 (tests/test_demo_ceiling.py): the post-processing's thresholds cost
-a perfect model nothing.
+{verdict} At stride 1 the oracle scores 100 (tests/integration/test_demo_ceiling.py): the post-processing's thresholds
+cost a perfect model nothing.
 """
 
 
