@@ -167,6 +167,45 @@ def check_output(out: Path) -> None:
                        "pass a new or empty directory, or one that export-triton wrote before (it is replaced).")
 
 
+def carry_foreign_entries(out: Path, tmp: Path, new_models: set[str]) -> list[str]:
+    """Copy into the staged repository `tmp` what the user added to the existing repository `out` (every top-level
+    entry its marker does not list as export-triton's), so that replacing `out` as a whole deletes nothing
+    export-triton did not write. Hard links where the file system allows (no second copy of a model's weights).
+    A user's folder named like one of the new models is refused: it would be overwritten."""
+    try:
+        old = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        ours = set(old["models"].values()) if isinstance(old.get("models"), dict) else set()
+    except (OSError, ValueError, AttributeError):
+        return []  # no repository of ours there yet (check_output refused anything else)
+    theirs = sorted(e.name for e in out.iterdir() if e.name != MARKER and e.name not in ours)
+    clash = [n for n in theirs if n in new_models]
+    if clash:
+        raise ZsdError(f"--output {out} holds {clash[0]!r}, which export-triton did not write there, and the new "
+                       f"repository has a model of that name: replacing it would delete yours.",
+                       "pass --name to give the new models other names, or move that folder out first.")
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in theirs:
+        src, dst = out / name, tmp / name
+        if src.is_dir() and not src.is_symlink():
+            shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
+        elif src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        else:
+            link_or_copy(str(src), str(dst))
+    return theirs
+
+
+def kept_note(marker: dict) -> str:
+    kept = marker.get("kept") or []
+    return f" Kept what export-triton did not write there: {', '.join(kept)}." if kept else ""
+
+
 def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[str],
                      options: RepositoryOptions | None = None) -> Path:
     """Write the Triton repository for a one-graph export (.onnx / .plan) to `output`; returns its path. (A bundle's
@@ -254,10 +293,12 @@ def write_repository(model: str | os.PathLike[str], output: str | os.PathLike[st
         ])
         write_text(tmp / name / "config.pbtxt", ensemble.text())
         (tmp / name / "1").mkdir()  # Triton wants a version directory for ensembles too
+        models = {"ensemble": name, **names}
+        kept = carry_foreign_entries(out, tmp, set(models.values()))
         write_text(tmp / MARKER, json.dumps({
             "format": MARKER_FORMAT, "source": str(model.resolve()), "source_sha256": sha256_of(model),
             "kind": kind, "network_backend": backend, "max_batch_size": max_batch, "task": task,
-            "models": {"ensemble": name, **names}, "options": asdict(opts)}, indent=1) + "\n")
+            "models": models, "kept": kept, "options": asdict(opts)}, indent=1) + "\n")
         publish(tmp, out, "the model repository")
     return out
 
@@ -267,4 +308,4 @@ def describe_repository(out: Path) -> str:
     marker = json.loads((out / MARKER).read_text())
     return (f"ensemble {marker['models']['ensemble']!r} (network: {marker['network_backend']}, max_batch_size "
             f"{marker['max_batch_size']}, task {marker['task']}). Input IMAGE (encoded image bytes, BYTES [B,1]); "
-            "outputs id_map (INT32 [B,H,W]) and segments (JSON).")
+            "outputs id_map (INT32 [B,H,W]) and segments (JSON)." + kept_note(marker))

@@ -23,8 +23,8 @@ from ..artifacts.bundle_manifest import BUNDLE_FILE, BundleManifest, read_bundle
 from ..files import publish, staging_dir
 from ..errors import ZsdError
 from .pbtxt import ModelConfig, Tensor
-from .repository import (MODEL_PY_SHIM, DEFAULT_MAX_BATCH, MARKER, MARKER_FORMAT, RepositoryOptions, check_common_options,
-                         check_output, sha256_of, write_text)
+from .repository import (MODEL_PY_SHIM, DEFAULT_MAX_BATCH, MARKER, MARKER_FORMAT, RepositoryOptions, carry_foreign_entries,
+                         check_common_options, check_output, kept_note, sha256_of, write_text)
 from .zegformer_steps import DEFAULT_MAX_CLASSES, DEFAULT_VOCAB_CACHE, ZegFormerStep
 
 BUNDLE_DIR = "bundle"
@@ -104,8 +104,9 @@ def write_zegformer_repository(bundle: Path, out: Path, opts: RepositoryOptions)
         write_text(version / "model.py", MODEL_PY_SHIM.format(role="ZegFormer", cls="ZegFormerModel"))
         write_text(version / "zsdeploy_step.json", step.to_json())
         write_text(tmp / name / "config.pbtxt", config.text())
+        kept = carry_foreign_entries(out, tmp, {name})
         write_text(tmp / MARKER, json.dumps({
-            "format": MARKER_FORMAT, "source": str(bundle.resolve()),
+            "format": MARKER_FORMAT, "source": str(bundle.resolve()), "kept": kept,
             "source_sha256": sha256_of(bundle / BUNDLE_FILE), "kind": "bundle", "network_backend": "python",
             "max_batch_size": 0, "max_images": step.max_images, "task": "semantic", "models": {"model": name},
             "clip_bpe": bpe is not None, "default_embeddings": sorted(manifest.embeddings),
@@ -123,4 +124,4 @@ def describe_zegformer_repository(out: Path) -> str:
              "environment: pass --clip-bpe to copy it into the repository)")
     return (f"model {marker['models']['model']!r} (ZegFormer, Python backend, up to {marker['max_images']} images per "
             f"request). Inputs IMAGE (encoded image bytes, BYTES [N,1]) and {vocab}; outputs id_map (INT32 [N,H,W] "
-            "class index), scores (FP32 [N,H,W]) and segments (JSON).")
+            "class index), scores (FP32 [N,H,W]) and segments (JSON)." + kept_note(marker))

@@ -271,6 +271,34 @@ def test_rewrite_replaces_repository_as_a_whole(export: Path, work: Path, monkey
     assert not list(work.glob(".rewrite.*"))
 
 
+def test_rewrite_keeps_model_folders_the_user_added(export: Path, work: Path) -> None:
+    """Was: re-running export-triton into its repository silently deleted a model folder the user had added there."""
+    repo = work / "shared_repo"
+    r = run_cli("export-triton", "--model", str(export), "--output", str(repo), "--backend", "python")
+    assert r.returncode == 0, r.stderr[-2000:]
+    mine = repo / "my_detector"
+    (mine / "1").mkdir(parents=True)
+    (mine / "config.pbtxt").write_text('name: "my_detector"\n')
+    (mine / "1" / "model.onnx").write_bytes(b"weights of another model")
+    r = run_cli("export-triton", "--model", str(export), "--output", str(repo), "--backend", "python", "--task",
+                "semantic")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Kept what export-triton did not write there: my_detector." in r.stdout
+    assert (mine / "config.pbtxt").read_text() == 'name: "my_detector"\n'
+    assert (mine / "1" / "model.onnx").read_bytes() == b"weights of another model"
+    assert sorted(p.name for p in repo.iterdir()) == [".zsdeploy-triton.json", "my_detector", "pading_semantic",
+                                                      "pading_semantic_network", "pading_semantic_postprocess",
+                                                      "pading_semantic_preprocess"]
+    # the user's folder named like a model of the new repository: refused, nothing replaced
+    clash = repo / "pading_instance"
+    clash.mkdir()
+    (clash / "notes.txt").write_text("mine")
+    r = run_cli("export-triton", "--model", str(export), "--output", str(repo), "--backend", "python", "--task",
+                "instance")
+    assert r.returncode == 2 and "which export-triton did not write there" in r.stderr and "--name" in r.stderr
+    assert (clash / "notes.txt").read_text() == "mine" and (repo / "pading_semantic").is_dir()
+
+
 def test_cli_refuses_bad_requests_with_one_paragraph(export: Path, work: Path) -> None:
     foreign = work / "foreign"
     foreign.mkdir()
