@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, run_main
 from zsdeploy.runtime.errors import ZsdError
 
 from .pairing import ACCURACY_BACKENDS
@@ -195,8 +195,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zsd-bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = ArgumentParser(prog="zsd-bench", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp):

@@ -29,6 +29,7 @@ import onnx
 
 from zsdeploy.export.precision import PRECISIONS, QUANTIZED_OPS, PrecisionOptions, calibration_data, check_source, convert
 from zsdeploy.export.precision_islands import BY_NAME, CANDIDATES, island_nodes
+from zsdeploy.runtime.cli_core import ArgumentParser
 from zsdeploy.runtime.errors import ZsdError
 
 # Acceptance of issue 11 (small bucket, points vs fp32): fp16 within 0.5 PQ / 0.5 AP, int8 within 2 / 2.
@@ -196,9 +197,9 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def build_parser(prog: str = "python -m zsdeploy.benchmarks.precision_sensitivity") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog,
-                                description="Measure which fp32 islands an fp16/int8 graph needs (small-bucket PQ/AP "
-                                            "vs the fp32 graph, ONNX Runtime).")
+    p = ArgumentParser(prog=prog,
+                       description="Measure which fp32 islands an fp16/int8 graph needs (small-bucket PQ/AP "
+                                   "vs the fp32 graph, ONNX Runtime).")
     p.add_argument("--onnx", required=True, help="fp32 .onnx from export-model (e.g. --standin diverse)")
     p.add_argument("--precision", required=True, choices=["fp16", "int8"])
     p.add_argument("--scenes", type=int, default=4, help="synthetic scenes measured (4)")

@@ -17,6 +17,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import ZsdError, install_sigterm_as_interrupt
 from .options import RUNTIME_PRECISIONS, runtime_precision
@@ -38,6 +39,17 @@ OPTIONAL_PACKAGES = {
     "onnxruntime_extensions": "plugins", "cuda": "gpu", "openvino": "openvino", "cv2": "video",
     "tritonclient": "serve",
 }
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with README's error contract for every console script: a usage error (unknown option, invalid
+    value, missing argument) is one paragraph `prog: error: <problem>. Fix: <usage>` and exit 2. Sub-commands'
+    parsers are made of this class too (argparse creates them with the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        self.exit(2, f"{self.prog}: error: {message}. Fix: {usage} (`{self.prog} --help` explains each "
+                     "option).\n")
 
 
 def missing_extra(error: ModuleNotFoundError, prog: str) -> ZsdError | None:

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 
 from .errors import ZsdError
 
-__all__ = ["MIN_FREE_BYTES", "atomic_write", "check_output_dir", "check_output_file", "file_mode", "make_writable_dir", "file_sha256", "json_default", "publish", "remove_stale_temporaries",
+__all__ = ["MIN_FREE_BYTES", "FileGroup", "atomic_write", "check_output_dir", "check_output_file", "file_group", "file_mode", "make_writable_dir", "file_sha256", "json_default", "publish", "remove_stale_temporaries",
            "staging_dir", "write_bytes_atomic", "write_json_atomic"]
 
 
@@ -236,6 +237,46 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- file groups
+
+
+class FileGroup:
+    """Files that appear together or not at all (one image's label PNG, JSON, overlay and raw outputs): each is
+    written under a temporary name (`path(final)`), and all are renamed into place only when every write succeeded;
+    a failure (a disk filling half-way) removes the temporaries and leaves the earlier results as they were."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def path(self, final: str | os.PathLike[str]) -> Path:
+        final = Path(final)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # as atomic_write names
+        self._staged.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self._staged:
+            os.replace(tmp, final)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self._staged.clear()
+
+
+@contextlib.contextmanager
+def file_group() -> Iterator[FileGroup]:
+    group = FileGroup()
+    try:
+        yield group
+        group.commit()
+    except BaseException:
+        group.discard()
+        raise
 
 
 # ------------------------------------------------------------------------------------------- directories

@@ -1,13 +1,15 @@
 """Writing a Segmentation to disk: label/id PNG, JSON with names/scores/boxes, overlay, raw npz."""
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .files import atomic_write, write_json_atomic
+from .files import atomic_write, file_group, write_json_atomic
 from .imageio import save_png
 from .artifacts.onnx_metadata import ModelInfo
 from .pipeline import Segmentation
@@ -71,6 +73,30 @@ def describe(seg: Segmentation, info: ModelInfo) -> tuple[np.ndarray, dict[str, 
     return id_map, doc
 
 
+_RESULT_PNG = re.compile(r"(.+)_(semantic|panoptic|instance|vis)\.png")
+
+
+def is_earlier_result(path: Path) -> bool:
+    """Whether `path` is a PNG that write_outputs wrote (`<stem>_<task>.png` or `<stem>_vis.png` beside the
+    `<stem>.json` that names it): an output folder used as the next run's input must not feed results back in."""
+    m = _RESULT_PNG.fullmatch(path.name)
+    if m is None:
+        return False
+    try:
+        doc = json.loads(path.with_name(m.group(1) + ".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or not isinstance(doc.get("label_png"), str) or "task" not in doc:
+        return False
+    return path.name in (doc["label_png"], f"{m.group(1)}_vis.png")
+
+
+def without_earlier_results(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(inputs, skipped): the listed images minus the results of an earlier run in the same folder."""
+    skipped = [p for p in paths if is_earlier_result(p)]
+    return [p for p in paths if p not in set(skipped)], skipped
+
+
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
@@ -84,31 +110,32 @@ def write_outputs(seg: Segmentation, info: ModelInfo, out_dir: Path, stem: str, 
     if extra:
         doc.update(extra)
     written = []
-    png = out_dir / f"{stem}_{seg.task}.png"
-    doc["label_png"] = png.name
-    doc["label_png_encoding"] = save_png(png, label_map)
-    written.append(png)
-    if vis and rgb is not None:
-        from .visualize import overlay
+    with file_group() as group:  # all of this image's files, or none of them (the earlier run's stay)
+        png = out_dir / f"{stem}_{seg.task}.png"
+        doc["label_png"] = png.name
+        doc["label_png_encoding"] = save_png(group.path(png), label_map)
+        written.append(png)
+        if vis and rgb is not None:
+            from .visualize import overlay
 
-        kwargs: dict[str, Any] = {}
-        if seg.task == "semantic":
-            kwargs["semantic"] = label_map
-        elif seg.task == "panoptic":
-            kwargs["panoptic"], kwargs["segments"] = label_map, seg.results["segments_info"]
-        else:
-            kwargs["instances"] = seg.results["instances"]
-            kwargs["score_threshold"] = vis_score_threshold
-        vis_path = out_dir / f"{stem}_vis.png"
-        save_png(vis_path, overlay(rgb, class_names=info.class_names, **kwargs))
-        written.append(vis_path)
-    if save_raw:
-        raw = out_dir / f"{stem}_raw.npz"
-        save_npz_atomic(raw, class_logits=seg.class_logits, mask_logits=seg.mask_logits,
-                        image_hw=np.array(seg.image_hw), padded_hw=np.array(seg.padded_hw),
-                        output_hw=np.array(seg.output_hw), **seg.extra_raw)
-        written.append(raw)
-    js = out_dir / f"{stem}.json"
-    write_json_atomic(js, doc)
-    written.append(js)
+            kwargs: dict[str, Any] = {}
+            if seg.task == "semantic":
+                kwargs["semantic"] = label_map
+            elif seg.task == "panoptic":
+                kwargs["panoptic"], kwargs["segments"] = label_map, seg.results["segments_info"]
+            else:
+                kwargs["instances"] = seg.results["instances"]
+                kwargs["score_threshold"] = vis_score_threshold
+            vis_path = out_dir / f"{stem}_vis.png"
+            save_png(group.path(vis_path), overlay(rgb, class_names=info.class_names, **kwargs))
+            written.append(vis_path)
+        if save_raw:
+            raw = out_dir / f"{stem}_raw.npz"
+            save_npz_atomic(group.path(raw), class_logits=seg.class_logits, mask_logits=seg.mask_logits,
+                            image_hw=np.array(seg.image_hw), padded_hw=np.array(seg.padded_hw),
+                            output_hw=np.array(seg.output_hw), **seg.extra_raw)
+            written.append(raw)
+        js = out_dir / f"{stem}.json"
+        write_json_atomic(group.path(js), doc)
+        written.append(js)
     return written

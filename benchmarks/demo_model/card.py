@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...runtime.backends.openvino_backend import cpu_model
-from ...runtime.cli_core import run_main
+from ...runtime.cli_core import ArgumentParser, run_main
 from ...runtime.errors import ZsdError
 from ...export.pading_export import demo_weights_path
 from .ceiling import fmt_metric, ground_truth_table
@@ -262,8 +262,8 @@ Training is seeded; bit-exact replay also needs the same torch build and thread 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.card", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.card", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="training run directory (last.pth, best.pth, curves.png)")
     p.add_argument("--accuracy", required=True, help="zsd-bench accuracy report.json on held-out scenes")
     p.add_argument("--output", default=str(WEIGHTS_DIR / "MODEL_CARD.md"))

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from zsdeploy.runtime.backends.base import Backend
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, run_main
 from zsdeploy.runtime.errors import ZsdError
 
 from ..accuracy import BenchSegmenter, markdown, resize_policy, run_accuracy
@@ -324,10 +324,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.ceiling",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    p = ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.ceiling",
+                       description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=__doc__.split("\n\n", 1)[1])
     h, w = SCENE_SIZE
     p.add_argument("--model", required=True, help="an exported demo model .onnx (metadata, input canvas; the "
                                                   "network itself with --reference model)")

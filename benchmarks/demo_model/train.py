@@ -26,7 +26,7 @@ from torch import nn
 
 from ...export.config import released_config
 from ...export.pading_export import DEMO_CONFIG_NAME, demo_weights_path
-from ...runtime.cli_core import run_main
+from ...runtime.cli_core import ArgumentParser, run_main
 from ...runtime.errors import ZsdError
 from ...runtime.files import atomic_write, make_writable_dir
 from .criterion import LossWeights, set_criterion
@@ -372,8 +372,8 @@ def package(checkpoint: Path, output: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m zsdeploy.benchmarks.demo_model.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="demo_train", help="run directory (last.pth, best.pth, curves.png)")
     p.add_argument("--config", help="config YAML (default configs/pading/demo_panoptic.yaml)")
     p.add_argument("--iters", type=int, default=4000)

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..cli_core import run_main
+from ..cli_core import ArgumentParser, run_main
 from ..errors import ZsdError
 from ..files import file_sha256, make_writable_dir, write_bytes_atomic
 from .openvino_backend import say_stderr, cpu_flags, cpu_model, import_openvino
@@ -229,12 +229,10 @@ def add_to_core(core, say: Callable[[str], None] | None = None) -> Path:  # noqa
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m zsdeploy.runtime.backends.ov_extension",
-                                description="Build (if needed) zsdeploy's OpenVINO extension for MSDeformAttn and "
-                                            "print its path (for ZSD_OV_EXTENSION on machines without a compiler "
-                                            "and the same CPU).")
+    p = ArgumentParser(prog="python -m zsdeploy.runtime.backends.ov_extension",
+                       description="Build (if needed) zsdeploy's OpenVINO extension for MSDeformAttn and "
+                                   "print its path (for ZSD_OV_EXTENSION on machines without a compiler "
+                                   "and the same CPU).")
     p.add_argument("--rebuild", action="store_true", help="compile again even if a cached build exists")
     args = p.parse_args(argv)
 

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +94,23 @@ def test_every_console_script_runs_through_the_core(script):
     calls = {n.func.id for n in ast.walk(main) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     handlers = [n for n in ast.walk(main) if isinstance(n, ast.ExceptHandler)]
     assert "run_main" in calls and not handlers, script
+
+
+@pytest.mark.parametrize("script, args, problem", [
+    ("trt-infer", ["--model", "m.onnx", "--input", "x", "--output", "o", "--batch", "abc"],
+     "argument --batch: invalid int value: 'abc'"),
+    ("export-model", ["--model", "pading", "--msda", "cuda", "--output", "m.onnx"], "argument --msda: invalid choice"),
+    ("build-engine", ["--onnx", "m.onnx"], "the following arguments are required: --output"),
+    ("export-triton", ["--nonsense"], "the following arguments are required"),
+    ("zsd-bench", ["latency", "--model", "m.onnx", "--output", "o", "--repeat", "x"], "argument --repeat"),
+    ("zsd-bench", [], "the following arguments are required: cmd"),
+])
+def test_usage_errors_are_one_paragraph_with_the_fix(script, args, problem):
+    """argparse's own errors keep README's contract too (cli_core.ArgumentParser): exit 2, one line
+    `<prog>: error: <problem>. Fix: <usage>`, no traceback (was: a usage block, then the error without a fix)."""
+    exe = Path(sys.executable).parent / script  # the console script installed beside this interpreter
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0] and problem in lines[0] and ". Fix: " in lines[0], r.stderr
+    assert "--help` explains each option" in lines[0]

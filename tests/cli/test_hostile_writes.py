@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 from prefetch import export_model
+from zsdeploy.runtime.scenes import sample_image
+
+
+def trt_infer(*args: str) -> list[str]:
+    return [sys.executable, "-m", "zsdeploy.cli.trt_infer", *args]
 
 FAST_EXPORT = ("--model", "pading", "--weights", "demo", "--height", "64", "--width", "64")
 
@@ -100,3 +105,38 @@ def test_killed_writers_temporaries_are_removed_and_the_model_is_readable_by_oth
     assert r.returncode == 0, r.stderr
     assert not leftover.exists() and live.exists() and foreign.exists()
     assert (tmp_path / "m.onnx").stat().st_mode & 0o777 == 0o644  # a Triton container (another user) can read it
+
+
+def test_trt_infer_into_its_input_folder_does_not_segment_its_own_results(onnx_exports, tmp_path):
+    """Was: `--input d --output d` segmented its own label and overlay PNGs on the next run."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    sample_image(d / "street.png", seed=3, height=96, width=128)
+    args = ["--model", str(onnx_exports["dynamic"]), "--input", str(d), "--output", str(d), "--task", "semantic",
+            "--vis"]
+    first = run(trt_infer(*args))
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    assert sorted(before) == ["street.json", "street.png", "street_semantic.png", "street_vis.png"]
+    second = run(trt_infer(*args))
+    assert second.returncode == 0, second.stderr
+    assert "1/1 image(s) segmented" in second.stdout
+    assert "skipped 2 result image(s) of an earlier trt-infer run" in second.stderr
+    assert sorted(p.name for p in d.iterdir()) == sorted(before)  # no street_semantic_semantic.png & co
+    assert (d / "street.png").read_bytes() == before["street.png"]
+
+
+def test_disk_filling_during_an_images_outputs_leaves_none_of_them(onnx_exports, tmp_path):
+    """Was: a disk filling during --vis --save-raw left a label PNG without its JSON. Now an image's files appear
+    together or not at all, and the earlier run's files of that image stay as they were."""
+    d = tmp_path / "photos"
+    d.mkdir()
+    sample_image(d / "street.png", seed=3, height=768, width=1024)  # raw outputs ~20 MiB at the model's 800x1066
+    with tmpfs(tmp_path / "small", "17m") as small:  # passes the 16 MiB check; the raw outputs do not fit
+        (small / "street.json").write_text('{"earlier": true}')
+        r = run(trt_infer("--model", str(onnx_exports["dynamic"]), "--input", str(d / "street.png"), "--output",
+                          str(small), "--task", "semantic", "--vis", "--save-raw"))
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "No space left on device" in r.stderr and "Traceback" not in r.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["street.json"]
+        assert (small / "street.json").read_text() == '{"earlier": true}'

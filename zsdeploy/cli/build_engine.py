@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from zsdeploy.families import build_engines
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, run_main
 from zsdeploy.runtime.tensorrt.plugins import PLUGIN_LIBRARY_NAME
 from zsdeploy.runtime.tensorrt.precision import PRECISIONS
 from zsdeploy.runtime.tensorrt.preflight import BuildOptions
@@ -19,7 +19,7 @@ from zsdeploy.runtime.tensorrt.profiles import parse_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="build-engine",
         description="Build a TensorRT engine from an ONNX model written by export-model. Writes the .plan and a "
                     "JSON sidecar (<plan>.json: model metadata, TensorRT version, GPU, precision, profiles) that "

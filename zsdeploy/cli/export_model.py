@@ -13,13 +13,13 @@ from zsdeploy.export.precision import CALIB_METHODS, DEFAULT_CALIB_SCENES, DEFAU
 from zsdeploy.export.precision_islands import BY_NAME
 from zsdeploy.export.zegformer_precision import ZEGFORMER_FP16_ISLANDS
 from zsdeploy.families import MODELS, ExportRequest, convert_precision
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, run_main
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime.options import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="export-model",
         description="Export a trained PADing / ZegFormer model (official checkpoint + upstream config) to ONNX.",
         epilog="Example: export-model --model pading --task panoptic --weights model_final.pth "

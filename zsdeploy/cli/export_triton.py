@@ -5,13 +5,13 @@ import argparse
 import sys
 
 from zsdeploy.families import describe_triton_repository, write_triton_repository
-from zsdeploy.runtime.cli_core import run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, run_main
 from zsdeploy.runtime.options import TASKS
 from zsdeploy.runtime.serving.repository import BACKENDS, DEFAULT_MAX_BATCH, RepositoryOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="export-triton",
         description="Write a Triton model repository for a PADing export: an ensemble IMAGE (encoded image bytes) "
                     "-> pre-processing -> network -> post-processing -> id_map (int32 label/panoptic/instance ids) "

@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 from zsdeploy.families import OpenOptions, open_pipeline
-from zsdeploy.runtime.cli_core import add_precision_argument, run_main
+from zsdeploy.runtime.cli_core import ArgumentParser, add_precision_argument, run_main
 from zsdeploy.runtime.errors import ZsdError
 from zsdeploy.runtime import options
 from zsdeploy.runtime.options import TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="trt-infer",
         description="Segment images with a zsdeploy model: an ONNX file (ONNX Runtime, CPU or CUDA) or a TensorRT "
                     "engine (.plan, GPU). Writes per image a label/id PNG and a JSON; optionally an overlay and the "
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
     from zsdeploy.runtime.image_run import failure_line, segment_images
     from zsdeploy.runtime.imageio import list_images
     from zsdeploy.runtime.files import check_output_dir
-    from zsdeploy.runtime.results_io import output_stems, write_outputs
+    from zsdeploy.runtime.results_io import output_stems, without_earlier_results, write_outputs
 
     _check_options(args)
     from zsdeploy.runtime.video import VideoRunOptions, is_video_source, refuse_video_options, run_video
@@ -126,6 +126,14 @@ def run(args: argparse.Namespace, state: _RunState | None = None) -> int:
                          lambda: open_segmenter(args))
     refuse_video_options(args.input, args.every, args.max_frames)
     paths = list_images(args.input)
+    if Path(args.input).is_dir():
+        paths, earlier = without_earlier_results(paths)
+        if earlier:
+            print(f"note: skipped {len(earlier)} result image(s) of an earlier trt-infer run in {args.input} "
+                  f"(e.g. {earlier[0].name}, named by the .json beside it): results are not inputs.", file=sys.stderr)
+        if not paths:
+            raise ZsdError(f"{args.input} holds only results of an earlier trt-infer run ({len(earlier)} image(s)).",
+                           "pass the folder of the original images.")
     single = len(paths) == 1  # one image: its failure is the run's error (exit 2), not a partial result
     out_dir = check_output_dir(args.output)  # before the (slow) model load: a bad --output fails at once
     stems = output_stems(paths)
