@@ -78,9 +78,10 @@ def run_sensitivity(fp32_onnx: str | Path, precision: str, *, scenes: int = 4, s
         raise ZsdError(f"--precision {precision}: the pass measures fp16 or int8.", "pass --precision fp16 or int8.")
     if not fp32.is_file():
         raise ZsdError(f"--onnx {fp32} does not exist.", "pass an fp32 .onnx written by export-model.")
-    model = onnx.load(str(fp32))
+    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, load_onnx_model, metadata_of
+
+    model = load_onnx_model(fp32)
     check_source(model, precision, str(fp32))
-    from zsdeploy.runtime.artifacts.onnx_metadata import ModelInfo, metadata_of
 
     info = ModelInfo.from_metadata(metadata_of(model), str(fp32))
     if scene_size is None:
@@ -108,7 +109,7 @@ def run_sensitivity(fp32_onnx: str | Path, precision: str, *, scenes: int = 4, s
             opts = PrecisionOptions(precision, key, calib_scenes=calib_scenes) if precision == "int8" else \
                 PrecisionOptions(precision, key)
             t = time.perf_counter()
-            converted = convert(onnx.load(str(fp32)), opts, where=str(fp32), say=lambda _m: None, calib=calib,
+            converted = convert(load_onnx_model(fp32), opts, where=str(fp32), say=lambda _m: None, calib=calib,
                                 calib_cache=cache if precision == "int8" else None)
             onnx.save_model(converted, path)
             m = measure(fp32, path, scenes, scene_size)

@@ -103,6 +103,9 @@ class UpstreamCfgNode(CfgNode):
                            f"remove or correct the _BASE_ line of {os.path.basename(_chain[-1])}.")
         with open(filename, encoding="utf-8") as f:
             cfg = yaml.load(f, Loader=_NoCodeLoader) or {}
+        if not isinstance(cfg, dict):
+            raise ZsdError(f"config {filename} holds a YAML {type(cfg).__name__}, not a mapping of keys.",
+                           "pass an upstream detectron2-style YAML config (keys such as MODEL, INPUT, TEST).")
         base = cfg.pop("_BASE_", None)
         if base is None:
             return cfg
@@ -153,7 +156,16 @@ def load_config(path: str | os.PathLike, defaults: dict[str, Any] | None = None,
         raise ZsdError(f"config {path} does not hold a mapping of keys.", f"pass an upstream {kind} YAML.")
     cfg = UpstreamCfgNode(_node_from_dotted(_DEFAULTS if defaults is None else defaults))
     cfg.set_new_allowed(True)  # yacs does not pass new_allowed down to child nodes
-    cfg.merge_from_other_cfg(UpstreamCfgNode(loaded))
+    try:
+        cfg.merge_from_other_cfg(UpstreamCfgNode(loaded))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:  # yacs: type mismatches, bad nesting
+        tags = f" (its {', '.join(_NoCodeLoader.unsafe_tags)} tags were not executed)" if _NoCodeLoader.unsafe_tags \
+            else ""
+        text = str(e)
+        why = (f"the value of {text.rsplit('for config key:', 1)[1].strip()} has another type than the defaults'"
+               if "for config key:" in text else " ".join(text.split())[:200])
+        raise ZsdError(f"config {path} does not fit the {kind} schema{tags}: {why}.",
+                       f"pass an upstream {kind} YAML whose keys have the types of {example}'s.") from None
     cfg.ignored_python_tags = list(_NoCodeLoader.unsafe_tags)  # type: ignore[attr-defined]
     return cfg
 

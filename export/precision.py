@@ -150,8 +150,7 @@ def calibration_data(info: ModelInfo, *, calib_dir: str | Path | None, scenes: i
     from ..runtime.imageio import list_images, load_image
 
     folder = Path(calib_dir)
-    if not folder.is_dir():
-        raise ZsdError(f"--calib {folder} is not a directory.", "pass a folder of representative images.")
+    _check_calib_dir(folder)
     try:
         paths = list_images(folder)
     except ZsdError as e:
@@ -405,6 +404,13 @@ class PrecisionOptions:
     calib_method: str = "minmax"
 
 
+def _check_calib_dir(folder: Path) -> None:
+    if not folder.exists():
+        raise ZsdError(f"--calib {folder} does not exist.", "pass a folder of representative images.")
+    if not folder.is_dir():
+        raise ZsdError(f"--calib {folder} is a file, not a folder.", "pass a folder of representative images.")
+
+
 def check_options(opts: PrecisionOptions) -> tuple[str, ...]:
     """Flag checks that need no graph (run before a minute-long export); returns the island names."""
     if opts.precision not in PRECISIONS:
@@ -418,8 +424,8 @@ def check_options(opts: PrecisionOptions) -> tuple[str, ...]:
                        "drop --fp32-islands, or add --precision fp16|int8.")
     if opts.calib_method not in CALIB_METHODS:
         raise ZsdError(f"--calib-method {opts.calib_method} is unknown.", f"choose one of {', '.join(CALIB_METHODS)}.")
-    if opts.calib_dir is not None and not Path(opts.calib_dir).is_dir():
-        raise ZsdError(f"--calib {opts.calib_dir} is not a directory.", "pass a folder of representative images.")
+    if opts.calib_dir is not None:
+        _check_calib_dir(Path(opts.calib_dir))
     if opts.precision == "int8" and opts.calib_dir is None and opts.calib_scenes < 1:
         raise ZsdError(f"--precision int8 needs calibration data: --calib-scenes {opts.calib_scenes} and no --calib.",
                        f"pass --calib DIR (representative images) or --calib-scenes N (generated small-target "
@@ -489,6 +495,7 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
 
 def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: Say = print) -> Path:
     """`export-model --from-onnx M.onnx --precision P` for one graph: read, convert, write atomically."""
+    from ..runtime.artifacts.onnx_metadata import load_onnx_model
     from ..runtime.files import check_output_file
     from .onnx_export import Progress, save_atomic
 
@@ -501,11 +508,7 @@ def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: 
                        "write the converted graph to another file.")
     check_options(popts)
     check_output_file(output)  # a read-only or full target fails now, not after the conversion
-    try:
-        proto = onnx.load(str(source))
-    except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)
-        raise ZsdError(f"{source} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}).",
-                       "re-run export-model to write it again.") from None
+    proto = load_onnx_model(source)
     progress = Progress(2, say)
     with progress.step(f"converting {source} to {popts.precision}"):
         proto = convert(proto, popts, where=str(source), say=say)

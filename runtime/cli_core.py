@@ -73,7 +73,8 @@ def run_main(prog: str, body: Callable[[], int],
     try:
         return body()
     except ZsdError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        # one paragraph whatever a wrapped library's text holds (YAML and pickle errors span lines)
+        print(" ".join(f"{prog}: error: {e}".split()), file=sys.stderr)
         return e.exit_code
     except ModuleNotFoundError as e:
         err = missing_extra(e, prog)

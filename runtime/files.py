@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import glob
 import io
 import json
@@ -68,8 +69,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
     remove_stale_temporaries(p)
     try:
         # the writer's pid in the name: a later write of the same target removes what a killed writer left
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{_temp_stem(p.name)}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise write_error(p, e) from e
         raise ZsdError(f"cannot write in {parent}: {e.strerror or e}.", "choose a writable output location.") from e
     try:
         with os.fdopen(fd, "wb") as f:
@@ -84,12 +87,32 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[io.BufferedWrite
         except OSError:
             pass
         if isinstance(e, OSError):
-            raise ZsdError(
-                f"writing {p} failed: {e.strerror or e}.",
-                "check free disk space and permissions of the output location.",
-            ) from e
+            raise write_error(p, e) from e
         raise
     return p
+
+
+#: file systems allow 255 bytes per name; a temporary's name adds up to 30 to the target's (pid, token, suffix)
+_NAME_KEPT = 200
+
+
+def _temp_stem(name: str) -> str:
+    """The target's name as temporaries carry it: whole, or its first 200 bytes for a very long one."""
+    raw = name.encode()
+    return name if len(raw) <= _NAME_KEPT else raw[:_NAME_KEPT].decode(errors="ignore")
+
+
+def write_error(path: Path, e: OSError) -> ZsdError:
+    """An OSError while writing `path` as one paragraph whose fix fits the cause."""
+    fixes = {errno.ENOSPC: "free some disk space, or choose another output location.",
+             errno.EDQUOT: "free some of your disk quota, or choose another output location.",
+             errno.ENAMETOOLONG: "shorten the name (file systems allow 255 bytes per name; outputs add a suffix "
+                                 "such as _panoptic.png to the input's name).",
+             errno.EROFS: "choose a writable output location (this one is mounted read-only).",
+             errno.EACCES: "choose an output location you may write to.",
+             errno.EPERM: "choose an output location you may write to."}
+    return ZsdError(f"writing {path} failed: {e.strerror or e}.",
+                    fixes.get(e.errno or 0, "check free disk space and permissions of the output location."))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -109,9 +132,9 @@ def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
     t = Path(target)
     parent = t.parent if str(t.parent) else Path(".")
     # exactly what atomic_write / staging_dir name them (mkstemp/mkdtemp add 8 characters of [a-z0-9_])
-    ours = re.compile(re.escape(f".{t.name}.") + r"(?:partial-(\d+)-|(\d+)\.)[a-z0-9_]{8}(?:\.tmp)?")
+    ours = re.compile(re.escape(f".{_temp_stem(t.name)}.") + r"(?:partial-(\d+)-|(\d+)\.)[a-z0-9_]{8}(?:\.tmp)?")
     removed = []
-    for leftover in parent.glob(f".{glob.escape(t.name)}.*"):
+    for leftover in parent.glob(f".{glob.escape(_temp_stem(t.name))}.*"):
         m = ours.fullmatch(leftover.name)
         if m is None or leftover.name.endswith(".tmp") == bool(m.group(1)):
             continue  # not ours (older zsdeploy, or someone else's file)
@@ -252,13 +275,16 @@ class FileGroup:
 
     def path(self, final: str | os.PathLike[str]) -> Path:
         final = Path(final)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # as atomic_write names
+        tmp = final.with_name(f".{_temp_stem(final.name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # as atomic_write
         self._staged.append((tmp, final))
         return tmp
 
     def commit(self) -> None:
         for tmp, final in self._staged:
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as e:  # e.g. a final name over 255 bytes: the temporaries are removed by discard()
+                raise write_error(final, e) from e
         self._staged.clear()
 
     def discard(self) -> None:
@@ -285,9 +311,12 @@ def file_group() -> Iterator[FileGroup]:
 @contextlib.contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A fresh hidden folder next to `out` for the new directory's files; removed if the block does not finish."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-{os.getpid()}-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{_temp_stem(out.name)}.partial-{os.getpid()}-"))
+    except OSError as e:
+        raise write_error(out, e) from e
     try:
         # mkdtemp makes a private 0700 folder; the result gets the mode a plain mkdir would give it.
         mode = file_mode()

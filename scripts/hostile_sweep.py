@@ -71,7 +71,9 @@ def eng(*args: str) -> list[str]:
 def api(code: str) -> list[str]:
     return [PY, "-c", "import sys, zsdeploy\nfrom zsdeploy.runtime.errors import ZsdError\n"
                       "try:\n" + "".join(f"    {line}\n" for line in code.splitlines()) +
-            "except ZsdError as e:\n    print(f'error: {e.problem} Fix: {e.fix}', file=sys.stderr); sys.exit(2)\n"]
+            "except ZsdError as e:\n    print(f'error: {e.problem} Fix: {e.fix}', file=sys.stderr); sys.exit(2)\n"
+            "except (TypeError, ValueError) as e:  # the API says what it wants\n"
+            "    print(f'error: {type(e).__name__}: {e} Fix: (API)', file=sys.stderr); sys.exit(4)\n"]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -147,7 +149,8 @@ def image_cases() -> list[Case]:
         "EXIF-rotated JPEG": ({"r.jpg": (lambda p: _exif_rotated(p))}, (0,), ""),
         "upper-case extension": ({"A.PNG": GOOD}, (0,), ""),
         "unicode and spaces in the name": ({"straße café 1.png": GOOD}, (0,), ""),
-        "name of 250 characters": ({("x" * 246) + ".png": GOOD}, (0,), ""),
+        "name of 250 characters (outputs would exceed 255)": ({("x" * 246) + ".png": GOOD}, (2,), "too long"),
+        "name of 200 characters": ({("y" * 196) + ".png": GOOD}, (0,), ""),
         "only hidden files": ({".a.png": GOOD, "._b.jpg": b"resource fork"}, (2,), "no images"),
         "folder of non-images only": ({"readme.txt": b"hi", "data.csv": b"1,2"}, (2,), "no images"),
         "directory named x.png": ({"a.png": GOOD, "x.png": (lambda p: p.mkdir())}, (0,), ""),
@@ -156,7 +159,7 @@ def image_cases() -> list[Case]:
                                              (0, 3), ""),
         "symlink to a good image": ({"a.png": (lambda p: p.symlink_to(_good_file(p)))}, (0,), ""),
         "image with the wrong extension (PNG as .jpg)": ({"real_png.jpg": GOOD}, (0,), ""),
-        "every image fails": ({"a.png": b"", "b.png": b"x"}, (2,), "a.png"),
+        "every image fails": ({"a.png": b"", "b.png": b"x"}, (2,), "none of the 2"),
         "same stem, two formats": ({"x.png": GOOD, "x.jpg": (lambda p: Image.fromarray(scene()).save(p))}, (0,),
                                    ""),
         "SVG": ({"v.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}, (2,), "no images"),
@@ -204,8 +207,8 @@ def option_cases() -> list[Case]:
     out = [lambda w: [w / "out_opt"]][0]
     cases = [Case("trt-infer: options", f"{' '.join(args)}", run(*args), setup, expect, out, say) for args, expect, say
              in [
-                 (("--batch", "-1"), (2,), "--batch"), (("--batch", "abc"), (2,), ""), (("--batch", "100000"), (0,), ""),
-                 (("--threads", "0"), (2,), "--threads"), (("--threads", "99999"), (0, 2), ""),
+                 (("--batch", "-1"), (2,), "--batch"), (("--batch", "abc"), (2,), ""), (("--batch", "100000"), (2,), "static batch"),
+                 (("--threads", "0"), (2,), "--threads"), (("--threads", "99999"), (0,), ""),
                  (("--short-edge", "-1"), (2,), "--short-edge"), (("--short-edge", "0"), (0,), ""),
                  (("--short-edge", "100000"), (2, 3), ""), (("--task", "depth"), (2,), ""),
                  (("--task", "semantic", "--task", "instance"), (0,), ""),
@@ -263,7 +266,7 @@ def model_cases() -> list[Case]:
                              "--output", str(w / "out_model"), "--quiet")
 
     files: dict[str, tuple[Callable[[Path], None], str, str]] = {
-        "empty .onnx": (lambda w: (w / "empty.onnx").write_bytes(b""), "empty.onnx", "not a readable ONNX"),
+        "empty .onnx": (lambda w: (w / "empty.onnx").write_bytes(b""), "empty.onnx", "is empty"),
         "text file as .onnx": (lambda w: (w / "t.onnx").write_text("hello"), "t.onnx", "not a readable ONNX"),
         "ONNX cut to 1 MiB": (lambda w: (w / "cut.onnx").write_bytes((w / "m.onnx").read_bytes()[: 2**20]),
                               "cut.onnx", ""),
@@ -318,7 +321,7 @@ def export_cases() -> list[Case]:
 
     out = lambda w: [w / "exp_out"]  # noqa: E731
     cases = [Case("export-model", name, run(*args), setup, expect, out, say) for name, args, expect, say in [
-        ("--height 31", (*base, "--height", "31", "--width", "64"), (2,), "multiple of 32"),
+        ("--height 31", (*base, "--height", "31", "--width", "64"), (2,), "multiples of 32"),
         ("--height abc", (*base, "--height", "abc", "--width", "64"), (2,), ""),
         ("--width 0", (*base, "--height", "64", "--width", "0"), (2,), "--width 0"),
         ("--batch 0", (*base, "--height", "64", "--width", "64", "--batch", "0"), (2,), "--batch"),
@@ -336,7 +339,7 @@ def export_cases() -> list[Case]:
                                  "{w}/nope"), (2,), "does not exist"),
         ("--calib dir of non-images", (*base, "--height", "64", "--width", "64", "--precision", "int8", "--calib",
                                        "{w}/calib_txt"), (2,), "no images"),
-        ("--fp32-islands on fp32", (*base, "--fp32-islands", "none"), (2,), ""),
+        ("--fp32-islands on fp32", (*base, "--fp32-islands", "layernorm"), (2,), "needs --precision"),
         ("--fp32-islands unknown block", (*base, "--height", "64", "--width", "64", "--precision", "fp16",
                                           "--fp32-islands", "warp_drive"), (2,), "warp_drive"),
         ("--weights missing", ("--model", "pading", "--weights", "{w}/none.pth"), (2,), "does not exist"),
@@ -505,7 +508,9 @@ def engine_and_api_cases() -> list[Case]:
          (0,), ""),
         ("segment_files with a list of str", "r = zsdeploy.segment_files(sys.argv[1], [sys.argv[2], sys.argv[2]])"
                                              "\nassert len(r) == 2", (0,), ""),
-        ("segment_files with an int", "zsdeploy.segment_files(sys.argv[1], 5)", (2,), ""),
+        ("segment_files with an int", "zsdeploy.segment_files(sys.argv[1], 5)", (4,), "must be a path"),
+        ("segment_files with a folder", "r = zsdeploy.segment_files(sys.argv[1], "
+                                        "__import__('os').path.dirname(sys.argv[2]))\nassert len(r) >= 1", (0,), ""),
         ("segment_files with an empty list", "assert zsdeploy.segment_files(sys.argv[1], []) == []", (0, 2), ""),
         ("open_pipeline with precision f32", "zsdeploy.open_pipeline(sys.argv[1], precision='f32')", (0,), ""),
         ("open_pipeline with precision fp64", "zsdeploy.open_pipeline(sys.argv[1], precision='fp64')", (2,), ""),
@@ -514,9 +519,9 @@ def engine_and_api_cases() -> list[Case]:
         ("segment with a numpy array", "import numpy as np\np = zsdeploy.open_pipeline(sys.argv[1])\n"
                                        "r = p([np.zeros((40, 50, 3), np.uint8)])\nassert len(r) == 1", (0,), ""),
         ("segment with a float image", "import numpy as np\np = zsdeploy.open_pipeline(sys.argv[1])\n"
-                                       "p([np.zeros((40, 50, 3), np.float64)])", (0, 2), ""),
+                                       "p([np.zeros((40, 50, 3), np.float64)])", (4,), "must be a uint8"),
         ("segment with a 2-D array", "import numpy as np\np = zsdeploy.open_pipeline(sys.argv[1])\n"
-                                     "p([np.zeros((40, 50), np.uint8)])", (0, 2), ""),
+                                     "p([np.zeros((40, 50), np.uint8)])", (4,), "must be a uint8"),
     ]:
         cases.append(Case("Python API", name, (lambda w, c=code: [*api(c), str(w / "m.onnx"), str(w / "img.png")]),
                           setup, expect, lambda w: [], say))
@@ -534,7 +539,7 @@ def judge(case: Case, r: subprocess.CompletedProcess, w: Path) -> str:
         return f"exit {r.returncode} (expected {'/'.join(map(str, case.expect))}): {err.strip()[-300:]}"
     if "Traceback" in err:
         return "traceback: " + err.strip()[-300:]
-    if r.returncode == 2:
+    if r.returncode in (2, 4):
         lines = [ln for ln in err.splitlines() if "error:" in ln]
         if len(lines) != 1 or "Fix:" not in lines[0]:
             return "not one paragraph 'error: ... Fix: ...': " + err.strip()[-300:]

@@ -54,14 +54,25 @@ def open_pipeline(model: PathLike, **options: Any) -> Pipeline:
 def segment_files(model: PathLike | Pipeline, images: PathLike | Sequence[PathLike], *, batch: int = 1,
                   failures: list[tuple[Path, ZsdError]] | None = None, **options: Any) -> list[Segmentation]:
     """Segment image files as trt-infer does (EXIF orientation applied, batches of `batch`); one Segmentation per
-    file that could be segmented, in order. `images`: one path or a sequence of paths.
+    file that could be segmented, in order. `images`: one path (a file, or a folder: its images, as trt-infer lists
+    them) or a sequence of file paths.
 
     Without `failures`, the first image that cannot be read or segmented raises its ZsdError. With a list, each such
     image is recorded there as (path, error) and skipped: a bad image costs only its own result, as in trt-infer.
     """
     from zsdeploy.runtime.image_run import segment_images
 
-    paths = [Path(images)] if isinstance(images, (str, os.PathLike)) else [Path(p) for p in images]
+    from zsdeploy.runtime.imageio import list_images
+
+    if isinstance(images, (str, os.PathLike)):
+        paths = list_images(images)
+    elif isinstance(images, Sequence) and all(isinstance(p, (str, os.PathLike)) for p in images):
+        paths = [Path(p) for p in images]
+    else:
+        raise TypeError(f"segment_files: images must be a path (str or os.PathLike: an image file or a folder) or a "
+                        f"sequence of paths, got {type(images).__name__}"
+                        + ("" if not isinstance(images, Sequence) else " holding other objects")
+                        + " (for decoded arrays, call the Pipeline: open_pipeline(model)(arrays))")
     pipeline = model if isinstance(model, Pipeline) else open_pipeline(model, **options)
     record = None if failures is None else (lambda path, error: failures.append((path, error)))
     return [seg for _, seg in segment_images(pipeline, paths, batch=batch, isolate=failures is not None,

@@ -222,7 +222,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Refuse what cannot run before a model is built: counts below their minimum, and a --resume with nothing to
     resume (it would silently start a fresh, hours-long run)."""
     minimums = {"--iters": (args.iters, 1), "--batch": (args.batch, 1), "--threads": (args.threads, 1),
-                "--workers": (args.workers, 1), "--eval-every": (args.eval_every, 1),
+                "--workers": (args.workers, 0), "--eval-every": (args.eval_every, 1),
                 "--eval-scenes": (args.eval_scenes, 1), "--ckpt-every": (args.ckpt_every, 1),
                 "--warmup": (args.warmup, 0)}
     for flag, (value, least) in minimums.items():

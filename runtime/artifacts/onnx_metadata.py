@@ -234,15 +234,32 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def _parse_onnx_metadata(path: Path) -> dict[str, str]:
+    return metadata_of(load_onnx_model(path, weights=False))
+
+
+def load_onnx_model(path: str | Path, *, weights: bool = True) -> Any:
+    """An .onnx file as a ModelProto, or one paragraph saying why it is not one (empty, truncated, not ONNX). Always
+    parsed as binary protobuf: onnx would otherwise pick a text format from the file's suffix (.json, .txt)."""
     import onnx
 
+    path = Path(path)
+    fix = "re-run export-model to write it again (exports are written atomically)."
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        size = path.stat().st_size
+    except OSError as e:
+        raise ZsdError(f"{path} cannot be read ({e.strerror or e}).", "pass the .onnx file export-model wrote.") \
+            from None
+    if size == 0:
+        raise ZsdError(f"{path} is empty (0 bytes), not an ONNX model.", fix)
+    try:
+        proto = onnx.load(str(path), format="protobuf", load_external_data=weights)
     except Exception as e:  # noqa: BLE001 (protobuf raises DecodeError, others raise OSError/ValueError)
         raise ZsdError(f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}); it may be "
-                       "truncated or not an ONNX file.",
-                       "re-run export-model to write it again (exports are written atomically).") from None
-    return metadata_of(proto)
+                       "truncated or not an ONNX file.", fix) from None
+    if not proto.graph.node and not proto.graph.input:  # protobuf parses many byte strings as an empty message
+        raise ZsdError(f"{path} is not an ONNX model (it parses as one without a graph: another kind of file).",
+                       fix)
+    return proto
 
 
 @dataclass(frozen=True)

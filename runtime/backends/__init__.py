@@ -14,6 +14,7 @@ Which backends exist, what each opens and computes in, and the `auto` rule's ord
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def load_backend(path: str | os.PathLike, *, backend: str = AUTO, precision: str
         raise ZsdError(f"model file {path} does not exist.", "pass an .onnx from export-model or a .plan from build-engine.")
     precision = runtime_precision(precision)
     chosen = resolve_backend(path, backend, precision)
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:  # thread pools of that size only cost memory (99999: gigabytes)
+        note = f"note: {threads} threads asked for, this machine has {cpus} CPUs; using {cpus}."
+        say(note) if say is not None else print(note, file=sys.stderr)
+        threads = cpus
     options = BackendOptions(precision=precision, threads=threads, streams=streams, plugin_lib=plugin_lib,
                              cache_dir=cache_dir, say=say)
     return backend_spec(chosen).open(path, options)

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..files import publish, staging_dir
+from ..files import check_output_dir, publish, staging_dir
 from ..errors import ZsdError
 from ..artifacts.onnx_metadata import ModelInfo, has_msda_plugin
 from .pbtxt import EnsembleStep, ModelConfig, Tensor
@@ -161,6 +161,7 @@ def write_text(path: Path, text: str) -> None:
 def check_output(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ZsdError(f"--output {out} is a file, not a directory.", "pass a directory for the model repository.")
+    check_output_dir(out.parent if str(out.parent) else Path("."), given=out)  # writable, not full: before work
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         # Replacing a directory as a whole must never delete something export-triton did not write.
         raise ZsdError(f"--output {out} exists and is not a repository written by export-triton; it is left alone.",

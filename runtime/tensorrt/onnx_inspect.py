@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import ZsdError
-from ..artifacts.onnx_metadata import ModelInfo
+from ..artifacts.onnx_metadata import ModelInfo, load_onnx_model
 from .plugins import KNOWN_PLUGINS, PluginSpec
 from .precision import graph_precision
 
@@ -65,11 +65,7 @@ def inspect_onnx(path: str | Path) -> OnnxModel:
     path = Path(path)
     if not path.is_file():
         raise ZsdError(f"ONNX file {path} does not exist.", "pass the .onnx written by export-model.")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 (protobuf DecodeError, OSError, ...)
-        raise ZsdError(f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]}).",
-                       "re-run export-model to write it again.") from None
+    proto = load_onnx_model(path, weights=False)
     metadata = {p.key: p.value for p in proto.metadata_props}
     info = ModelInfo.from_metadata(metadata, str(path))
     initializers = {i.name for i in proto.graph.initializer}
