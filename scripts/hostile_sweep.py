@@ -580,7 +580,8 @@ def main() -> int:
         r = subprocess.run(c.argv(w), capture_output=True, text=True, cwd=w, timeout=900,
                            env={**os.environ, **c.env})
         why = judge(c, r, w)
-        rows.append((c, r.returncode, why, (r.stderr.strip().splitlines() or [""])[-1][:160]))
+        last = (r.stderr.strip().splitlines() or [""])[-1].replace(str(w), "<work>")[:160]
+        rows.append((c, r.returncode, why.replace(str(w), "<work>"), last))
         print(f"[{i}/{len(cases)}] {'clean' if not why else 'NOT CLEAN'}  {c.kind}: {c.name} (exit {r.returncode})"
               + (f"\n      {why}" if why else ""), flush=True)
     lines = [f"# Hostile-input sweep ({len(cases)} cases, {time.time() - t0:.0f} s)", ""]

@@ -219,7 +219,8 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     the family), so results are kept per (file, inode, size, mtime) for the process; each call gets its own dict."""
     path = Path(path)
     if not path.is_file():
-        raise ZsdError(f"{path} does not exist.", "pass the .onnx file export-model wrote.")
+        raise ZsdError(f"{path} {'is a directory, not an .onnx file' if path.is_dir() else 'does not exist'}.",
+                       "pass the .onnx file export-model wrote (a ZegFormer bundle is a directory with bundle.json).")
     st = path.stat()
     key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
     with _READ_LOCK:

@@ -109,7 +109,7 @@ def load_backend(path: str | os.PathLike, *, backend: str = AUTO, precision: str
     precision = runtime_precision(precision)
     chosen = resolve_backend(path, backend, precision)
     cpus = os.cpu_count() or 1
-    if threads is not None and threads > cpus:  # thread pools of that size only cost memory (99999: gigabytes)
+    if threads is not None and threads > 4 * cpus:  # pools that large only cost memory (99999: gigabytes)
         note = f"note: {threads} threads asked for, this machine has {cpus} CPUs; using {cpus}."
         say(note) if say is not None else print(note, file=sys.stderr)
         threads = cpus

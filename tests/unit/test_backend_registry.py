@@ -212,3 +212,15 @@ def test_zsd_bench_latency_measures_a_registered_backend_it_has_no_code_for(fixe
     args.model = None
     assert _one_graph_backends(args, ["fixed"]) == ([], [{"backend": "fixed", "reason": "no onnx file given "
                                                                                        "(--model / --engine)"}])
+
+
+def test_a_thread_count_far_beyond_the_cpus_is_capped_with_a_note(fixed, tiny):
+    """--threads 99999 made ONNX Runtime build a pool of that size (over 8 GB in the hostile-input sweep)."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    notes: list[str] = []
+    b = load_backend(tiny, backend="fixed", threads=4 * cpus + 1, say=notes.append)
+    assert b.threads == cpus and notes == [f"note: {4 * cpus + 1} threads asked for, this machine has {cpus} CPUs; "
+                                           f"using {cpus}."]
+    assert load_backend(tiny, backend="fixed", threads=4 * cpus, say=notes.append).threads == 4 * cpus
