@@ -45,6 +45,8 @@ from .precision_islands import island_nodes, parse_islands
 PRECISIONS = GRAPH_PRECISIONS
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_SCENES = 8
+#: calibration images with a shorter side than this hardly exercise the network's ranges (warned)
+MIN_CALIB_SIDE = 64
 CALIB_SEED = 20261201  # not the benchmark's seed 0: calibration scenes differ from the scenes measured
 DYNAMIC_CALIB_HW = (512, 640)  # canvas for graphs exported --dynamic (calibration runs at one shape)
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -156,14 +158,25 @@ def calibration_data(info: ModelInfo, *, calib_dir: str | Path | None, scenes: i
     except ZsdError as e:
         raise ZsdError(f"--calib {folder}: {e.problem}", "put representative images (jpg/png) in it, or drop "
                        "--calib to calibrate on generated small-target scenes.") from None
-    tensors, skipped = [], []
+    tensors, skipped, sizes = [], [], []
     for p in paths:
         try:
-            tensors.append(_to_input(load_image(p).rgb, info))
+            loaded = load_image(p)
         except ZsdError as e:
             skipped.append((str(p), e.problem))
+            continue
+        for note in loaded.notes:  # e.g. a 16-bit PNG clipped to white: the ranges learn the clipped values
+            say(f"  calibration: {note}")
+        sizes.append(loaded.rgb.shape[:2])
+        tensors.append(_to_input(loaded.rgb, info))
     for path, why in skipped:
         say(f"  calibration: skipped unreadable {path}: {why}")
+    smallest = min(sizes, key=min) if sizes else None
+    if tensors and (len(tensors) < DEFAULT_CALIB_SCENES or min(smallest) < MIN_CALIB_SIDE):
+        say(f"  warning: calibrating on {len(tensors)} image(s), the smallest {smallest[0]}x{smallest[1]}: int8 ranges "
+            f"are set by these alone and clip whatever they did not show. Use at least {DEFAULT_CALIB_SCENES} "
+            f"representative images of the size you will run (sides >= {MIN_CALIB_SIDE} px), or drop --calib to "
+            f"calibrate on {DEFAULT_CALIB_SCENES} generated small-target scenes.")
     if not tensors:
         raise ZsdError(f"--calib {folder}: none of its {len(paths)} image(s) could be read (listed above).",
                        "replace them with readable images, or drop --calib to use generated scenes.")
@@ -495,7 +508,7 @@ def convert(model: onnx.ModelProto, opts: PrecisionOptions, *, where: str = "the
 
 def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: Say = print) -> Path:
     """`export-model --from-onnx M.onnx --precision P` for one graph: read, convert, write atomically."""
-    from ..runtime.artifacts.onnx_metadata import load_onnx_model
+    from ..runtime.artifacts.onnx_metadata import REQUIRED_KEYS, load_onnx_model
     from ..runtime.files import check_output_file
     from .onnx_export import Progress, save_atomic
 
@@ -509,6 +522,10 @@ def convert_onnx_file(source: Path, output: Path, popts: PrecisionOptions, say: 
     check_options(popts)
     check_output_file(output)  # a read-only or full target fails now, not after the conversion
     proto = load_onnx_model(source)
+    if popts.precision == "fp16" and any(k not in metadata_of(proto) for k in REQUIRED_KEYS):
+        say(f"note: {source} carries no zsdeploy metadata (not written by export-model): its fp16 graph converts, but "
+            "trt-infer, zsd-bench and export-triton will refuse it as they refuse the source; TensorRT or your own "
+            "runtime can run it. For a graph they run, export the model with export-model and convert that.")
     progress = Progress(2, say)
     with progress.step(f"converting {source} to {popts.precision}"):
         proto = convert(proto, popts, where=str(source), say=say)

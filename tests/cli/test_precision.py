@@ -151,6 +151,23 @@ def test_int8_qdq_graph_from_a_calibration_folder(fp32_onnx, tmp_path, scene_inp
     assert "Traceback" not in proc.stderr and not again.exists()
 
 
+def test_thin_or_clipped_calibration_is_warned(fp32_onnx, tmp_path):
+    """Was: int8 calibration on one 1x1 image exited 0 without a word, and a 16-bit PNG was clipped to white
+    without the note trt-infer gives for the same file."""
+    from PIL import Image
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(calib / "dot.png")
+    Image.fromarray(np.full((64, 64), 60000, np.uint16)).save(calib / "deep.png")
+    out = tmp_path / "int8.onnx"
+    proc = export_model("--from-onnx", str(fp32_onnx), "--precision", "int8", "--calib", str(calib), "--output",
+                        str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "deep.png is a 16-bit" in proc.stdout and "clips values above 255 to white" in proc.stdout
+    assert "warning: calibrating on 2 image(s), the smallest 1x1" in proc.stdout
+
+
 def test_default_calibration_is_generated_small_target_scenes(fp32_onnx):
     info = ModelInfo.from_metadata(meta(fp32_onnx), "fp32")
     data = calibration_data(info, calib_dir=None, scenes=3)
@@ -183,6 +200,24 @@ def test_bad_precision_input_one_paragraph_exit_2(fp32_onnx, tmp_path, args, mes
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr and "Fix:" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".out.onnx*"))
+
+
+def test_fp16_of_a_foreign_graph_says_what_will_not_run_it(tmp_path):
+    """Was: a graph without zsdeploy metadata converted to fp16 silently, and trt-infer then refused the result."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], list(np.eye(4, dtype=np.float32).ravel()))
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(foreign))
+    out = tmp_path / "foreign_fp16.onnx"
+    proc = export_model("--from-onnx", str(foreign), "--precision", "fp16", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "carries no zsdeploy metadata" in proc.stdout and "trt-infer, zsd-bench and export-triton will refuse" \
+        in proc.stdout
+    assert onnx.load(str(out)).graph.initializer[0].data_type == TensorProto.FLOAT16
 
 
 def test_same_input_and_output_refused(fp32_onnx):
