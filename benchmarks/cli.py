@@ -133,13 +133,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .gate import compare, load_gate, table, verdict
 
     tol = load_tolerances(args.tolerances)
-    rows = compare(load_gate(args.baseline), load_gate(args.current), tol)
+    base, cur = load_gate(args.baseline), load_gate(args.current)
+    rows = compare(base, cur, tol)
     if not rows:
         raise ZsdError(f"the baseline {' '.join(args.baseline)} has no speed-up or accuracy values to compare.",
                        "pass a baseline written by zsd-bench merge (or report.json files with a 'gate' section).")
     if all(r["status"] == "MISSING" for r in rows):  # nothing in common: not a regression but a wrong file
-        base, cur = load_gate(args.baseline), load_gate(args.current)
-
         def keys(g: dict[str, dict[str, float]]) -> str:
             return "; ".join(f"{k}: {', '.join(sorted(v)[:3])}{', ...' if len(v) > 3 else ''}" for k, v in g.items()
                              if v) or "nothing"

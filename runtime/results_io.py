@@ -93,8 +93,8 @@ def is_earlier_result(path: Path) -> bool:
 
 def without_earlier_results(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     """(inputs, skipped): the listed images minus the results of an earlier run in the same folder."""
-    skipped = [p for p in paths if is_earlier_result(p)]
-    return [p for p in paths if p not in set(skipped)], skipped
+    earlier = [is_earlier_result(p) for p in paths]
+    return [p for p, e in zip(paths, earlier) if not e], [p for p, e in zip(paths, earlier) if e]
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:

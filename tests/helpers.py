@@ -7,10 +7,12 @@ Imported by most test modules and by conftest.py: keep it light (torch, onnx and
 functions that need them)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -308,3 +310,31 @@ def require_tensorrt_gpu():
     except ZsdError as e:
         pytest.skip(f"no usable CUDA GPU / cuda-python: {e.problem}")
     return trt
+
+
+# ------------------------------------------------------------------------------------------ real mounts
+def mount(*args: str) -> None:
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here ({(r.stderr or r.stdout).strip()}): needs root with CAP_SYS_ADMIN")
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where))
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    mount("--bind", str(folder), str(where))
+    try:
+        mount("-o", "remount,bind,ro", str(where))
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

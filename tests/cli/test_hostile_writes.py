@@ -4,15 +4,12 @@ Each asserts the exit code, the one-paragraph message, what is on disk afterward
 intact. The checked writer is runtime/files (check_output_file before any model loads, atomic_write after)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from helpers import read_only, tmpfs
 from prefetch import export_model
 from zsdeploy.runtime.scenes import sample_image
 
@@ -26,33 +23,6 @@ FAST_EXPORT = ("--model", "pading", "--weights", "demo", "--height", "64", "--wi
 def run(args: list[str], cwd: Path | None = None, umask: int | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=600,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
-
-
-def mount(*args: str) -> None:
-    r = subprocess.run(["mount", *args], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount here ({(r.stderr or r.stdout).strip()}): needs root with CAP_SYS_ADMIN")
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where))
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-@contextlib.contextmanager
-def read_only(folder: Path, where: Path) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    mount("--bind", str(folder), str(where))
-    try:
-        mount("-o", "remount,bind,ro", str(where))
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 def assert_one_paragraph(r: subprocess.CompletedProcess, *needles: str) -> None:
